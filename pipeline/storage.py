@@ -1,0 +1,136 @@
+"""Small file helpers shared by every stage: hashing, atomic writes, JSON, and S3 through boto3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Return the hex sha256 of some bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Return the hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tree(path: Path) -> str:
+    """Return one sha256 over every file under a folder (relative names and contents), or of a file."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(item.relative_to(path)).encode())
+        digest.update(sha256_file(item).encode())
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see either the old or the complete new content, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically, pretty-printed, with a trailing newline."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file."""
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """Split `s3://bucket/key` into bucket and key."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"s3 URI has no bucket: {uri!r}")
+    return bucket, key
+
+
+def s3_client():  # noqa: ANN201 - boto3's client type is generated at run time
+    """Return a boto3 S3 client; AWS_ENDPOINT_URL (boto3's own variable) points it at another server."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+
+
+def s3_exists(uri: str) -> bool:
+    """Return whether an S3 object exists."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError:
+        return False
+
+
+def s3_read(uri: str, max_bytes: int) -> bytes:
+    """Read one S3 object, refusing one larger than `max_bytes`."""
+    bucket, key = split_s3(uri)
+    response = s3_client().get_object(Bucket=bucket, Key=key)
+    if response["ContentLength"] > max_bytes:
+        raise ValueError(f"{uri} is larger than {max_bytes // 2**20} MiB")
+    return response["Body"].read()
+
+
+def mirror_s3(uri: str, cache_dir: Path) -> Path:
+    """Download every object under an S3 prefix into `cache_dir/<bucket>/<prefix>`, skipping unchanged ones.
+
+    Returns:
+        The local folder that mirrors the prefix.
+
+    Raises:
+        FileNotFoundError: nothing exists under the prefix.
+    """
+    bucket, prefix = split_s3(uri.rstrip("/"))
+    prefix = prefix + "/" if prefix else ""
+    local_root = Path(cache_dir) / bucket / prefix
+    client = s3_client()
+    count = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix):]
+            if not rel or rel.endswith("/") or ".." in Path(rel).parts:
+                continue
+            target = local_root / rel
+            if target.is_file() and target.stat().st_size == obj["Size"]:
+                count += 1
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, obj["Key"], str(target))
+            count += 1
+    if count == 0:
+        raise FileNotFoundError(f"no objects under {uri}")
+    log.info("mirrored %d objects from %s to %s", count, uri, local_root)
+    return local_root
