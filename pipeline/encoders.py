@@ -1,0 +1,154 @@
+"""Frozen image backbones behind one interface: float images (0..255, 224x224) in, feature vectors out."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline import storage
+
+log = logging.getLogger(__name__)
+
+INPUT_SIZE = 224
+BIT_HANDLES = {
+    "bit-m-r50x3": "https://tfhub.dev/google/bit/m-r50x3/1",
+    "bit-m-r50x1": "https://tfhub.dev/google/bit/m-r50x1/1",
+}
+NAMED = (*BIT_HANDLES, "mobilenet-v1-0.25", "mediapipe-embedder", "autoencoder")
+DEFAULT_ENCODER = "bit-m-r50x3"
+
+
+@dataclass
+class Encoder:
+    """A frozen backbone.
+
+    Attributes:
+        name: the `--encoder` value it was built from.
+        fingerprint: identifies name and weights; keys the feature cache, so new weights never reuse old features.
+        feature_dim: length of one feature vector.
+        keras_model: the backbone as a Keras model over 0..255 images (TF-graph backbones), else None.
+        tflite_path: the .tflite file (TFLite backbones), else None.
+        images_seen: images passed through the backbone so far (the benchmark counts passes with it).
+    """
+
+    name: str
+    fingerprint: str
+    feature_dim: int
+    keras_model: Any = None
+    tflite_path: Path | None = None
+    images_seen: int = 0
+    _fn: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Return float32 features [B, feature_dim] for float32 images [B, 224, 224, 3] in 0..255."""
+        self.images_seen += len(images)
+        return np.asarray(self._fn(images), dtype=np.float32)
+
+
+def _keras_encoder(name: str, fingerprint: str, model: Any) -> Encoder:
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=False),
+                     input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32)])
+    dim = int(fn(tf.zeros([1, INPUT_SIZE, INPUT_SIZE, 3])).shape[-1])
+    return Encoder(name, fingerprint, dim, keras_model=model, _fn=lambda x: fn(tf.convert_to_tensor(x)).numpy())
+
+
+def tflite_runner(path: Path, scale: float = 1 / 255.0) -> Callable[[np.ndarray], np.ndarray]:
+    """Return a function that runs a TFLite image model on a batch, resizing its batch dimension as needed."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count())
+    inp = interpreter.get_input_details()[0]["index"]
+    out = interpreter.get_output_details()[0]["index"]
+    state = {"batch": None}
+
+    def run(images: np.ndarray) -> np.ndarray:
+        if state["batch"] != len(images):
+            interpreter.resize_tensor_input(inp, [len(images), INPUT_SIZE, INPUT_SIZE, 3])
+            interpreter.allocate_tensors()
+            state["batch"] = len(images)
+        interpreter.set_tensor(inp, (np.asarray(images, np.float32) * scale).astype(np.float32))
+        interpreter.invoke()
+        return interpreter.get_tensor(out).reshape(len(images), -1).copy()
+
+    return run
+
+
+def _hub_model(handle: str) -> Any:
+    """Wrap a TF Hub handle or local SavedModel as a Keras model over 0..255 images (BiT expects 0..1)."""
+    import tensorflow_hub as hub
+    import tf_keras as keras
+
+    try:
+        layer = hub.KerasLayer(handle, trainable=False, name="backbone")
+    except Exception as exc:  # noqa: BLE001 - hub raises many types for "could not fetch"
+        cache = os.environ.get("TFHUB_CACHE_DIR", "a temporary folder (set TFHUB_CACHE_DIR to keep it)")
+        raise ValueError(
+            f"could not load the TF Hub model {handle!r}: {type(exc).__name__}: {exc}. A hub handle is downloaded "
+            f"once (network needed) into {cache}; offline, pass a local SavedModel with --encoder hub:/path/to/model "
+            "or use --encoder mobilenet-v1-0.25 / mediapipe-embedder with --encoder-weights FILE") from None
+    inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="images")
+    outputs = layer(keras.layers.Rescaling(1 / 255.0)(inputs))
+    return keras.Model(inputs, outputs, name="hub_backbone")
+
+
+def load_encoder(name: str, weights: str | Path | None = None) -> Encoder:
+    """Build a frozen backbone by name.
+
+    Args:
+        name: `bit-m-r50x3`, `bit-m-r50x1`, `hub:HANDLE_OR_PATH`, a local SavedModel folder,
+            `mobilenet-v1-0.25`, `mediapipe-embedder` or `autoencoder`.
+        weights: a weights file: .h5 for MobileNet (else Keras downloads ImageNet weights), .tflite for the
+            MediaPipe embedder (required), the trained encoder's .weights.h5 for `autoencoder` (required here;
+            the finetune stage trains one when none is given).
+
+    Returns:
+        The encoder.
+
+    Raises:
+        ValueError: an unknown name, a missing weights file, or a hub handle that cannot be fetched.
+    """
+    if weights is not None and not Path(weights).exists():
+        raise ValueError(f"--encoder-weights file not found: {weights}")
+    if name in BIT_HANDLES or name.startswith("hub:") or (Path(name).is_dir() and name not in NAMED):
+        handle = BIT_HANDLES.get(name) or name.removeprefix("hub:")
+        local = Path(handle)
+        fingerprint = f"hub-{storage.sha256_tree(local)[:16]}" if local.exists() else \
+            f"hub-{storage.sha256_bytes(handle.encode())[:16]}"
+        return _keras_encoder(name, fingerprint, _hub_model(handle))
+    if name == "mobilenet-v1-0.25":
+        import tf_keras as keras
+
+        source = str(weights) if weights else "imagenet"
+        base = keras.applications.MobileNet(alpha=0.25, include_top=False, input_shape=(INPUT_SIZE, INPUT_SIZE, 3),
+                                            weights=source, pooling="avg")
+        base.trainable = False
+        inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="images")
+        scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)  # mobilenet.preprocess_input
+        model = keras.Model(inputs, base(scaled, training=False), name="mobilenet_backbone")
+        tag = storage.sha256_file(Path(weights))[:16] if weights else "imagenet"
+        return _keras_encoder(name, f"mobilenet-v1-0.25-{tag}", model)
+    if name == "mediapipe-embedder":
+        if weights is None:
+            raise ValueError("mediapipe-embedder needs --encoder-weights FILE.tflite (MediaPipe image embedder, "
+                             "MobileNetV3-small); no copy is downloaded")
+        run = tflite_runner(Path(weights))
+        dim = run(np.zeros([1, INPUT_SIZE, INPUT_SIZE, 3], np.float32)).shape[-1]
+        return Encoder(name, f"mediapipe-{storage.sha256_file(Path(weights))[:16]}", int(dim),
+                       tflite_path=Path(weights), _fn=run)
+    if name == "autoencoder":
+        from pipeline import autoencoder
+
+        if weights is None:
+            raise ValueError("autoencoder needs its trained weights (--encoder-weights FILE.weights.h5); "
+                             "`python -m pipeline finetune --encoder autoencoder` trains them on the catalog")
+        model = autoencoder.load_encoder_model(Path(weights))
+        return _keras_encoder(name, f"autoencoder-{storage.sha256_file(Path(weights))[:16]}", model)
+    raise ValueError(f"unknown encoder {name!r}; expected one of {', '.join(NAMED)}, hub:HANDLE_OR_PATH "
+                     "or a SavedModel folder")

@@ -1,0 +1,135 @@
+"""Stage 2, finetune: frozen backbone features (computed once, cached) and a trained feature-vector head."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import storage
+from pipeline.acquire import holdout_split
+from pipeline.encoders import DEFAULT_ENCODER
+from pipeline.layout import Layout, read_catalog
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DIM = 256
+
+
+def catalog_inputs(layout: Layout) -> tuple[object, list[str], list[str]]:
+    """Return the catalog table, its image content keys and its image paths, in catalog order."""
+    if not layout.catalog_csv.is_file():
+        raise FileNotFoundError(f"no catalog at {layout.catalog_csv}; run `python -m pipeline acquire` first")
+    catalog = read_catalog(layout.catalog_csv)
+    if catalog.empty:
+        raise ValueError(f"{layout.catalog_csv} has no products: every row was rejected (see rejects.csv)")
+    paths = [str(layout.catalog / p) for p in catalog["image"]]
+    return catalog, catalog["sha256"].tolist(), paths
+
+
+def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
+        label_column: str = "category", dim: int = DEFAULT_DIM, no_finetune: bool = False, val_split: float = 0.1,
+        epochs: int = 200, ae_epochs: int = 30, seed: int = 0) -> dict:
+    """Compute (or reuse) backbone features for the catalog, train the head on them, export the extractor.
+
+    Args:
+        data_dir: the data directory; reads `catalog/`, writes `model/` and `cache/features/`.
+        encoder: backbone name (see `pipeline.encoders.load_encoder`).
+        encoder_weights: the backbone's weights file where it takes one.
+        label_column: catalog column the classification layer learns.
+        dim: length of the feature-vector layer (the embedding).
+        no_finetune: keep the raw backbone features (only L2-normalised) instead of training a head.
+        val_split: fraction of products held out for early stopping.
+        epochs: most epochs of head training.
+        ae_epochs: most epochs of auto-encoder training (encoder `autoencoder` without weights).
+        seed: random seed of the split and the training.
+
+    Returns:
+        The summary written to `model/finetune.json`.
+
+    Raises:
+        ValueError: an unknown label column, fewer than two classes, or an encoder that cannot be loaded.
+    """
+    from pipeline import autoencoder, extractor, plots
+    from pipeline.encoders import load_encoder
+    from pipeline.features import FeatureCache, catalog_features
+
+    layout = Layout(Path(data_dir))
+    catalog, keys, paths = catalog_inputs(layout)
+    started = time.perf_counter()
+    if encoder == "autoencoder" and encoder_weights is None:
+        encoder_weights = str(layout.model / "autoencoder.weights.h5")
+        ae_history = autoencoder.train(paths, Path(encoder_weights), epochs=ae_epochs, seed=seed)
+        plots.training_curves(ae_history, layout.model / "autoencoder_curves.png", "auto-encoder reconstruction")
+    backbone = load_encoder(encoder, encoder_weights)
+    cache = FeatureCache(layout.features(backbone.fingerprint))
+    features, computed = catalog_features(cache, keys, paths, backbone)
+    summary = {"encoder": encoder, "encoder_weights": encoder_weights, "encoder_fingerprint": backbone.fingerprint,
+               "products": len(keys), "backbone_images_computed": computed, "feature_dim": backbone.feature_dim}
+    if no_finetune:
+        from pipeline.head import build_head
+
+        _, head = build_head(backbone.feature_dim, None, 0)
+        info = {"finetuned": False}
+    else:
+        head, info = _train(catalog, features, label_column, dim, val_split, epochs, seed, layout)
+    summary.update(info)
+    extractor.export(backbone, head, layout.extractor, info)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    storage.write_json(layout.model / "finetune.json", summary)
+    return summary
+
+
+def _train(catalog, features: np.ndarray, label_column: str, dim: int, val_split: float, epochs: int, seed: int,
+           layout: Layout) -> tuple[object, dict]:
+    """Split, train the head, and write its labels, history and curves."""
+    from pipeline import plots
+    from pipeline.head import train_head
+
+    if label_column not in catalog.columns:
+        raise ValueError(f"--label-column {label_column!r} is not a catalog column; columns: {list(catalog.columns)}")
+    classes, labels = np.unique(catalog[label_column].to_numpy(), return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"--label-column {label_column!r} has {len(classes)} distinct value(s); a classification "
+                         "head needs at least two (or use --no-finetune)")
+    rows = [{"row": i, "label": labels[i]} for i in range(len(labels))]
+    fit_rows, val_rows = holdout_split(rows, val_split, "label", seed) if val_split else (rows, [])
+    fit = np.array([r["row"] for r in fit_rows], dtype=int)
+    val = np.array([r["row"] for r in val_rows], dtype=int)
+    head, history = train_head(features, labels, fit, val, dim, epochs=epochs, seed=seed)
+    storage.write_json(layout.model / "history.json", history)
+    storage.write_json(layout.model / "labels.json", {"label_column": label_column, "classes": classes.tolist()})
+    plots.training_curves(history, layout.model / "training_curves.png",
+                          f"head training: {len(classes)} classes of {label_column}, {dim}-d embedding")
+    best = int(np.argmin(history["val_loss"])) if "val_loss" in history else -1
+    return head, {"finetuned": True, "label_column": label_column, "classes": len(classes), "dim": dim,
+                  "train_rows": len(fit), "val_rows": len(val), "epochs": len(history["loss"]),
+                  "val_accuracy": history.get("val_accuracy", [None])[best]}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add this stage's options to a parser."""
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER,
+                        help="bit-m-r50x3 (default) | bit-m-r50x1 | hub:HANDLE_OR_PATH | mobilenet-v1-0.25 | "
+                             "mediapipe-embedder | autoencoder")
+    parser.add_argument("--encoder-weights", default=None, help="weights file (.h5, .tflite, .weights.h5)")
+    parser.add_argument("--label-column", default="category", help="catalog column to classify (default category)")
+    parser.add_argument("--dim", type=int, default=DEFAULT_DIM, help="feature-vector length (default 256)")
+    parser.add_argument("--no-finetune", action="store_true", help="keep raw backbone features")
+    parser.add_argument("--val-split", type=float, default=0.1, help="held out for early stopping (default 0.1)")
+    parser.add_argument("--epochs", type=int, default=200, help="most head epochs (early stopping decides)")
+    parser.add_argument("--ae-epochs", type=int, default=30, help="most auto-encoder epochs")
+
+
+def main(args: argparse.Namespace) -> None:
+    """Run the stage from parsed CLI arguments."""
+    summary = run(args.data_dir, args.encoder, args.encoder_weights, args.label_column, args.dim, args.no_finetune,
+                  args.val_split, args.epochs, args.ae_epochs)
+    print(f"finetune: {summary['encoder']} on {summary['products']} products, "
+          f"{summary['backbone_images_computed']} backbone passes (the rest cached); "
+          + (f"{summary['classes']} classes, val accuracy {summary['val_accuracy']:.3f}" if summary["finetuned"]
+             and summary.get("val_accuracy") is not None else "raw features")
+          + f"; extractor in {Layout(args.data_dir).extractor}")

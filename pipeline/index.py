@@ -1,0 +1,190 @@
+"""Stage 4, index: an Annoy index over the embeddings, item maps, the extractor and a manifest, swapped in atomically."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline import artifacts, storage
+from pipeline.layout import Layout, read_catalog
+
+log = logging.getLogger(__name__)
+
+METRIC = "angular"
+DEFAULT_TREES = 32
+TARGET_RECALL = 0.99
+TUNE_QUERIES = 200
+K = 10
+ITEM_COLUMNS = ("product_id", "name", "category", "image")
+INTERNAL_COLUMNS = ("sha256", "width", "height", "source_image")
+ON_DISK_ABOVE = 200_000_000  # floats; larger indexes are built in their file, not in memory
+KEEP_VERSIONS = 3
+
+
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Return the ids of the k most cosine-similar rows of `vectors` for each query (unit vectors).
+
+    `exclude` gives, per query, one row id that must not be returned (-1 for none).
+    """
+    sims = queries @ vectors.T
+    if exclude is not None:
+        rows = np.flatnonzero(exclude >= 0)
+        sims[rows, exclude[rows]] = -np.inf
+    top = np.argpartition(-sims, min(k, sims.shape[1] - 1), axis=1)[:, :k]
+    order = np.take_along_axis(sims, top, axis=1).argsort(axis=1)[:, ::-1]
+    return np.take_along_axis(top, order, axis=1)
+
+
+def tune_search_k(index, vectors: np.ndarray, trees: int, k: int = K, target: float = TARGET_RECALL,
+                  n_queries: int = TUNE_QUERIES, seed: int = 0) -> tuple[int, list[dict]]:
+    """Measure recall@k against exact search for growing search_k; return the smallest that reaches `target`.
+
+    Queries are catalog items (their own id excluded from both answers), so the figure needs no extra data.
+    """
+    n = len(vectors)
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(n, min(n_queries, n), replace=False)
+    truth = exact_top_k(vectors, vectors[sample], k, exclude=sample)
+    table, search_k = [], k * trees
+    while True:
+        hits, started = 0, time.perf_counter()
+        for row, item in enumerate(sample):
+            found = [j for j in index.get_nns_by_item(int(item), k + 1, search_k=search_k) if j != item][:k]
+            hits += len(set(found) & set(truth[row].tolist()))
+        elapsed = time.perf_counter() - started
+        recall = hits / (len(sample) * min(k, n - 1)) if n > 1 else 1.0
+        table.append({"search_k": search_k, "recall_at_10": round(recall, 4),
+                      "ms_per_query": round(1000 * elapsed / len(sample), 3)})
+        if recall >= target or search_k >= n * trees:
+            return search_k, table
+        search_k *= 2
+
+
+def _items(catalog) -> list[str]:
+    """One JSON line per dense id: the product's id, name, category, image and the rest as metadata."""
+    lines = []
+    meta_columns = [c for c in catalog.columns if c not in ITEM_COLUMNS + INTERNAL_COLUMNS]
+    for i, row in enumerate(catalog.itertuples(index=False)):
+        values = dict(zip(catalog.columns, row))
+        item = {"id": i, **{c: values[c] for c in ITEM_COLUMNS},
+                "metadata": {c: values[c] for c in meta_columns if values[c] != ""}}
+        lines.append(json.dumps(item, ensure_ascii=False))
+    return lines
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy a folder, hard-linking files where the filesystem allows (an extractor can be hundreds of MB)."""
+    def link_or_copy(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+    shutil.copytree(src, dst, copy_function=link_or_copy)
+
+
+def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
+        target_recall: float = TARGET_RECALL, keep: int = KEEP_VERSIONS) -> dict:
+    """Build a new index version from the embeddings and make it current.
+
+    Args:
+        data_dir: the data directory; reads `catalog/`, `embeddings/`, `model/extractor/`; writes `index/`.
+        trees: Annoy trees (more: better recall per search_k, larger file, slower build).
+        search_k: nodes inspected per query; None measures the smallest reaching `target_recall`.
+        target_recall: recall@10 against exact search that the measured search_k must reach.
+        keep: index versions to keep (older ones are deleted).
+
+    Returns:
+        The manifest of the new version.
+    """
+    from annoy import AnnoyIndex
+
+    from pipeline.vectorize import load_embeddings
+
+    layout = Layout(Path(data_dir))
+    catalog = read_catalog(layout.catalog_csv)
+    vectors = load_embeddings(data_dir)
+    extractor_config = storage.read_json(layout.extractor / "extractor.json")
+    embeddings_summary = storage.read_json(layout.embeddings / "embeddings.json")
+    if len(vectors) != len(catalog):
+        raise ValueError(f"{len(vectors)} embeddings for {len(catalog)} catalog rows; re-run vectorize")
+    if embeddings_summary["export_id"] != extractor_config["export_id"]:
+        raise ValueError("the embeddings were made by another extractor than model/extractor; re-run vectorize")
+    n, dim = vectors.shape
+    now = datetime.now(timezone.utc)
+    version = now.strftime("%Y%m%dT%H%M%S") + f"-{now.microsecond:06d}"
+    staging = layout.index / f".tmp-{version}"
+    staging.mkdir(parents=True)
+    started = time.perf_counter()
+    index = AnnoyIndex(dim, METRIC)
+    on_disk = n * dim > ON_DISK_ABOVE
+    if on_disk:
+        index.on_disk_build(str(staging / artifacts.INDEX_FILE))
+    for i in tqdm(range(n), desc="index", unit="item", disable=None, mininterval=1.0):
+        index.add_item(i, vectors[i])
+    index.build(trees, n_jobs=-1)
+    if not on_disk:
+        index.save(str(staging / artifacts.INDEX_FILE))
+    build_s = time.perf_counter() - started
+    chosen, table = (search_k, []) if search_k else tune_search_k(index, vectors, trees, target=target_recall)
+    index.unload()
+    (staging / artifacts.ITEMS_FILE).write_text("\n".join(_items(catalog)) + "\n", encoding="utf-8")
+    _copy_tree(layout.extractor, staging / artifacts.EXTRACTOR_DIR)
+    manifest = {
+        "format_version": artifacts.FORMAT_VERSION, "version": version, "created_at": now.isoformat(),
+        "encoder": extractor_config["encoder"], "encoder_fingerprint": extractor_config["encoder_fingerprint"],
+        "export_id": extractor_config["export_id"], "finetuned": extractor_config.get("finetuned", False),
+        "dim": dim, "metric": METRIC, "n_trees": trees, "search_k": chosen, "target_recall": target_recall,
+        "search_k_measurements": table, "count": n, "categories": int(catalog["category"].nunique()),
+        "build_seconds": round(build_s, 2), "catalog": str(layout.catalog.resolve()),
+        "files": artifacts.file_entries(staging),
+    }
+    storage.write_json(staging / artifacts.MANIFEST, manifest)
+    final = layout.index / version
+    staging.rename(final)
+    _point_current(layout, version)
+    _prune(layout, keep)
+    log.info("index %s: %d items, %d trees, search_k %d, %.1f s", version, n, trees, chosen, build_s)
+    return manifest
+
+
+def _point_current(layout: Layout, version: str) -> None:
+    """Switch `index/current` to a version atomically (a new symlink renamed over the old one)."""
+    tmp = layout.index / f".current-{version}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(version)
+    os.replace(tmp, layout.current_index)
+
+
+def _prune(layout: Layout, keep: int) -> None:
+    versions = sorted(p for p in layout.index.iterdir() if p.is_dir() and not p.name.startswith(".")
+                      and not p.is_symlink())
+    current = layout.current_index.resolve().name
+    for old in versions[:-keep] if keep > 0 else []:
+        if old.name != current:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add this stage's options to a parser."""
+    parser.add_argument("--trees", type=int, default=DEFAULT_TREES, help=f"Annoy trees (default {DEFAULT_TREES})")
+    parser.add_argument("--search-k", type=int, default=None, help="fixed search_k (default: measured)")
+    parser.add_argument("--target-recall", type=float, default=TARGET_RECALL,
+                        help=f"recall@10 the measured search_k must reach (default {TARGET_RECALL})")
+    parser.add_argument("--keep", type=int, default=KEEP_VERSIONS, help="index versions to keep")
+
+
+def main(args: argparse.Namespace) -> None:
+    """Run the stage from parsed CLI arguments."""
+    m = run(args.data_dir, args.trees, args.search_k, args.target_recall, args.keep)
+    measured = m["search_k_measurements"][-1]["recall_at_10"] if m["search_k_measurements"] else "not measured"
+    print(f"index: {m['count']} items ({m['dim']}-d, {m['encoder']}), {m['n_trees']} trees, search_k {m['search_k']} "
+          f"(recall@10 {measured}), built in {m['build_seconds']} s -> {Layout(args.data_dir).index / m['version']}")

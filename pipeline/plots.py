@@ -1,0 +1,69 @@
+"""Pictures a person would rather look at than read: training curves and query/result grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image, ImageDraw, ImageOps
+
+TILE = 128
+CAPTION = 30
+GOOD, BAD, QUERY = (40, 160, 70), (210, 50, 50), (60, 90, 200)
+
+
+def training_curves(history: dict[str, list[float]], path: Path, title: str) -> None:
+    """Plot loss and accuracy per epoch (train and validation) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            if prefix + metric in history:
+                ax.plot(range(1, len(history[prefix + metric]) + 1), history[prefix + metric], style,
+                        label=(prefix or "train_") + metric)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _tile(path: str, caption: str, colour: tuple[int, int, int]) -> Image.Image:
+    tile = Image.new("RGB", (TILE, TILE + CAPTION), "white")
+    try:
+        with Image.open(path) as img:
+            thumb = ImageOps.contain(img.convert("RGB"), (TILE - 8, TILE - 8))
+        tile.paste(thumb, ((TILE - thumb.width) // 2, (TILE - thumb.height) // 2))
+    except OSError:
+        ImageDraw.Draw(tile).text((8, TILE // 2), "(unreadable)", fill="black")
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle([1, 1, TILE - 2, TILE - 2], outline=colour, width=4)
+    for i, line in enumerate((caption[:22], caption[22:44])):
+        draw.text((4, TILE + 2 + 13 * i), line, fill="black")
+    return tile
+
+
+def results_grid(rows: Sequence[tuple[tuple[str, str], Sequence[tuple[str, str, bool]]]], path: Path) -> None:
+    """Draw one row per query: the query image, then its results framed green (same label) or red.
+
+    Args:
+        rows: (query image path, query caption) with a list of (result image path, caption, correct).
+        path: the PNG to write.
+    """
+    width = 1 + max((len(results) for _, results in rows), default=0)
+    grid = Image.new("RGB", (width * (TILE + 6), max(1, len(rows)) * (TILE + CAPTION + 6)), (235, 235, 235))
+    for r, ((qpath, qcaption), results) in enumerate(rows):
+        y = r * (TILE + CAPTION + 6)
+        grid.paste(_tile(qpath, "Q: " + qcaption, QUERY), (0, y))
+        for c, (rpath, caption, correct) in enumerate(results, start=1):
+            grid.paste(_tile(rpath, caption, GOOD if correct else BAD), (c * (TILE + 6), y))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
