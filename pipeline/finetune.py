@@ -32,7 +32,7 @@ def catalog_inputs(layout: Layout) -> tuple[object, list[str], list[str]]:
 
 def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
         label_column: str = "category", dim: int = DEFAULT_DIM, no_finetune: bool = False, val_split: float = 0.1,
-        epochs: int = 200, ae_epochs: int = 30, seed: int = 0) -> dict:
+        epochs: int = 100, ae_epochs: int = 30, seed: int = 0) -> dict:
     """Compute (or reuse) backbone features for the catalog, train the head on them, export the extractor.
 
     Args:
@@ -104,10 +104,13 @@ def _train(catalog, features: np.ndarray, label_column: str, dim: int, val_split
     storage.write_json(layout.model / "labels.json", {"label_column": label_column, "classes": classes.tolist()})
     plots.training_curves(history, layout.model / "training_curves.png",
                           f"head training: {len(classes)} classes of {label_column}, {dim}-d embedding")
-    best = int(np.argmin(history["val_loss"])) if "val_loss" in history else -1
+    monitored = history.get("val_precision_at_5")
+    best = int(np.argmax(monitored)) if monitored else -1
     return head, {"finetuned": True, "label_column": label_column, "classes": len(classes), "dim": dim,
                   "train_rows": len(fit), "val_rows": len(val), "epochs": len(history["loss"]),
-                  "val_accuracy": history.get("val_accuracy", [None])[best]}
+                  "best_epoch": best + 1 if monitored else len(history["loss"]),
+                  "val_accuracy": history.get("val_accuracy", [None])[best],
+                  "val_precision_at_5": monitored[best] if monitored else None}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=DEFAULT_DIM, help="feature-vector length (default 256)")
     parser.add_argument("--no-finetune", action="store_true", help="keep raw backbone features")
     parser.add_argument("--val-split", type=float, default=0.1, help="held out for early stopping (default 0.1)")
-    parser.add_argument("--epochs", type=int, default=200, help="most head epochs (early stopping decides)")
+    parser.add_argument("--epochs", type=int, default=100, help="most head epochs (early stopping decides)")
     parser.add_argument("--ae-epochs", type=int, default=30, help="most auto-encoder epochs")
 
 
@@ -130,6 +133,7 @@ def main(args: argparse.Namespace) -> None:
                   args.val_split, args.epochs, args.ae_epochs)
     print(f"finetune: {summary['encoder']} on {summary['products']} products, "
           f"{summary['backbone_images_computed']} backbone passes (the rest cached); "
-          + (f"{summary['classes']} classes, val accuracy {summary['val_accuracy']:.3f}" if summary["finetuned"]
-             and summary.get("val_accuracy") is not None else "raw features")
+          + (f"{summary['classes']} classes, held-out precision@5 {summary['val_precision_at_5']:.3f}"
+             if summary.get("val_precision_at_5") is not None else "raw features" if not summary["finetuned"]
+             else "trained without a validation split")
           + f"; extractor in {Layout(args.data_dir).extractor}")

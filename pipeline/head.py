@@ -2,7 +2,10 @@
 
 Classification with a normalised softmax (cosine similarity to learned class centres, times a scale) trains
 the feature-vector layer so that cosine similarity between embeddings tracks the labels, which is exactly
-what the Annoy index measures.
+what the Annoy index measures. Training stops on what the product needs, not on the classifier's loss:
+after each epoch the held-out rows query the training rows by cosine similarity, and the weights with the
+best precision@5 are kept. (On fashion-small, val_loss bottoms out after ~12 epochs while retrieval keeps
+improving for 20 more; label smoothing and larger scales cost 1-2 points of precision@5.)
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DROPOUT = 0.25
-SCALE = 16.0
-LABEL_SMOOTHING = 0.1
+DROPOUT = 0.2
+SCALE = 10.0
+LABEL_SMOOTHING = 0.0
 LEARNING_RATE = 1e-3
-PATIENCE = 8
+PATIENCE = 10
+MONITOR_K = 5
 
 
 def l2_normalize(x: Any) -> Any:
@@ -26,6 +30,40 @@ def l2_normalize(x: Any) -> Any:
     import tensorflow as tf
 
     return tf.math.l2_normalize(x, axis=-1)
+
+
+def retrieval_precision(queries: np.ndarray, query_labels: np.ndarray, base: np.ndarray, base_labels: np.ndarray,
+                        k: int = MONITOR_K) -> float:
+    """Mean fraction of each query's k most cosine-similar base rows that share its label (unit vectors)."""
+    k = min(k, len(base))
+    sims = queries @ base.T
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    return float((base_labels[top] == query_labels[:, None]).mean())
+
+
+def _retrieval_stopping(head: Any, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray) -> Any:
+    """A Keras callback: log val_precision_at_5 each epoch, stop after PATIENCE epochs without gain, keep the best."""
+    import tf_keras as keras
+
+    class RetrievalStopping(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.best, self.best_weights, self.wait = -1.0, None, 0
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            base = head.predict(fit_x, batch_size=4096, verbose=0)
+            score = retrieval_precision(head.predict(val_x, batch_size=4096, verbose=0), val_y, base, fit_y)
+            logs["val_precision_at_5"] = score
+            if score > self.best:
+                self.best, self.best_weights, self.wait = score, self.model.get_weights(), 0
+            else:
+                self.wait += 1
+                self.model.stop_training = self.wait >= PATIENCE
+
+        def on_train_end(self, logs: dict | None = None) -> None:
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+
+    return RetrievalStopping()
 
 
 def build_head(feature_dim: int, dim: int | None, n_classes: int) -> tuple[Any, Any]:
@@ -56,7 +94,7 @@ def build_head(feature_dim: int, dim: int | None, n_classes: int) -> tuple[Any, 
 
 
 def train_head(features: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
-               dim: int, epochs: int = 200, batch_size: int = 128, seed: int = 0) -> tuple[Any, dict]:
+               dim: int, epochs: int = 100, batch_size: int = 128, seed: int = 0) -> tuple[Any, dict]:
     """Train the head on cached features and return (embedding model, history).
 
     Args:
@@ -78,14 +116,15 @@ def train_head(features: np.ndarray, labels: np.ndarray, train_rows: np.ndarray,
     callbacks, validation = [], None
     if len(val_rows):
         validation = (features[val_rows], onehot[val_rows])
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=PATIENCE,
-                                                       restore_best_weights=True))
+        callbacks.append(_retrieval_stopping(head, features[train_rows], labels[train_rows], features[val_rows],
+                                             labels[val_rows]))
     else:
         epochs = min(epochs, 30)
     history = train_model.fit(features[train_rows], onehot[train_rows], validation_data=validation, epochs=epochs,
                               batch_size=batch_size, callbacks=callbacks, verbose=0)
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    best = int(np.argmin(hist["val_loss"])) if "val_loss" in hist else len(hist["loss"]) - 1
+    monitored = hist.get("val_precision_at_5")
+    best = int(np.argmax(monitored)) if monitored else len(hist["loss"]) - 1
     log.info("head trained %d epochs (best %d): train acc %.3f%s", len(hist["loss"]), best + 1,
-             hist["accuracy"][best], f", val acc {hist['val_accuracy'][best]:.3f}" if "val_accuracy" in hist else "")
+             hist["accuracy"][best], f", val precision@5 {monitored[best]:.3f}" if monitored else "")
     return head, hist

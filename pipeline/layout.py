@@ -12,6 +12,9 @@ class Layout:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
     @property
     def catalog(self) -> Path:
         return self.root / "catalog"

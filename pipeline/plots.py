@@ -19,8 +19,9 @@ def training_curves(history: dict[str, list[float]], path: Path, title: str) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    metrics = [m for m in ("loss", "accuracy", "precision_at_5") if m in history or f"val_{m}" in history]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
         for prefix, style in (("", "-"), ("val_", "--")):
             if prefix + metric in history:
                 ax.plot(range(1, len(history[prefix + metric]) + 1), history[prefix + metric], style,

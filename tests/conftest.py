@@ -1,0 +1,51 @@
+"""Shared fixtures: generated catalogs, a tiny TF Hub-style SavedModel, the real data in ../shared."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+SHARED = ROOT.parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """Return a path under ../shared, skipping the test with a clear message when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: this test needs the project's ../shared folder (CI has it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated catalog in the Kaggle layout, with its deliberate broken and missing images."""
+    from make_sample_catalog import make_catalog
+
+    out = tmp_path_factory.mktemp("sample") / "catalog"
+    make_catalog(out, n_products=80, seed=3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small SavedModel built here, loaded through the TF Hub code path (hub.KerasLayer) like BiT."""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((224, 224, 3))
+    x = keras.layers.AveragePooling2D(28)(inputs)  # 8x8 colour layout
+    x = keras.layers.Conv2D(12, 3, activation="relu")(x)
+    outputs = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Concatenate()([outputs, keras.layers.Flatten()(
+        keras.layers.AveragePooling2D(2)(keras.layers.AveragePooling2D(28)(inputs)))]))
+    path = tmp_path_factory.mktemp("hub") / "tiny_backbone"
+    model.save(str(path), save_format="tf")
+    return path
