@@ -45,14 +45,19 @@ def build_autoencoder(core: Any) -> Any:
     return keras.Model(inputs, outputs, name="autoencoder")
 
 
+def _shrink(images: Any) -> Any:
+    """Resize 0..255 images to the auto-encoder's input, antialiased, and scale them to [0, 1]."""
+    import tensorflow as tf
+
+    return tf.image.resize(images, [AE_SIZE, AE_SIZE], antialias=True) / 255.0
+
+
 def encoder_model(core: Any, input_size: int = 224) -> Any:
     """Wrap the core so that it takes the pipeline's 0..255 images of `input_size`."""
     import tf_keras as keras
 
     inputs = keras.Input((input_size, input_size, 3), name="images")
-    x = keras.layers.Resizing(AE_SIZE, AE_SIZE, antialias=True)(inputs)
-    x = keras.layers.Rescaling(1 / 255.0)(x)
-    return keras.Model(inputs, core(x), name="autoencoder_backbone")
+    return keras.Model(inputs, core(keras.layers.Lambda(_shrink, name="shrink")(inputs)), name="autoencoder_backbone")
 
 
 def load_encoder_model(weights: Path) -> Any:
@@ -87,9 +92,8 @@ def train(image_paths: list[str], out: Path, epochs: int = 30, batch_size: int =
     paths = list(image_paths)
     if len(paths) > max_images:
         paths = [paths[i] for i in rng.choice(len(paths), max_images, replace=False)]
-    small = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda p: tf.image.resize(decode_image(p), [AE_SIZE, AE_SIZE], antialias=True) / 255.0,
-        num_parallel_calls=tf.data.AUTOTUNE)
+    small = tf.data.Dataset.from_tensor_slices(paths).map(lambda p: _shrink(decode_image(p)),
+                                                          num_parallel_calls=tf.data.AUTOTUNE)
     images = np.stack(list(small.as_numpy_iterator())).astype(np.float32)
     order = rng.permutation(len(images))
     n_val = max(1, len(images) // 10)

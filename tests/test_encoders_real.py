@@ -1,0 +1,77 @@
+"""The encoders that need no network: the auto-encoder trained here, and the real pretrained models in ../shared."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import acquire, finetune, index, vectorize
+from pipeline.layout import Layout
+from tests.conftest import shared_path
+
+MOBILENET = ("models", "mobilenet_2_5_224_tf_no_top.h5")
+MEDIAPIPE = ("models", "mobilenet_v3_small_075_224_embedder.tflite")
+
+
+@pytest.fixture(scope="module")
+def acquired(sample_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("acquired")
+    acquire.run(f"fashion:{sample_catalog}", data)
+    return data
+
+
+def _fresh(acquired: Path, tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    shutil.copytree(acquired / "catalog", data / "catalog")
+    return data
+
+
+def test_autoencoder_trains_on_the_catalog_and_serves_as_encoder(acquired: Path, tmp_path: Path) -> None:
+    from pipeline.encoders import load_encoder
+
+    data = _fresh(acquired, tmp_path)
+    summary = finetune.run(data, encoder="autoencoder", dim=32, ae_epochs=2, epochs=5)
+    weights = Layout(data).model / "autoencoder.weights.h5"
+    assert weights.is_file() and summary["encoder_weights"] == str(weights)
+    assert summary["feature_dim"] == 1024 and (Layout(data).model / "autoencoder_curves.png").is_file()
+    encoder = load_encoder("autoencoder", weights)
+    assert encoder.fingerprint == summary["encoder_fingerprint"]
+    assert vectorize.run(data)["backbone_images_computed"] == 0
+    assert index.run(data, trees=4)["encoder"] == "autoencoder"
+
+
+@pytest.mark.parametrize("name, weights, feature_dim, fmt", [
+    ("mobilenet-v1-0.25", MOBILENET, 256, "savedmodel"),
+    ("mediapipe-embedder", MEDIAPIPE, 1024, "tflite+head"),
+])
+def test_real_pretrained_encoder_exports_a_working_extractor(acquired: Path, tmp_path: Path, name: str,
+                                                             weights: tuple[str, str], feature_dim: int,
+                                                             fmt: str) -> None:
+    from pipeline.extractor import load_extractor
+    from pipeline.features import decode_image
+
+    data = _fresh(acquired, tmp_path)
+    summary = finetune.run(data, encoder=name, encoder_weights=str(shared_path(*weights)), dim=64, epochs=10)
+    assert summary["feature_dim"] == feature_dim
+    layout = Layout(data)
+    extractor = load_extractor(layout.extractor)
+    assert extractor.config["format"] == fmt
+    assert json.loads((layout.extractor / "extractor.json").read_text())["dim"] == 64
+    vectorize.run(data)
+    vectors = vectorize.load_embeddings(data)
+    first = layout.catalog / "images"
+    paths = sorted(first.rglob("*.jpg"))[:2]
+    images = np.stack([decode_image(str(p)).numpy() for p in paths])
+    embedded = extractor.embed(images)
+    assert np.allclose(np.linalg.norm(embedded, axis=1), 1.0, atol=1e-5)
+    # The same image gives the same vector through the extractor as through vectorize's cached features.
+    rows = [str(p.relative_to(layout.catalog)) for p in paths]
+    from pipeline.layout import read_catalog
+
+    catalog = read_catalog(layout.catalog_csv)
+    idx = [catalog.index[catalog["image"] == r][0] for r in rows]
+    assert np.allclose(embedded, vectors[idx], atol=1e-4)
