@@ -129,7 +129,7 @@ def run(source: str, data_dir: Path, category_column: str | None = None, max_sid
         results = pool.imap(_process, jobs, chunksize=16)
     accepted = []
     try:
-        for record, (status, payload) in zip(records, results):
+        for record, (status, payload) in zip(records, results, strict=True):
             bar.update()
             if status == "ok":
                 accepted.append(_catalog_row(record, payload))

@@ -15,7 +15,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 AE_SIZE = 64
-FILTERS = (32, 64, 128)
+FILTERS = (16, 32, 64)
 BOTTLENECK_CHANNELS = 16
 
 
@@ -67,7 +67,7 @@ def load_encoder_model(weights: Path) -> Any:
     return encoder_model(core)
 
 
-def train(image_paths: list[str], out: Path, epochs: int = 30, batch_size: int = 64, max_images: int = 20000,
+def train(image_paths: list[str], out: Path, epochs: int = 15, batch_size: int = 64, max_images: int = 20000,
           seed: int = 0) -> dict[str, list[float]]:
     """Train the auto-encoder on catalog images and save the encoder's weights.
 
@@ -101,7 +101,7 @@ def train(image_paths: list[str], out: Path, epochs: int = 30, batch_size: int =
     core = build_core()
     model = build_autoencoder(core)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
     log.info("training the auto-encoder on %d images (%d held out)", len(fit), len(val))
     history = model.fit(fit, fit, validation_data=(val, val), epochs=epochs, batch_size=batch_size,
                         callbacks=[stop], verbose=2)

@@ -50,68 +50,89 @@ def run(index: Path, queries: str, label_column: str = "category", k: int = 10, 
     Returns:
         The report: precision_at_1/5/10, map_at_10, ann_recall_at_10, n_queries, latency_ms_p50.
     """
-    from pipeline import acquire, plots
+    from pipeline import acquire
     from pipeline.extractor import load_extractor
-    from pipeline.features import decode_image
 
     folder = artifacts.resolve_index(index)
     manifest = artifacts.verify(folder)
     annoy_index = artifacts.load_annoy(folder, manifest, prefault=True)
     items = artifacts.read_items(folder)
     extractor = load_extractor(folder / artifacts.EXTRACTOR_DIR)
-    vectors = np.array([annoy_index.get_item_vector(i) for i in range(len(items))], dtype=np.float32)
     labels = np.array([_label(item, label_column) for item in items])
+    report = Path(report or "eval/report.json")
     with tempfile.TemporaryDirectory() as tmp:
-        qdir = Path(work_dir or tmp)
-        acquire.run(queries, qdir, holdout=0.0)
-        layout = Layout(qdir)
+        layout = Layout(Path(work_dir or tmp))
+        acquire.run(queries, layout.root, holdout=0.0)
         qcat = read_catalog(layout.catalog_csv)
+        if qcat.empty:
+            raise ValueError(f"none of the query images of {queries} could be used; see {layout.rejects_csv}")
         if label_column not in qcat.columns:
             raise ValueError(f"--label-column {label_column!r} is not a column of the queries; "
                              f"columns: {list(qcat.columns)}")
         qpaths = [str(layout.catalog / p) for p in qcat["image"]]
-        found, latencies, qvectors = [], [], []
-        for path in tqdm(qpaths, desc="evaluate", unit="query", disable=None):
-            started = time.perf_counter()
-            vector = extractor.embed(decode_image(path)[None].numpy())[0]
-            ids = annoy_index.get_nns_by_vector(vector, k + 1, search_k=manifest["search_k"])
-            latencies.append(time.perf_counter() - started)
-            found.append(ids)
-            qvectors.append(vector)
-        qlabels = qcat[label_column].to_numpy()
-        qids = qcat["product_id"].tolist()
+        found, qvectors, latencies = _query(extractor, annoy_index, qpaths, k + 1, manifest["search_k"])
         # A query that is itself in the index must not count finding itself.
-        self_ids = np.array([next((i for i in f if items[i]["product_id"] == q), -1) for f, q in zip(found, qids)])
-        found = [[i for i in f if i != s][:k] for f, s in zip(found, self_ids)]
-        exact = exact_top_k(vectors, np.stack(qvectors), k, exclude=self_ids)
-        n_label = {lab: int(c) for lab, c in zip(*np.unique(labels, return_counts=True))}
-        rel = [[labels[i] == q for i in f] for f, q in zip(found, qlabels)]
-        result = {
-            "precision_at_1": _mean([r[:1].count(True) / 1 for r in rel]),
-            "precision_at_5": _mean([r[:5].count(True) / 5 for r in rel]),
-            "precision_at_10": _mean([r[:10].count(True) / 10 for r in rel]),
-            "map_at_10": _mean([average_precision(r, n_label.get(q, 0) - (s >= 0), 10)
-                                for r, q, s in zip(rel, qlabels, self_ids)]),
-            "ann_recall_at_10": _mean([len(set(f[:10]) & set(e[:10].tolist())) / min(10, len(e))
-                                       for f, e in zip(found, exact)]),
-            "n_queries": len(qpaths),
-            "latency_ms_p50": round(1000 * float(np.median(latencies)), 3) if latencies else None,
-        }
-        report = Path(report or "eval/report.json")
+        self_ids = np.array([next((i for i in f if items[i]["product_id"] == q), -1)
+                             for f, q in zip(found, qcat["product_id"], strict=True)])
+        found = [[i for i in f if i != s][:k] for f, s in zip(found, self_ids, strict=True)]
+        vectors = np.array([annoy_index.get_item_vector(i) for i in range(len(items))], dtype=np.float32)
+        exact = exact_top_k(vectors, qvectors, k, exclude=self_ids)
+        qlabels = qcat[label_column].to_numpy()
+        result = _score(found, exact, labels, qlabels, self_ids)
+        result["latency_ms_p50"] = round(1000 * float(np.median(latencies)), 3) if latencies else None
         storage.write_json(report, result)
-        details = {"index": str(folder), "version": manifest["version"], "encoder": manifest["encoder"],
-                   "label_column": label_column, "k": k, "search_k": manifest["search_k"], "queries": queries,
-                   "latency_ms_p99": round(1000 * float(np.percentile(latencies, 99)), 3) if latencies else None,
-                   "query_rows_rejected": int(len(read_catalog(layout.rejects_csv)))}
-        storage.write_json(report.with_suffix(".details.json"), details)
-        rows = []
-        for q in np.random.default_rng(0).permutation(len(qpaths))[:GRID_QUERIES]:
-            results = [(str(Path(manifest["catalog"]) / items[i]["image"]), f"{labels[i]}", bool(labels[i] == qlabels[q]))
-                       for i in found[q][:GRID_RESULTS]]
-            rows.append(((qpaths[q], str(qlabels[q])), results))
-        plots.results_grid(rows, report.with_suffix(".png"))
+        storage.write_json(report.with_suffix(".details.json"), {
+            "index": str(folder), "version": manifest["version"], "encoder": manifest["encoder"],
+            "label_column": label_column, "k": k, "search_k": manifest["search_k"], "queries": queries,
+            "latency_ms_p99": round(1000 * float(np.percentile(latencies, 99)), 3) if latencies else None,
+            "query_rows_rejected": len(read_catalog(layout.rejects_csv))})
+        _grid(report.with_suffix(".png"), manifest, items, labels, qpaths, qlabels, found)
     log.info("evaluate: %s", result)
     return result
+
+
+def _query(extractor, annoy_index, paths: list[str], n: int, search_k: int) -> tuple[list, np.ndarray, list]:
+    """Embed and look up each query alone, as the service would, timing decode + embedding + lookup."""
+    from pipeline.features import decode_image
+
+    found, vectors, latencies = [], [], []
+    for path in tqdm(paths, desc="evaluate", unit="query", disable=None):
+        started = time.perf_counter()
+        vector = extractor.embed(decode_image(path)[None].numpy())[0]
+        found.append(annoy_index.get_nns_by_vector(vector, n, search_k=search_k))
+        latencies.append(time.perf_counter() - started)
+        vectors.append(vector)
+    return found, np.array(vectors, dtype=np.float32).reshape(len(paths), -1), latencies
+
+
+def _score(found: list[list[int]], exact: np.ndarray, labels: np.ndarray, qlabels: np.ndarray,
+           self_ids: np.ndarray) -> dict:
+    """Precision@1/5/10, mAP@10 and the ANN's recall@10 against exact search."""
+    n_label = dict(zip(*np.unique(labels, return_counts=True), strict=True))
+    rel = [[bool(labels[i] == q) for i in f] for f, q in zip(found, qlabels, strict=True)]
+    n_relevant = [int(n_label.get(q, 0)) - int(s >= 0) for q, s in zip(qlabels, self_ids, strict=True)]
+    return {
+        "precision_at_1": _mean([sum(r[:1]) / 1 for r in rel]),
+        "precision_at_5": _mean([sum(r[:5]) / 5 for r in rel]),
+        "precision_at_10": _mean([sum(r[:10]) / 10 for r in rel]),
+        "map_at_10": _mean([average_precision(r, n, 10) for r, n in zip(rel, n_relevant, strict=True)]),
+        "ann_recall_at_10": _mean([len(set(f[:10]) & set(e[:10].tolist())) / min(10, len(e))
+                                   for f, e in zip(found, exact, strict=True)]),
+        "n_queries": len(found),
+    }
+
+
+def _grid(path: Path, manifest: dict, items: list[dict], labels: np.ndarray, qpaths: list[str],
+          qlabels: np.ndarray, found: list[list[int]]) -> None:
+    """Draw a few random queries with their top results, framed by correctness."""
+    from pipeline import plots
+
+    rows = []
+    for q in np.random.default_rng(0).permutation(len(qpaths))[:GRID_QUERIES]:
+        results = [(str(Path(manifest["catalog"]) / items[i]["image"]), str(labels[i]), bool(labels[i] == qlabels[q]))
+                   for i in found[q][:GRID_RESULTS]]
+        rows.append(((qpaths[q], str(qlabels[q])), results))
+    plots.results_grid(rows, path)
 
 
 def _mean(values: list[float]) -> float | None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -60,7 +61,7 @@ class FeatureCache:
         self._rows: dict[str, np.ndarray] = {}
         for part in sorted(self.root.glob("part-*.npz")):
             with np.load(part) as data:
-                for key, row in zip(data["keys"].tolist(), data["features"]):
+                for key, row in zip(data["keys"].tolist(), data["features"], strict=True):
                     self._rows[key] = row
 
     def __contains__(self, key: str) -> bool:
@@ -81,7 +82,7 @@ class FeatureCache:
         np.savez(buffer, keys=np.array(keys), features=np.asarray(features, np.float32))
         name = f"part-{time.time_ns():020d}-{storage.sha256_bytes(''.join(keys).encode())[:12]}.npz"
         storage.atomic_write_bytes(self.root / name, buffer.getvalue())
-        self._rows.update(zip(keys, np.asarray(features, np.float32)))
+        self._rows.update(zip(keys, np.asarray(features, np.float32), strict=True))
 
 
 def compute_missing(cache: FeatureCache, keys: Sequence[str], paths: Sequence[str],
@@ -104,7 +105,7 @@ def compute_missing(cache: FeatureCache, keys: Sequence[str], paths: Sequence[st
         ValueError: an image could not be decoded (the catalog changed since acquire verified it).
     """
     todo: dict[str, str] = {}
-    for key, path in zip(keys, paths):
+    for key, path in zip(keys, paths, strict=True):
         if key not in cache and key not in todo:
             todo[key] = path
     if not todo:

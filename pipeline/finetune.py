@@ -12,7 +12,7 @@ import numpy as np
 from pipeline import storage
 from pipeline.acquire import holdout_split
 from pipeline.encoders import DEFAULT_ENCODER
-from pipeline.layout import Layout, read_catalog
+from pipeline.layout import Layout, load_catalog
 
 log = logging.getLogger(__name__)
 
@@ -21,18 +21,14 @@ DEFAULT_DIM = 256
 
 def catalog_inputs(layout: Layout) -> tuple[object, list[str], list[str]]:
     """Return the catalog table, its image content keys and its image paths, in catalog order."""
-    if not layout.catalog_csv.is_file():
-        raise FileNotFoundError(f"no catalog at {layout.catalog_csv}; run `python -m pipeline acquire` first")
-    catalog = read_catalog(layout.catalog_csv)
-    if catalog.empty:
-        raise ValueError(f"{layout.catalog_csv} has no products: every row was rejected (see rejects.csv)")
+    catalog = load_catalog(layout)
     paths = [str(layout.catalog / p) for p in catalog["image"]]
     return catalog, catalog["sha256"].tolist(), paths
 
 
 def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
         label_column: str = "category", dim: int = DEFAULT_DIM, no_finetune: bool = False, val_split: float = 0.1,
-        epochs: int = 100, ae_epochs: int = 30, seed: int = 0) -> dict:
+        epochs: int = 100, ae_epochs: int = 15, seed: int = 0) -> dict:
     """Compute (or reuse) backbone features for the catalog, train the head on them, export the extractor.
 
     Args:
@@ -124,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-finetune", action="store_true", help="keep raw backbone features")
     parser.add_argument("--val-split", type=float, default=0.1, help="held out for early stopping (default 0.1)")
     parser.add_argument("--epochs", type=int, default=100, help="most head epochs (early stopping decides)")
-    parser.add_argument("--ae-epochs", type=int, default=30, help="most auto-encoder epochs")
+    parser.add_argument("--ae-epochs", type=int, default=15, help="most auto-encoder epochs")
 
 
 def main(args: argparse.Namespace) -> None:

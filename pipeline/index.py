@@ -1,4 +1,4 @@
-"""Stage 4, index: an Annoy index over the embeddings, item maps, the extractor and a manifest, swapped in atomically."""
+"""Stage 4, index: Annoy index, item maps, extractor and manifest in a new folder, switched in atomically."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import logging
 import os
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from pipeline import artifacts, storage
-from pipeline.layout import Layout, read_catalog
+from pipeline.layout import Layout, load_catalog
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _items(catalog) -> list[str]:
     lines = []
     meta_columns = [c for c in catalog.columns if c not in ITEM_COLUMNS + INTERNAL_COLUMNS]
     for i, row in enumerate(catalog.itertuples(index=False)):
-        values = dict(zip(catalog.columns, row))
+        values = dict(zip(catalog.columns, row, strict=True))
         item = {"id": i, **{c: values[c] for c in ITEM_COLUMNS},
                 "metadata": {c: values[c] for c in meta_columns if values[c] != ""}}
         lines.append(json.dumps(item, ensure_ascii=False))
@@ -110,7 +110,7 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     from pipeline.vectorize import load_embeddings
 
     layout = Layout(Path(data_dir))
-    catalog = read_catalog(layout.catalog_csv)
+    catalog = load_catalog(layout)
     vectors = load_embeddings(data_dir)
     extractor_config = storage.read_json(layout.extractor / "extractor.json")
     embeddings_summary = storage.read_json(layout.embeddings / "embeddings.json")
@@ -119,7 +119,7 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     if embeddings_summary["export_id"] != extractor_config["export_id"]:
         raise ValueError("the embeddings were made by another extractor than model/extractor; re-run vectorize")
     n, dim = vectors.shape
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     version = now.strftime("%Y%m%dT%H%M%S") + f"-{now.microsecond:06d}"
     staging = layout.index / f".tmp-{version}"
     staging.mkdir(parents=True)

@@ -69,3 +69,13 @@ def read_catalog(path: Path):  # noqa: ANN201 - pandas is imported lazily
     import pandas as pd
 
     return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def load_catalog(layout: Layout):  # noqa: ANN201 - pandas is imported lazily
+    """Read the acquired catalog, with a clear error when acquire has not run or accepted nothing."""
+    if not layout.catalog_csv.is_file():
+        raise FileNotFoundError(f"no catalog at {layout.catalog_csv}; run `python -m pipeline acquire` first")
+    catalog = read_catalog(layout.catalog_csv)
+    if catalog.empty:
+        raise ValueError(f"{layout.catalog_csv} has no products: every row was rejected (see rejects.csv)")
+    return catalog

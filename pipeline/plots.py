@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageOps
 
@@ -21,7 +21,7 @@ def training_curves(history: dict[str, list[float]], path: Path, title: str) -> 
 
     metrics = [m for m in ("loss", "accuracy", "precision_at_5") if m in history or f"val_{m}" in history]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=True):
         for prefix, style in (("", "-"), ("val_", "--")):
             if prefix + metric in history:
                 ax.plot(range(1, len(history[prefix + metric]) + 1), history[prefix + metric], style,

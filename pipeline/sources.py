@@ -127,7 +127,7 @@ def read_fashion(root: Path, category_column: str = "articleType") -> tuple[list
                 rejects.append(Reject(row[0] if row else "", f"styles.csv:{line_no}",
                                       f"malformed row: {len(row)} fields, expected {len(header)}"))
                 continue
-            meta = dict(zip(header, (v.strip() for v in row)))
+            meta = dict(zip(header, (v.strip() for v in row), strict=True))
             pid = meta["id"]
             where = f"styles.csv:{line_no}"
             if pid in seen:

@@ -185,9 +185,9 @@ def test_s3_prefix_in_fashion_layout_and_csv_with_s3_uris(s3_server, sample_cata
     assert acquire.run("s3://shop/spring", tmp_path / "auto")["accepted"] == 11  # layout detected
 
     client.put_object(Bucket="shop", Key="m/manifest.csv", Body=(
-        "id,image,name,category\n"
-        "x,s3://shop/spring/images/10000.jpg,From S3,Bags\n"
-        "y,s3://shop/spring/images/none.jpg,Missing,Bags\n").encode())
+        b"id,image,name,category\n"
+        b"x,s3://shop/spring/images/10000.jpg,From S3,Bags\n"
+        b"y,s3://shop/spring/images/none.jpg,Missing,Bags\n"))
     summary = acquire.run("csv:s3://shop/m/manifest.csv", tmp_path / "csv")
     assert summary["accepted"] == 1
     reasons = rows(Layout(tmp_path / "csv").rejects_csv)
