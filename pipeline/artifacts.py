@@ -15,6 +15,7 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.ann"
 ITEMS_FILE = "items.jsonl"
+VECTORS_FILE = "vectors.npy"
 EXTRACTOR_DIR = "extractor"
 
 
@@ -66,7 +67,7 @@ def verify(folder: Path, check_hashes: bool = True) -> dict:
             raise ArtifactError(f"{folder}: {rel} has {path.stat().st_size} bytes, the manifest says {entry['bytes']}")
         if check_hashes and storage.sha256_file(path) != entry["sha256"]:
             raise ArtifactError(f"{folder}: {rel} does not match its sha256 in the manifest (altered or corrupt)")
-    for required in (INDEX_FILE, ITEMS_FILE):
+    for required in (INDEX_FILE, ITEMS_FILE, VECTORS_FILE):
         if required not in manifest.get("files", {}):
             raise ArtifactError(f"{folder}: the manifest lists no {required}")
     return manifest

@@ -75,7 +75,7 @@ def run(index: Path, queries: str, label_column: str = "category", k: int = 10, 
         self_ids = np.array([next((i for i in f if items[i]["product_id"] == q), -1)
                              for f, q in zip(found, qcat["product_id"], strict=True)])
         found = [[i for i in f if i != s][:k] for f, s in zip(found, self_ids, strict=True)]
-        vectors = np.array([annoy_index.get_item_vector(i) for i in range(len(items))], dtype=np.float32)
+        vectors = np.load(folder / artifacts.VECTORS_FILE, mmap_mode="r")
         exact = exact_top_k(vectors, qvectors, k, exclude=self_ids)
         qlabels = qcat[label_column].to_numpy()
         result = _score(found, exact, labels, qlabels, self_ids)
@@ -86,7 +86,7 @@ def run(index: Path, queries: str, label_column: str = "category", k: int = 10, 
             "label_column": label_column, "k": k, "search_k": manifest["search_k"], "queries": queries,
             "latency_ms_p99": round(1000 * float(np.percentile(latencies, 99)), 3) if latencies else None,
             "query_rows_rejected": len(read_catalog(layout.rejects_csv))})
-        _grid(report.with_suffix(".png"), manifest, items, labels, qpaths, qlabels, found)
+        _grid(report.with_suffix(".png"), folder, items, labels, qpaths, qlabels, found)
     log.info("evaluate: %s", result)
     return result
 
@@ -122,14 +122,14 @@ def _score(found: list[list[int]], exact: np.ndarray, labels: np.ndarray, qlabel
     }
 
 
-def _grid(path: Path, manifest: dict, items: list[dict], labels: np.ndarray, qpaths: list[str],
+def _grid(path: Path, folder: Path, items: list[dict], labels: np.ndarray, qpaths: list[str],
           qlabels: np.ndarray, found: list[list[int]]) -> None:
     """Draw a few random queries with their top results, framed by correctness."""
     from pipeline import plots
 
     rows = []
     for q in np.random.default_rng(0).permutation(len(qpaths))[:GRID_QUERIES]:
-        results = [(str(Path(manifest["catalog"]) / items[i]["image"]), str(labels[i]), bool(labels[i] == qlabels[q]))
+        results = [(str(folder / items[i]["thumbnail"]), str(labels[i]), bool(labels[i] == qlabels[q]))
                    for i in found[q][:GRID_RESULTS]]
         rows.append(((qpaths[q], str(qlabels[q])), results))
     plots.results_grid(rows, path)

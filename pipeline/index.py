@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from pipeline import artifacts, storage
 from pipeline.layout import Layout, load_catalog
+from pipeline.thumbnails import build_thumbnails, thumbnail_name
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,12 @@ def tune_search_k(index, vectors: np.ndarray, trees: int, k: int = K, target: fl
 
 
 def _items(catalog) -> list[str]:
-    """One JSON line per dense id: the product's id, name, category, image and the rest as metadata."""
+    """One JSON line per dense id: the product's id, name, category, image, thumbnail and the rest as metadata."""
     lines = []
     meta_columns = [c for c in catalog.columns if c not in ITEM_COLUMNS + INTERNAL_COLUMNS]
     for i, row in enumerate(catalog.itertuples(index=False)):
         values = dict(zip(catalog.columns, row, strict=True))
-        item = {"id": i, **{c: values[c] for c in ITEM_COLUMNS},
+        item = {"id": i, **{c: values[c] for c in ITEM_COLUMNS}, "thumbnail": thumbnail_name(values["sha256"]),
                 "metadata": {c: values[c] for c in meta_columns if values[c] != ""}}
         lines.append(json.dumps(item, ensure_ascii=False))
     return lines
@@ -136,6 +137,9 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     build_s = time.perf_counter() - started
     chosen, table = (search_k, []) if search_k else tune_search_k(index, vectors, trees, target=target_recall)
     index.unload()
+    np.save(staging / artifacts.VECTORS_FILE, vectors.astype(np.float32))
+    images = dict(zip(catalog["sha256"], (layout.catalog / p for p in catalog["image"]), strict=True))
+    build_thumbnails(images, layout.cache / "thumbs", staging)
     (staging / artifacts.ITEMS_FILE).write_text("\n".join(_items(catalog)) + "\n", encoding="utf-8")
     _copy_tree(layout.extractor, staging / artifacts.EXTRACTOR_DIR)
     manifest = {

@@ -98,6 +98,11 @@ def test_index_folder_is_self_describing_and_verified(built: Path, tmp_path: Pat
     assert items[0]["metadata"]["baseColour"] and "sha256" not in items[0]["metadata"]
     annoy = artifacts.load_annoy(folder, manifest)
     assert annoy.get_nns_by_item(3, 1) == [3]
+    assert np.load(folder / "vectors.npy").shape == (len(catalog), 32)
+    from PIL import Image
+
+    with Image.open(folder / items[0]["thumbnail"]) as thumb:
+        assert max(thumb.size) <= 320 and thumb.mode == "RGB"
 
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)

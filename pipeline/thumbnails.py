@@ -1,0 +1,56 @@
+"""Web-sized copies of catalog images, named by content hash, so that an index folder can serve its own images."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+THUMB_SIDE = 320
+THUMB_QUALITY = 85
+
+
+def thumbnail_name(sha256: str) -> str:
+    """Path of a thumbnail inside an index folder (content-addressed: stable across versions, cacheable)."""
+    return f"thumbs/{sha256}.jpg"
+
+
+def _make(job: tuple[Path, Path]) -> None:
+    source, target = job
+    with Image.open(source) as img:
+        img = img.convert("RGB")
+        img.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.LANCZOS)
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        img.save(tmp, "JPEG", quality=THUMB_QUALITY, optimize=True)
+    os.replace(tmp, target)
+
+
+def build_thumbnails(images: dict[str, Path], cache: Path, out: Path) -> int:
+    """Write one thumbnail per distinct image hash into `out/thumbs/`, reusing those already in `cache`.
+
+    Args:
+        images: image sha256 -> the catalog's normalised JPEG.
+        cache: a folder that keeps thumbnails between index builds (only new images are resized).
+        out: the index folder being built; thumbnails are hard-linked (or copied) into it.
+
+    Returns:
+        How many thumbnails had to be made.
+    """
+    cache.mkdir(parents=True, exist_ok=True)
+    (out / "thumbs").mkdir(parents=True, exist_ok=True)
+    todo = [(src, cache / f"{sha}.jpg") for sha, src in images.items() if not (cache / f"{sha}.jpg").is_file()]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(tqdm(pool.map(_make, todo), total=len(todo), desc="thumbnails", unit="img", disable=None))
+    for sha in images:
+        src, dst = cache / f"{sha}.jpg", out / thumbnail_name(sha)
+        try:
+            os.link(src, dst)
+        except OSError:
+            dst.write_bytes(src.read_bytes())
+    return len(todo)
