@@ -16,7 +16,14 @@ BACKGROUND = (255, 255, 255)
 
 
 class ImageRejected(ValueError):
-    """An image that cannot be used, with a reason a person can act on."""
+    """An image that cannot be used, with a reason a person can act on.
+
+    `kind` groups the reasons: empty, format (not an image), corrupt, pixels (too many), dimensions.
+    """
+
+    def __init__(self, message: str, kind: str = "corrupt") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def open_image(data: bytes, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE,
@@ -39,7 +46,7 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SI
         ImageRejected: the bytes are empty, not an image, truncated or corrupt, or of absurd size.
     """
     if not data:
-        raise ImageRejected("empty file (0 bytes)")
+        raise ImageRejected("empty file (0 bytes)", "empty")
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb check only warns below 2x its limit; ours is explicit and checked first.
@@ -48,20 +55,22 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SI
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageRejected(f"too many pixels ({width}x{height} > {max_pixels:,}): "
-                                    "possible decompression bomb; downscale the image")
+                                    "possible decompression bomb; downscale the image", "pixels")
             img.load()
     except ImageRejected:
         raise
     except UnidentifiedImageError:
-        raise ImageRejected("not an image (unrecognised file format)") from None
+        raise ImageRejected("not an image (unrecognised file format)", "format") from None
     except Image.DecompressionBombError as exc:
-        raise ImageRejected(f"decompression bomb refused: {exc}") from None
+        raise ImageRejected(f"decompression bomb refused: {exc}", "pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected(f"truncated or corrupt image: {exc}") from None
     if min(width, height) < min_side:
-        raise ImageRejected(f"too small ({width}x{height}); the shorter side must be at least {min_side} px")
+        raise ImageRejected(f"too small ({width}x{height}); the shorter side must be at least {min_side} px",
+                            "dimensions")
     if max(width, height) / min(width, height) > max_aspect:
-        raise ImageRejected(f"absurd aspect ratio ({width}x{height}); at most {max_aspect:g}:1 is accepted")
+        raise ImageRejected(f"absurd aspect ratio ({width}x{height}); at most {max_aspect:g}:1 is accepted",
+                            "dimensions")
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not cost the image; keep it as stored

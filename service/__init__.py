@@ -1,0 +1,49 @@
+"""Visual search query service: a Flask app factory over one index folder (local or S3)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, g, request
+
+from service.config import load_config
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: configuration (defaults, environment, `config`), blueprints, JSON errors, metrics, index.
+
+    Args:
+        config: overrides of the configuration, e.g. {"ARTIFACTS": "data/demo/index/current"} in tests.
+    """
+    import pipeline  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow is imported
+    from service import api, errors, ops, state, web
+    from service.metrics import Metrics
+
+    app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app.config.update(load_config(config))
+    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_UPLOAD_MB"]) * 2**20 + 64 * 1024  # + form overhead
+    app.json.sort_keys = False
+    metrics = Metrics()
+    app.extensions["visual_search_metrics"] = metrics
+    errors.init_app(app)
+    for blueprint in (api.bp, web.bp, ops.bp):
+        app.register_blueprint(blueprint)
+
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+        state.get_holder().check_for_reload()
+
+    @app.after_request
+    def count(response):  # noqa: ANN001, ANN202
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.record(endpoint, request.method, response.status_code, time.perf_counter() - g.get("started", 0))
+        return response
+
+    state.init_app(app)
+    return app

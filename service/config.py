@@ -1,0 +1,50 @@
+"""Service configuration: defaults, then environment variables (Beanstalk environment properties), then a mapping."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "ARTIFACTS": "data/demo/index/current",  # a local index folder or s3://bucket/prefix
+    "ARTIFACTS_CACHE": "/tmp/visual-search-artifacts",  # where S3 artifacts are downloaded and checked
+    "IMAGE_BASE_URL": "",  # an S3 bucket or CDN URL serving the index's thumbs/; empty: served by /images/
+    "MAX_UPLOAD_MB": 10,
+    "MAX_PIXELS": 40_000_000,
+    "URL_TIMEOUT_S": 5.0,
+    "ALLOW_PRIVATE_URLS": False,  # image_url may not reach loopback/private/link-local hosts (cloud metadata)
+    "ADMIN_TOKEN": "",  # bearer token of POST /api/admin/reload; empty: reload is disabled (403)
+    "DEFAULT_K": 10,
+    "MAX_K": 100,
+    "LOAD_IN_BACKGROUND": True,  # /health answers 503 while the index loads
+    "RELOAD_CHECK_S": 2.0,  # how often each worker looks for a reload asked of another worker
+}
+TYPES = {key: type(value) for key, value in DEFAULTS.items()}
+
+
+def _parse(key: str, raw: str) -> Any:
+    kind = TYPES[key]
+    if kind is bool:
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"environment variable {key}={raw!r} is not a boolean (use true or false)")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {key}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> dict:
+    """Return the configuration: DEFAULTS, replaced by environment variables, replaced by `overrides`."""
+    environ = os.environ if environ is None else environ
+    config = dict(DEFAULTS)
+    for key in DEFAULTS:
+        if key in environ:
+            config[key] = _parse(key, environ[key])
+    config.update(overrides or {})
+    if not 1 <= int(config["MAX_K"]) <= 1000:
+        raise ValueError(f"MAX_K must be between 1 and 1000, got {config['MAX_K']}")
+    return config

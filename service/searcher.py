@@ -1,0 +1,162 @@
+"""The Flask-free searcher: one verified index folder in memory, answering image, "more like this" and filtered queries."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import artifacts
+
+log = logging.getLogger(__name__)
+
+EXACT_FILTER_BELOW = 20_000  # a filter matching fewer products is answered by an exact scan of just those
+FACET_MAX_VALUES = 200  # columns with more distinct values are filterable but not listed as facets
+
+
+class UnknownProduct(KeyError):
+    """A product id that is not in the index."""
+
+
+class UnknownFilter(ValueError):
+    """A filter on a column that the index does not have."""
+
+
+class Searcher:
+    """Everything one index version needs to answer queries: extractor, Annoy index, vectors, item maps.
+
+    Args:
+        folder: an index version folder (or anything `pipeline.artifacts.resolve_index` accepts).
+        check_hashes: verify every file's sha256 against the manifest before loading.
+    """
+
+    def __init__(self, folder: Path, check_hashes: bool = True) -> None:
+        from pipeline.extractor import load_extractor
+
+        started = time.perf_counter()
+        self.folder = artifacts.resolve_index(folder)
+        self.manifest = artifacts.verify(self.folder, check_hashes=check_hashes)
+        self.index = artifacts.load_annoy(self.folder, self.manifest, prefault=True)
+        self.items = artifacts.read_items(self.folder)
+        self.vectors = np.load(self.folder / artifacts.VECTORS_FILE, mmap_mode="r")
+        if self.vectors.shape != (len(self.items), self.manifest["dim"]):
+            raise artifacts.ArtifactError(f"{self.folder}: vectors.npy has shape {self.vectors.shape}, expected "
+                                          f"({len(self.items)}, {self.manifest['dim']})")
+        self.extractor = load_extractor(self.folder / artifacts.EXTRACTOR_DIR)
+        self.by_product = {item["product_id"]: item["id"] for item in self.items}
+        self.columns = sorted({"category"} | {key for item in self.items for key in item["metadata"]})
+        self._value_ids: dict[str, dict[str, np.ndarray]] = {}
+        self.search_k = int(self.manifest["search_k"])
+        self.n_trees = int(self.manifest["n_trees"])
+        self.load_seconds = time.perf_counter() - started
+
+    @property
+    def version(self) -> str:
+        """The index version (its folder name)."""
+        return str(self.manifest["version"])
+
+    def warm_up(self) -> None:
+        """Run one full query so that the first shopper does not pay for graph tracing and page faults."""
+        vector = self.embed(np.full((64, 64, 3), 200, np.uint8))
+        self.search(vector, 10)
+
+    def embed(self, rgb: np.ndarray) -> np.ndarray:
+        """Return the unit vector of one RGB uint8 image [H, W, 3]."""
+        from pipeline.features import prepare_array
+
+        return self.extractor.embed(prepare_array(rgb, self.extractor.input_size)[None])[0]
+
+    def product(self, product_id: str) -> dict:
+        """Return a product's item (id, product_id, name, category, image, thumbnail, metadata)."""
+        try:
+            return self.items[self.by_product[product_id]]
+        except KeyError:
+            raise UnknownProduct(product_id) from None
+
+    def value(self, item: dict, column: str) -> str:
+        """Return an item's value in a filterable column ('' when it has none)."""
+        return str(item["category"] if column == "category" else item["metadata"].get(column, ""))
+
+    def _ids_by_value(self, column: str) -> dict[str, np.ndarray]:
+        if column not in self._value_ids:
+            groups: dict[str, list[int]] = {}
+            for item in self.items:
+                groups.setdefault(self.value(item, column), []).append(item["id"])
+            self._value_ids[column] = {v: np.array(ids, dtype=np.int64) for v, ids in groups.items()}
+        return self._value_ids[column]
+
+    def allowed(self, filters: dict[str, list[str]]) -> np.ndarray:
+        """Return a boolean mask of the items matching every column's filter (any of its values)."""
+        mask = np.ones(len(self.items), dtype=bool)
+        for column, values in filters.items():
+            if column not in self.columns:
+                raise UnknownFilter(column)
+            by_value = self._ids_by_value(column)
+            column_mask = np.zeros(len(self.items), dtype=bool)
+            for value in values:
+                column_mask[by_value.get(value, np.empty(0, np.int64))] = True
+            mask &= column_mask
+        return mask
+
+    @functools.cached_property
+    def facets(self) -> dict[str, list[dict]]:
+        """Each low-cardinality column's values with their product counts, most common first."""
+        out = {}
+        for column in self.columns:
+            counts = Counter(self.value(item, column) for item in self.items)
+            counts.pop("", None)
+            if 1 < len(counts) <= FACET_MAX_VALUES:
+                out[column] = [{"value": v, "count": c} for v, c in counts.most_common()]
+        return out
+
+    def search(self, vector: np.ndarray, k: int, filters: dict[str, list[str]] | None = None,
+               exclude: int | None = None) -> list[tuple[dict, float]]:
+        """Return up to k (item, cosine similarity) pairs, best first.
+
+        With filters, exactly k matching items come back whenever at least k exist: a narrow filter is
+        answered by an exact scan of its matches; a broad one by an Annoy query that over-fetches by the
+        inverse of the filter's share of the catalog and widens until it has k matches (falling back to the
+        exact scan). Candidates are always re-ranked by their exact cosine similarity.
+
+        Args:
+            vector: the query's unit vector.
+            k: results wanted.
+            filters: column -> accepted values (values of one column are alternatives; columns all apply).
+            exclude: an item id never to return (the product a "more like this" query starts from).
+        """
+        mask = self.allowed(filters) if filters else None
+        if exclude is not None:
+            mask = np.ones(len(self.items), dtype=bool) if mask is None else mask.copy()
+            mask[exclude] = False
+        n_allowed = len(self.items) if mask is None else int(mask.sum())
+        wanted = min(k, n_allowed)
+        if wanted == 0:
+            return []
+        if mask is not None and n_allowed <= EXACT_FILTER_BELOW:
+            return self._rank(np.flatnonzero(mask), vector, wanted)
+        share = n_allowed / len(self.items)
+        n = math.ceil(wanted / share * 1.5) + (exclude is not None)
+        while True:
+            ids = self.index.get_nns_by_vector(vector, n, search_k=max(self.search_k, n * self.n_trees))
+            matches = [i for i in ids if mask is None or mask[i]]
+            if len(matches) >= wanted:
+                return self._rank(np.array(matches), vector, wanted)
+            if n >= len(self.items):
+                return self._rank(np.flatnonzero(mask), vector, wanted)
+            n = min(len(self.items), n * 4)
+
+    def _rank(self, ids: np.ndarray, vector: np.ndarray, k: int) -> list[tuple[dict, float]]:
+        ids = np.sort(ids)  # ascending reads of the memory-mapped vectors
+        scores = np.asarray(self.vectors[ids] @ vector)
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(self.items[int(ids[i])], float(scores[i])) for i in top]
+
+    def similar(self, product_id: str, k: int, filters: dict[str, list[str]] | None = None) -> list[tuple[dict, float]]:
+        """Return the products most similar to a catalog product, by its stored vector (no encoder pass)."""
+        item = self.product(product_id)
+        return self.search(np.asarray(self.vectors[item["id"]]), k, filters, exclude=item["id"])

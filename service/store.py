@@ -1,0 +1,66 @@
+"""Fetch an index folder from S3 into a local cache, checking every file against the manifest's sha256."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from pipeline import artifacts, storage
+
+log = logging.getLogger(__name__)
+
+POINTER = "CURRENT"  # s3://bucket/prefix/CURRENT names the version folder to serve
+
+
+def fetch_s3(uri: str, cache_dir: Path) -> Path:
+    """Download the index at `uri` (a version folder, or a prefix whose CURRENT object names one) and verify it.
+
+    Files already in the cache with the right sha256 are not downloaded again. Nothing is returned unless
+    every file matches the manifest.
+
+    Raises:
+        ArtifactError: no manifest, or a file whose size or sha256 differs from the manifest (tampering).
+    """
+    from botocore.exceptions import ClientError
+
+    bucket, prefix = storage.split_s3(uri.rstrip("/"))
+    client = storage.s3_client()
+    try:
+        pointer = client.get_object(Bucket=bucket, Key=f"{prefix}/{POINTER}")["Body"].read().decode().strip()
+        prefix = f"{prefix}/{pointer}"
+    except ClientError:
+        pass  # no pointer: the URI names a version folder itself
+    try:
+        manifest_bytes = client.get_object(Bucket=bucket, Key=f"{prefix}/{artifacts.MANIFEST}")["Body"].read()
+    except ClientError as exc:
+        raise artifacts.ArtifactError(f"no {artifacts.MANIFEST} at s3://{bucket}/{prefix}: {exc}") from None
+    import json
+
+    manifest = json.loads(manifest_bytes)
+    local = Path(cache_dir) / bucket / prefix
+    for rel, entry in manifest.get("files", {}).items():
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise artifacts.ArtifactError(f"manifest at s3://{bucket}/{prefix} lists an unsafe path {rel!r}")
+        target = local / rel
+        if target.is_file() and target.stat().st_size == entry["bytes"] \
+                and storage.sha256_file(target) == entry["sha256"]:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}")
+        client.download_file(bucket, f"{prefix}/{rel}", str(tmp))
+        if storage.sha256_file(tmp) != entry["sha256"]:
+            tmp.unlink()
+            raise artifacts.ArtifactError(f"s3://{bucket}/{prefix}/{rel} does not match its sha256 in the manifest; "
+                                          "refusing to load these artifacts")
+        os.replace(tmp, target)
+    storage.atomic_write_bytes(local / artifacts.MANIFEST, manifest_bytes)
+    log.info("fetched %s (%d files) into %s", uri, len(manifest.get("files", {})), local)
+    return local
+
+
+def local_folder(location: str, cache_dir: Path) -> Path:
+    """Return a local, verified-on-load folder for ARTIFACTS (a path, or an s3:// URI fetched first)."""
+    if location.startswith("s3://"):
+        return fetch_s3(location, cache_dir)
+    return artifacts.resolve_index(Path(location))

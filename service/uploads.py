@@ -1,0 +1,113 @@
+"""Turn a search request's image (multipart file, image_url or image_base64) into RGB pixels, or a 4xx APIError."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import numpy as np
+from flask import Request
+
+from pipeline import imaging
+from service.errors import APIError
+
+STATUS_BY_KIND = {"empty": 400, "format": 415, "corrupt": 400, "pixels": 413, "dimensions": 422}
+HINT = "send a photo as a multipart 'image' file, or JSON {\"image_url\": ...} or {\"image_base64\": ...}"
+
+
+def request_json(request: Request) -> dict:
+    """Return the JSON body as a dict ({} when the request is not JSON); malformed JSON is a 400."""
+    if not request.is_json:
+        return {}
+    body = request.get_json(silent=True)
+    if body is None:
+        raise APIError(400, "malformed_json", "the request body is not valid JSON")
+    if not isinstance(body, dict):
+        raise APIError(400, "malformed_json", "the JSON body must be an object, e.g. {\"image_url\": \"https://...\"}")
+    return body
+
+
+def image_bytes(request: Request, body: dict, config: dict) -> bytes:
+    """Return the raw bytes of the query image, whichever way it was sent."""
+    limit = int(config["MAX_UPLOAD_MB"]) * 2**20
+    if "image" in request.files:
+        data = request.files["image"].read(limit + 1)
+    elif body.get("image_base64") is not None:
+        encoded = body["image_base64"]
+        if not isinstance(encoded, str):
+            raise APIError(400, "bad_image_base64", "image_base64 must be a string of base64 text")
+        encoded = encoded.split(",", 1)[1] if encoded.startswith("data:") else encoded
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise APIError(400, "bad_image_base64", "image_base64 is not valid base64") from None
+    elif body.get("image_url") is not None:
+        data = fetch_url(body["image_url"], limit, float(config["URL_TIMEOUT_S"]), bool(config["ALLOW_PRIVATE_URLS"]))
+    elif request.files:
+        raise APIError(400, "no_image", f"the multipart form has no field named 'image' ({HINT})")
+    else:
+        raise APIError(400, "no_image", f"no image in the request: {HINT}")
+    if len(data) > limit:
+        raise APIError(413, "too_large", f"image larger than the {config['MAX_UPLOAD_MB']} MB limit")
+    return data
+
+
+def decode(data: bytes, config: dict) -> np.ndarray:
+    """Decode and check an image, returning RGB uint8 pixels [H, W, 3]."""
+    try:
+        img = imaging.open_image(data, max_pixels=int(config["MAX_PIXELS"]), min_side=8)
+    except imaging.ImageRejected as exc:
+        hint = " (JPEG, PNG, WebP, GIF, BMP and TIFF are accepted)" if exc.kind == "format" else ""
+        raise APIError(STATUS_BY_KIND.get(exc.kind, 400), f"image_{exc.kind}", f"{exc}{hint}") from None
+    return np.asarray(img, dtype=np.uint8)
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    def __init__(self, allow_private: bool) -> None:
+        self.allow_private = allow_private
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's signature
+        _check_host(newurl, self.allow_private)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _check_host(url: str, allow_private: bool) -> None:
+    """Refuse URLs that are not http(s), or whose host resolves to a private, loopback or link-local address."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise APIError(400, "bad_image_url", "image_url must be an http:// or https:// URL")
+    if allow_private:
+        return
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(parsed.hostname, parsed.port or 443)}
+    except socket.gaierror:
+        raise APIError(400, "url_unreachable", f"cannot resolve the host of image_url: {parsed.hostname}") from None
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if not ip.is_global:
+            raise APIError(400, "bad_image_url", "image_url points to a private or local address; use a public URL")
+
+
+def fetch_url(url: object, limit: int, timeout: float, allow_private: bool) -> bytes:
+    """Download an image URL with a timeout and a size cap."""
+    if not isinstance(url, str):
+        raise APIError(400, "bad_image_url", "image_url must be a string")
+    _check_host(url, allow_private)
+    opener = urllib.request.build_opener(_CheckedRedirects(allow_private))
+    request = urllib.request.Request(url, headers={"User-Agent": "visual-search/1"})
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            data = response.read(limit + 1)
+    except urllib.error.HTTPError as exc:
+        raise APIError(400, "url_unreachable", f"image_url answered HTTP {exc.code}; check the link") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise APIError(400, "url_unreachable", f"could not fetch image_url within {timeout:g} s: {reason}") from None
+    if len(data) > limit:
+        raise APIError(413, "too_large", f"image_url returned more than {limit // 2**20} MB")
+    return data

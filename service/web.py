@@ -1,0 +1,29 @@
+"""The shopper's page and the product images (served from the index's own thumbnails)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, send_file, send_from_directory
+
+from service.errors import APIError
+from service.searcher import UnknownProduct
+from service.state import get_searcher
+
+bp = Blueprint("web", __name__)
+
+
+@bp.get("/")
+def index():  # noqa: ANN201
+    """The search page (plain HTML, CSS and JS; no external CDN)."""
+    return send_from_directory(current_app.static_folder, "index.html")
+
+
+@bp.get("/images/<path:product_id>")
+def product_image(product_id: str):  # noqa: ANN201
+    """A product's web-sized image, found through the item map: no request path reaches the filesystem."""
+    searcher = get_searcher()
+    try:
+        item = searcher.product(product_id)
+    except UnknownProduct:
+        raise APIError(404, "unknown_product", f"no product with id {product_id!r} in this index") from None
+    response = send_file(searcher.folder / item["thumbnail"], mimetype="image/jpeg", max_age=86400)
+    return response
