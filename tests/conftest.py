@@ -49,3 +49,49 @@ def tiny_hub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("hub") / "tiny_backbone"
     model.save(str(path), save_format="tf")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_index(sample_catalog: Path, tiny_hub_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir with an index built from the sample catalog (hub encoder on a local SavedModel)."""
+    from pipeline import acquire, finetune, index, vectorize
+
+    data = tmp_path_factory.mktemp("demo")
+    acquire.run(f"fashion:{sample_catalog}", data)
+    finetune.run(data, encoder=f"hub:{tiny_hub_model}", dim=32, epochs=40)
+    vectorize.run(data)
+    index.run(data, trees=8)
+    return data
+
+
+def free_port() -> int:
+    """Return a free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
+    """Encode one file as multipart/form-data; return (body, content type)."""
+    boundary = "----visualsearchtest"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.fixture()
+def s3_server(monkeypatch: pytest.MonkeyPatch):
+    """A real S3 API (moto's server) on 127.0.0.1, with boto3 pointed at it through the environment."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    yield endpoint
+    server.stop()

@@ -156,21 +156,6 @@ def test_holdout_is_stratified_and_disjoint(sample_catalog: Path, tmp_path: Path
     assert {"id", "image", "name", "category"} <= set(queries.columns)
 
 
-@pytest.fixture()
-def s3_server(monkeypatch: pytest.MonkeyPatch):
-    """A real S3 API (moto's server) on 127.0.0.1, with boto3 pointed at it."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-        monkeypatch.setenv(key, value)
-    yield
-    server.stop()
-
-
 def test_s3_prefix_in_fashion_layout_and_csv_with_s3_uris(s3_server, sample_catalog: Path, tmp_path: Path) -> None:
     from pipeline.storage import s3_client
 
