@@ -1,4 +1,4 @@
-"""The Flask-free searcher: one verified index folder in memory, answering image, "more like this" and filtered queries."""
+"""The Flask-free searcher: one verified index folder in memory, answering image, similar and filtered queries."""
 
 from __future__ import annotations
 

@@ -99,7 +99,8 @@ def test_artifacts_from_s3_are_verified_and_tampering_is_refused(s3_server: str,
     assert (tmp_path / "cache" / "artifacts" / "shop" / folder.name / "index.ann").is_file()
 
     items_key = f"shop/{folder.name}/items.jsonl"
-    tampered = client.get_object(Bucket="artifacts", Key=items_key)["Body"].read().replace(b"Northwind", b"Southwind")  # same size: only the hash can tell
+    original = client.get_object(Bucket="artifacts", Key=items_key)["Body"].read()
+    tampered = original.replace(b"Northwind", b"Southwind")  # same size: only the hash can tell
     client.put_object(Bucket="artifacts", Key=items_key, Body=tampered)
     fresh = create_app({"ARTIFACTS": "s3://artifacts/shop", "ARTIFACTS_CACHE": str(tmp_path / "fresh")})
     holder = fresh.extensions["visual_search"]
