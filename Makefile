@@ -4,8 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data/demo
 ENCODER ?= autoencoder
+HOST ?= 127.0.0.1
+PORT ?= 8080
 
-.PHONY: demo test lint venv clean
+.PHONY: demo serve test lint venv clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +20,17 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) scripts/make_sample_catalog.py --out data/sample-catalog
 	$(PY) -m pipeline run --source fashion:data/sample-catalog --data-dir $(DATA) --encoder $(ENCODER) --eval-split 0.1
+	@echo "Serving the demo index at http://$(HOST):$(PORT)/ (Ctrl-C stops it)"
+	ARTIFACTS=$(DATA)/index/current GUNICORN_BIND=$(HOST):$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py application:application
 
 test: venv
 	$(PY) -m pytest -q tests
 
+serve: venv
+	ARTIFACTS=$(DATA)/index/current GUNICORN_BIND=$(HOST):$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py application:application
+
 lint: venv
-	$(PY) -m ruff check pipeline service scripts tests
+	$(PY) -m ruff check pipeline service scripts tests application.py gunicorn.conf.py
 
 clean:
 	rm -rf data/demo data/sample-catalog

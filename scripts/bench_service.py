@@ -1,0 +1,157 @@
+"""Benchmark the service as deployed: gunicorn workers over HTTP, compared with one bare encoder pass.
+
+Prints, from one run: p50/p99 of POST /api/search and of the bare extractor on the same image (goal: search
+p50 <= 1.1x the encoder pass), p50/p99 of GET /api/products/<id>/similar (goal: p50 <= 5 ms), and a
+concurrent load of 2x the cores for --seconds (goal: 0 errors).
+
+    python scripts/bench_service.py --index data/demo/index/current
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def multipart(data: bytes) -> tuple[bytes, str]:
+    """Encode an image as a multipart 'image' field."""
+    boundary = "----bench"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n\r\n'.encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def timed(url: str, body: bytes | None = None, content_type: str | None = None) -> tuple[float, int]:
+    """One request: (seconds, status)."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type} if content_type else {})
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError):
+        status = 0
+    return time.perf_counter() - started, status
+
+
+def percentiles(seconds: list[float]) -> str:
+    ms = np.array(seconds) * 1000
+    return f"p50 {np.percentile(ms, 50):8.2f} ms   p99 {np.percentile(ms, 99):8.2f} ms   (n={len(ms)})"
+
+
+def start_gunicorn(index: Path, port: int, workers: int, cache: str) -> subprocess.Popen:
+    env = {**os.environ, "ARTIFACTS": str(index), "GUNICORN_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers),
+           "ARTIFACTS_CACHE": cache, "LOG_LEVEL": "warning"}
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--access-logfile", "/dev/null",
+               "application:application"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    deadline = time.monotonic() + 180
+    healthy = 0
+    while time.monotonic() < deadline and healthy < 2 * workers + 2:
+        healthy = healthy + 1 if timed(f"http://127.0.0.1:{port}/health")[1] == 200 else 0
+        time.sleep(0.2)
+    if healthy < 2 * workers + 2:
+        process.terminate()
+        raise SystemExit("gunicorn did not become healthy within 180 s")
+    return process
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print its figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--index", type=Path, default=ROOT / "data" / "demo" / "index" / "current")
+    parser.add_argument("--image", type=Path, default=None, help="query photo (default: one of the index's images)")
+    parser.add_argument("--requests", type=int, default=200, help="sequential requests per endpoint")
+    parser.add_argument("--seconds", type=float, default=30, help="duration of the concurrent load")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--port", type=int, default=8123)
+    args = parser.parse_args(argv)
+
+    from pipeline import artifacts
+    from pipeline.extractor import load_extractor
+    from pipeline.features import prepare_array
+    from service.uploads import decode
+
+    folder = artifacts.resolve_index(args.index)
+    items = artifacts.read_items(folder)
+    image_path = args.image or folder / items[len(items) // 2]["thumbnail"]
+    data = image_path.read_bytes()
+    body, content_type = multipart(data)
+    cores = os.cpu_count() or 1
+
+    extractor = load_extractor(folder / artifacts.EXTRACTOR_DIR)
+    pixels = decode(data, {"MAX_PIXELS": 40_000_000})
+    bare = []
+    for i in range(args.requests + 5):
+        started = time.perf_counter()
+        extractor.embed(prepare_array(pixels, extractor.input_size)[None])
+        if i >= 5:  # the first calls trace the graph
+            bare.append(time.perf_counter() - started)
+    del extractor
+
+    base = f"http://127.0.0.1:{args.port}"
+    with tempfile.TemporaryDirectory() as cache:
+        server = start_gunicorn(folder, args.port, args.workers, cache)
+        try:
+            for _ in range(10):
+                timed(f"{base}/api/search?k=10", body, content_type)
+            search = [timed(f"{base}/api/search?k=10", body, content_type)[0] for _ in range(args.requests)]
+            product_ids = [items[i]["product_id"] for i in np.random.default_rng(0).integers(0, len(items), 50)]
+            similar = [timed(f"{base}/api/products/{urllib.request.quote(product_ids[i % 50])}/similar?k=10")[0]
+                       for i in range(args.requests)]
+            load = {"search": [], "errors": 0, "requests": 0}
+            lock, stop = threading.Lock(), time.monotonic() + args.seconds
+
+            def client(n: int) -> None:
+                while time.monotonic() < stop:
+                    if n % 2:
+                        seconds, status = timed(f"{base}/api/search?k=10", body, content_type)
+                    else:
+                        seconds, status = timed(f"{base}/api/products/{product_ids[n]}/similar?k=10")
+                    with lock:
+                        load["requests"] += 1
+                        load["errors"] += status != 200
+                        if n % 2:
+                            load["search"].append(seconds)
+
+            threads = [threading.Thread(target=client, args=(n,)) for n in range(2 * cores)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            health = json.loads(urllib.request.urlopen(f"{base}/health", timeout=10).read())
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+    ratio = np.percentile(search, 50) / np.percentile(bare, 50)
+    print(f"\nbench_service: index {health['version']} ({health['items']} items, {health['encoder']}), "
+          f"{args.workers} gunicorn workers, {cores} cores, image {image_path.name}")
+    print(f"bare encoder pass (in process)   {percentiles(bare)}")
+    print(f"POST /api/search (HTTP)          {percentiles(search)}")
+    print(f"  search p50 / encoder p50       {ratio:8.2f}x   (goal <= 1.10x)")
+    print(f"GET /api/products/<id>/similar   {percentiles(similar)}   (goal p50 <= 5 ms)")
+    print(f"load: {2 * cores} concurrent clients for {args.seconds:.0f} s: {load['requests']} requests, "
+          f"{load['requests'] / args.seconds:.1f}/s, errors {load['errors']} (goal 0); "
+          f"search under load {percentiles(load['search'])}")
+
+
+if __name__ == "__main__":
+    main()
