@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,19 +66,23 @@ def tflite_runner(path: Path, scale: float = 1 / 255.0) -> Callable[[np.ndarray]
     """Return a function that runs a TFLite image model on a batch, resizing its batch dimension as needed."""
     import tensorflow as tf
 
-    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice, once per load
+        interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count())
     inp = interpreter.get_input_details()[0]["index"]
     out = interpreter.get_output_details()[0]["index"]
     state = {"batch": None}
+    lock = threading.Lock()  # an interpreter is not thread-safe; the service calls it from gthread threads
 
     def run(images: np.ndarray) -> np.ndarray:
-        if state["batch"] != len(images):
-            interpreter.resize_tensor_input(inp, [len(images), INPUT_SIZE, INPUT_SIZE, 3])
-            interpreter.allocate_tensors()
-            state["batch"] = len(images)
-        interpreter.set_tensor(inp, (np.asarray(images, np.float32) * scale).astype(np.float32))
-        interpreter.invoke()
-        return interpreter.get_tensor(out).reshape(len(images), -1).copy()
+        with lock:
+            if state["batch"] != len(images):
+                interpreter.resize_tensor_input(inp, [len(images), INPUT_SIZE, INPUT_SIZE, 3])
+                interpreter.allocate_tensors()
+                state["batch"] = len(images)
+            interpreter.set_tensor(inp, (np.asarray(images, np.float32) * scale).astype(np.float32))
+            interpreter.invoke()
+            return interpreter.get_tensor(out).reshape(len(images), -1).copy()
 
     return run
 

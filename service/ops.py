@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
@@ -25,7 +26,7 @@ def health():  # noqa: ANN201
         return jsonify(body), 503
     return jsonify({"status": "ok", "version": searcher.version, "items": len(searcher.items),
                     "encoder": searcher.manifest["encoder"], "dim": searcher.manifest["dim"],
-                    "reload_error": holder.error})
+                    "worker": os.getpid(), "reload_error": holder.error})
 
 
 @bp.get("/metrics")

@@ -37,6 +37,16 @@ class SearcherHolder:
         self._loading = False
         self._last_check = 0.0
         self.marker = Path(config["ARTIFACTS_CACHE"]) / "reload.json"
+        self.configured = config["ARTIFACTS"]
+
+    def starting_location(self) -> str:
+        """ARTIFACTS, or what a reload asked for since (so a restarted worker joins its peers), unless the
+        configured ARTIFACTS changed since that reload (a new deployment wins)."""
+        try:
+            wanted = json.loads(self.marker.read_text())
+        except (OSError, ValueError):
+            return self.configured
+        return wanted["artifacts"] if wanted.get("configured") == self.configured else self.configured
 
     def load(self, location: str) -> Searcher:
         """Fetch (from S3 if needed), verify, load and warm up an index, then make it current."""
@@ -67,7 +77,8 @@ class SearcherHolder:
 
     def announce(self, location: str) -> None:
         """Tell the other workers to load `location` (they notice within RELOAD_CHECK_S)."""
-        payload = json.dumps({"artifacts": location, "at": time.time(), "by": os.getpid()}).encode()
+        payload = json.dumps({"artifacts": location, "at": time.time(), "by": os.getpid(),
+                              "configured": self.configured}).encode()
         from pipeline.storage import atomic_write_bytes
 
         atomic_write_bytes(self.marker, payload)
@@ -99,10 +110,11 @@ def init_app(app: Flask) -> None:
     """Create the holder on app.extensions and start loading the configured artifacts."""
     holder = SearcherHolder(app.config)
     app.extensions[EXTENSION] = holder
+    location = holder.starting_location()
     if app.config["LOAD_IN_BACKGROUND"]:
-        holder.load_in_background(app.config["ARTIFACTS"])
+        holder.load_in_background(location)
     else:
-        holder.load(app.config["ARTIFACTS"])
+        holder.load(location)
 
 
 def get_holder() -> SearcherHolder:

@@ -75,3 +75,20 @@ def test_real_pretrained_encoder_exports_a_working_extractor(acquired: Path, tmp
     catalog = read_catalog(layout.catalog_csv)
     idx = [catalog.index[catalog["image"] == r][0] for r in rows]
     assert np.allclose(embedded, vectors[idx], atol=1e-4)
+
+
+def test_tflite_extractor_is_safe_to_call_from_many_threads(acquired: Path, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.extractor import load_extractor
+
+    data = _fresh(acquired, tmp_path)
+    finetune.run(data, encoder="mediapipe-embedder", encoder_weights=str(shared_path(*MEDIAPIPE)), no_finetune=True)
+    extractor = load_extractor(Layout(data).extractor)
+    rng = np.random.default_rng(0)
+    images = [rng.uniform(0, 255, (1 + i % 3, 224, 224, 3)).astype(np.float32) for i in range(12)]
+    expected = [extractor.embed(batch) for batch in images]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(extractor.embed, images))
+    for want, have in zip(expected, got, strict=True):
+        assert np.allclose(want, have, atol=1e-5)

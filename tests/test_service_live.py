@@ -73,6 +73,22 @@ def test_gunicorn_two_workers_answer_over_http(gunicorn_server: str, demo_index:
     status, similar = http(f"{gunicorn_server}/api/products/{product}/similar?k=3")
     assert status == 200 and len(similar["results"]) == 3
 
+    # A reload sent to one worker reaches the other too.
+    from pipeline import index
+
+    new_version = index.run(demo_index, trees=4, keep=10)["version"]
+    status, reloaded = http(f"{gunicorn_server}/api/admin/reload",
+                            json.dumps({"artifacts": str(demo_index / "index" / new_version)}).encode(),
+                            {"Content-Type": "application/json", "Authorization": "Bearer t0k"})
+    assert status == 200 and reloaded["version"] == new_version
+    serving: dict[int, str] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (len(serving) == 2 and set(serving.values()) == {new_version}):
+        status, health = http(f"{gunicorn_server}/health")
+        serving[health["worker"]] = health["version"]
+        time.sleep(0.2)
+    assert set(serving.values()) == {new_version} and len(serving) == 2, serving
+
 
 def _upload_index(folder: Path, bucket: str, prefix: str) -> None:
     from pipeline.storage import s3_client
