@@ -48,7 +48,7 @@ class Encoder:
     _fn: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Return float32 features [B, feature_dim] for float32 images [B, 224, 224, 3] in 0..255."""
+        """Return float32 features [B, feature_dim] for images [B, 224, 224, 3] of 0..255 values (uint8 or float)."""
         self.images_seen += len(images)
         return np.asarray(self._fn(images), dtype=np.float32)
 
@@ -59,7 +59,8 @@ def _keras_encoder(name: str, fingerprint: str, model: Any) -> Encoder:
     fn = tf.function(lambda x: model(x, training=False),
                      input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32)])
     dim = int(fn(tf.zeros([1, INPUT_SIZE, INPUT_SIZE, 3])).shape[-1])
-    return Encoder(name, fingerprint, dim, keras_model=model, _fn=lambda x: fn(tf.convert_to_tensor(x)).numpy())
+    return Encoder(name, fingerprint, dim, keras_model=model,
+                   _fn=lambda x: fn(tf.convert_to_tensor(np.asarray(x, np.float32))).numpy())
 
 
 def tflite_runner(path: Path, scale: float = 1 / 255.0) -> Callable[[np.ndarray], np.ndarray]:

@@ -118,7 +118,7 @@ class Extractor:
         return str(self.config["encoder_fingerprint"])
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        """Return unit vectors [B, dim] for float32 images [B, S, S, 3] of 0..255 values."""
+        """Return unit vectors [B, dim] for images [B, S, S, 3] of 0..255 values (uint8 or float)."""
         self.images_seen += len(images)
         return np.asarray(self._embed(np.asarray(images, np.float32)), dtype=np.float32)
 

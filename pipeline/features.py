@@ -20,19 +20,41 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 64
 
 
-def decode_image(path: Any, size: int = INPUT_SIZE) -> Any:
-    """Read and decode one image file into a float32 [size, size, 3] tensor of 0..255 values (TF ops)."""
+def _fit(image: Any, size: int) -> Any:
+    """Resize a uint8 image tensor to size x size (bilinear, antialiased), rounding back to uint8."""
     import tensorflow as tf
 
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    return tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+    same = tf.logical_and(tf.shape(image)[0] == size, tf.shape(image)[1] == size)
+    return tf.cond(same, lambda: image, lambda: tf.cast(tf.round(tf.clip_by_value(
+        tf.image.resize(image, [size, size], method="bilinear", antialias=True), 0, 255)), tf.uint8))
+
+
+def decode_image(path: Any, size: int = INPUT_SIZE) -> Any:
+    """Read and decode one image file into a uint8 [size, size, 3] tensor (TF ops, for tf.data).
+
+    A JPEG much larger than `size` is decoded at 1/2, 1/4 or 1/8 scale by libjpeg itself (DCT scaling, far
+    cheaper than decoding every pixel and averaging them away); an image already `size` square is not resized.
+    Batches stay uint8 (a quarter of float32's bytes to move); the models convert them.
+    """
+    import tensorflow as tf
+
+    data = tf.io.read_file(path)
+
+    def jpeg() -> Any:
+        shape = tf.image.extract_jpeg_shape(data)
+        shorter = tf.minimum(shape[0], shape[1])
+        branch = tf.reduce_sum(tf.cast(shorter >= size * tf.constant([2, 4, 8]), tf.int32))  # 0..3
+        return tf.switch_case(branch, [lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r) for r in (1, 2, 4, 8)])
+
+    is_jpeg = tf.strings.substr(data, 0, 3) == b"\xff\xd8\xff"
+    image = tf.cond(is_jpeg, jpeg, lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
+    image.set_shape([None, None, 3])
+    return _fit(image, size)
 
 
 def prepare_array(rgb: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     """Resize one RGB uint8 array [H, W, 3] exactly as `decode_image` does, for images already in memory."""
-    import tensorflow as tf
-
-    return tf.image.resize(rgb, [size, size], method="bilinear", antialias=True).numpy()
+    return _fit(np.asarray(rgb, np.uint8), size).numpy()
 
 
 def image_batches(paths: Sequence[str], batch_size: int = BATCH_SIZE) -> Any:

