@@ -34,7 +34,9 @@ def decode_image(path: Any, size: int = INPUT_SIZE) -> Any:
 
     A JPEG much larger than `size` is decoded at 1/2, 1/4 or 1/8 scale by libjpeg itself (DCT scaling, far
     cheaper than decoding every pixel and averaging them away); an image already `size` square is not resized.
-    Batches stay uint8 (a quarter of float32's bytes to move); the models convert them.
+    Batches stay uint8 (a quarter of float32's bytes to move); the models convert them. The accurate integer
+    DCT makes the pixels identical to Pillow's, so a photo uploaded to the service (decoded by Pillow) gets
+    the same embedding as the same file in the catalog.
     """
     import tensorflow as tf
 
@@ -44,7 +46,8 @@ def decode_image(path: Any, size: int = INPUT_SIZE) -> Any:
         shape = tf.image.extract_jpeg_shape(data)
         shorter = tf.minimum(shape[0], shape[1])
         branch = tf.reduce_sum(tf.cast(shorter >= size * tf.constant([2, 4, 8]), tf.int32))  # 0..3
-        return tf.switch_case(branch, [lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r) for r in (1, 2, 4, 8)])
+        return tf.switch_case(branch, [lambda r=r: tf.io.decode_jpeg(
+            data, channels=3, ratio=r, dct_method="INTEGER_ACCURATE") for r in (1, 2, 4, 8)])
 
     is_jpeg = tf.strings.substr(data, 0, 3) == b"\xff\xd8\xff"
     image = tf.cond(is_jpeg, jpeg, lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
@@ -54,7 +57,9 @@ def decode_image(path: Any, size: int = INPUT_SIZE) -> Any:
 
 def prepare_array(rgb: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     """Resize one RGB uint8 array [H, W, 3] exactly as `decode_image` does, for images already in memory."""
-    return _fit(np.asarray(rgb, np.uint8), size).numpy()
+    import tensorflow as tf
+
+    return _fit(tf.convert_to_tensor(np.asarray(rgb, np.uint8)), size).numpy()
 
 
 def image_batches(paths: Sequence[str], batch_size: int = BATCH_SIZE) -> Any:

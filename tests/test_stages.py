@@ -228,3 +228,22 @@ def test_finetune_refuses_a_bad_label_column(built: Path, tiny_hub_model: Path, 
     catalog.to_csv(data / "catalog/catalog.csv", index=False)
     with pytest.raises(ValueError, match="'shop' has 1 distinct value.*at least two"):
         finetune.run(data, encoder=f"hub:{tiny_hub_model}", label_column="shop")
+
+
+@pytest.mark.parametrize("size", [(224, 224), (300, 200), (1024, 900)])
+def test_service_and_pipeline_prepare_an_image_identically(tmp_path: Path, size: tuple[int, int]) -> None:
+    from PIL import Image
+
+    from pipeline.features import decode_image, prepare_array
+
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 255, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+    Image.fromarray(pixels).resize(size, Image.BILINEAR).save(tmp_path / "p.jpg", quality=95)
+    from_file = decode_image(str(tmp_path / "p.jpg")).numpy()
+    in_memory = prepare_array(np.asarray(Image.open(tmp_path / "p.jpg").convert("RGB")))
+    assert from_file.shape == in_memory.shape == (224, 224, 3) and from_file.dtype == in_memory.dtype == np.uint8
+    diff = np.abs(from_file.astype(float) - in_memory.astype(float))
+    if max(size) < 448:  # same pixels from both decoders, same resize op
+        assert diff.max() == 0
+    else:  # the pipeline decodes big JPEGs at a reduced DCT scale: close, not identical
+        assert diff.mean() < 3
