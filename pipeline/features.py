@@ -55,11 +55,20 @@ def decode_image(path: Any, size: int = INPUT_SIZE) -> Any:
     return _fit(image, size)
 
 
+_FIT_FUNCTIONS: dict[int, Any] = {}
+
+
 def prepare_array(rgb: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     """Resize one RGB uint8 array [H, W, 3] exactly as `decode_image` does, for images already in memory."""
-    import tensorflow as tf
+    rgb = np.asarray(rgb, np.uint8)
+    if rgb.shape == (size, size, 3):
+        return rgb  # what _fit does too, without a TensorFlow call on the service's hot path
+    if size not in _FIT_FUNCTIONS:
+        import tensorflow as tf
 
-    return _fit(tf.convert_to_tensor(np.asarray(rgb, np.uint8)), size).numpy()
+        _FIT_FUNCTIONS[size] = tf.function(lambda image: _fit(image, size),
+                                           input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    return _FIT_FUNCTIONS[size](rgb).numpy()
 
 
 def image_batches(paths: Sequence[str], batch_size: int = BATCH_SIZE) -> Any:

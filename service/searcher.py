@@ -15,7 +15,7 @@ from pipeline import artifacts
 
 log = logging.getLogger(__name__)
 
-EXACT_FILTER_BELOW = 20_000  # a filter matching fewer products is answered by an exact scan of just those
+EXACT_FILTER_BELOW = 2_000  # a filter matching fewer products is answered by an exact scan of just those
 FACET_MAX_VALUES = 200  # columns with more distinct values are filterable but not listed as facets
 
 
@@ -130,24 +130,26 @@ class Searcher:
             exclude: an item id never to return (the product a "more like this" query starts from).
         """
         mask = self.allowed(filters) if filters else None
-        if exclude is not None:
-            mask = np.ones(len(self.items), dtype=bool) if mask is None else mask.copy()
+        if mask is not None and exclude is not None:
             mask[exclude] = False
-        n_allowed = len(self.items) if mask is None else int(mask.sum())
+        n_allowed = (len(self.items) if mask is None else int(mask.sum())) - (mask is None and exclude is not None)
         wanted = min(k, n_allowed)
         if wanted == 0:
             return []
         if mask is not None and n_allowed <= EXACT_FILTER_BELOW:
             return self._rank(np.flatnonzero(mask), vector, wanted)
         share = n_allowed / len(self.items)
-        n = math.ceil(wanted / share * 1.5) + (exclude is not None)
+        n = math.ceil(wanted / share * (1.5 if mask is not None else 1)) + (exclude is not None)
         while True:
             ids = self.index.get_nns_by_vector(vector, n, search_k=max(self.search_k, n * self.n_trees))
-            matches = [i for i in ids if mask is None or mask[i]]
+            matches = [i for i in ids if (mask is None or mask[i]) and i != exclude]
             if len(matches) >= wanted:
                 return self._rank(np.array(matches), vector, wanted)
             if n >= len(self.items):
-                return self._rank(np.flatnonzero(mask), vector, wanted)
+                everything = np.ones(len(self.items), dtype=bool) if mask is None else mask
+                if exclude is not None:
+                    everything[exclude] = False
+                return self._rank(np.flatnonzero(everything), vector, wanted)
             n = min(len(self.items), n * 4)
 
     def _rank(self, ids: np.ndarray, vector: np.ndarray, k: int) -> list[tuple[dict, float]]:
