@@ -1,0 +1,49 @@
+"""The index benchmark's baselines: the seeds' random-projection LSH, and Annoy on a projection re-ranked exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench_index import bench_annoy, clustered, exact_truth, recall
+from lsh import RandomProjectionLSH
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    vectors = clustered(3000, 64, seed=1, clusters=50)
+    base, queries = vectors[200:], vectors[:200]
+    return base, queries, exact_truth(base, queries)
+
+
+def test_clustered_vectors_are_unit_and_reproducible() -> None:
+    a, b = clustered(500, 32, seed=3), clustered(500, 32, seed=3)
+    assert np.array_equal(a, b) and np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
+
+
+def test_lsh_finds_neighbours_and_more_tables_find_more(data) -> None:
+    base, queries, truth = data
+    few = RandomProjectionLSH(base.shape[1], tables=2, bits=10).build(base)
+    many = RandomProjectionLSH(base.shape[1], tables=32, bits=10).build(base)
+    recall_few = recall([few.query(q, 10) for q in queries], truth)
+    recall_many = recall([many.query(q, 10) for q in queries], truth)
+    assert recall_many > recall_few and recall_many >= 0.9
+    # A stored vector always lands in its own bucket, and results are ordered by exact cosine.
+    ids = many.query(base[17], 10)
+    assert ids[0] == 17
+    scores = base[ids] @ base[17]
+    assert np.all(np.diff(scores) <= 1e-6)
+    assert len(many.candidates(base[17])) < len(base)  # it is a filter, not a scan
+
+
+def test_lsh_rejects_impossible_bit_counts() -> None:
+    with pytest.raises(ValueError, match="bits must be between 1 and 62"):
+        RandomProjectionLSH(8, bits=64)
+
+
+def test_annoy_on_a_projection_with_exact_reranking_keeps_recall(data, tmp_path) -> None:
+    base, queries, truth = data
+    rows = bench_annoy("small", base, queries, truth, [20], [8], tmp_path, project=16)
+    assert rows[0]["method"] == "Annoy PCA-16 + exact re-rank" and rows[0]["recall_at_10"] >= 0.9
+    plain = bench_annoy("small", base, queries, truth, [20], [8], tmp_path)
+    assert plain[0]["recall_at_10"] >= 0.95
