@@ -245,11 +245,15 @@ def chart(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(r["dataset"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         for method in dict.fromkeys(r["method"] for r in rows if r["dataset"] == name):
             pts = sorted((r["recall_at_10"], r["qps"]) for r in rows if r["dataset"] == name and r["method"] == method)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method, markersize=3)
+            frontier = [p for p in pts if not any(o[0] >= p[0] and o[1] > p[1] for o in pts)]  # best q/s per recall
+            ax.plot([p[0] for p in frontier], [p[1] for p in frontier], "o-", label=method, markersize=3,
+                    color=colours[method])
         ax.set_yscale("log")
         ax.set_xlabel("recall@10 vs exact")
         ax.set_ylabel("queries/s (1 thread)")
@@ -322,6 +326,11 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     chart(rows, args.out / f"{stem}.png")
     print(f"\nwrote {args.out / stem}.md, .json and .png")
+
+
+def replot(json_file: Path) -> None:
+    """Redraw the chart of an earlier run from its JSON."""
+    chart(json.loads(json_file.read_text())["rows"], json_file.with_suffix(".png"))
 
 
 if __name__ == "__main__":
