@@ -21,7 +21,7 @@ from pipeline.thumbnails import build_thumbnails, thumbnail_name
 log = logging.getLogger(__name__)
 
 METRIC = "angular"
-DEFAULT_TREES = 32
+DEFAULT_TREES = 32  # recall follows search_k, not trees, from 25 to 100 trees (README, docs/benchmarks/)
 TARGET_RECALL = 0.99
 TUNE_QUERIES = 200
 K = 10
