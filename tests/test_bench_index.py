@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from bench_index import bench_annoy, clustered, exact_truth, recall
 from lsh import RandomProjectionLSH
 
