@@ -30,22 +30,12 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_charts import chart  # noqa: E402
+from bench_data import clustered, real_datasets  # noqa: E402
+
 K = 10
 CORES = os.cpu_count() or 1
-
-
-def clustered(n: int, dim: int, seed: int, clusters: int = 1000, spread: float = 0.5) -> np.ndarray:
-    """Unit vectors around `clusters` random centres, like product embeddings grouped by kind."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    out = np.empty((n, dim), np.float32)
-    for start in range(0, n, 100_000):
-        m = min(100_000, n - start)
-        noise = rng.standard_normal((m, dim)).astype(np.float32) * (spread / np.sqrt(dim))
-        out[start:start + m] = centres[rng.integers(0, clusters, m)] + noise
-    out /= np.linalg.norm(out, axis=1, keepdims=True)
-    return out
 
 
 def exact_truth(base: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
@@ -219,53 +209,6 @@ def bench_faiss(name, base, queries, truth, efs, n_exact: int, tmp: Path) -> lis
     return rows
 
 
-def real_datasets(data_dir: Path, n_queries: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """The pipeline's fine-tuned embeddings and the raw backbone features of a data dir, split into base/queries."""
-    from pipeline.features import FeatureCache
-    from pipeline.layout import Layout, read_catalog
-    from pipeline.vectorize import load_embeddings
-
-    layout = Layout(data_dir)
-    tuned = load_embeddings(data_dir)
-    fingerprint = json.loads((layout.extractor / "extractor.json").read_text())["encoder_fingerprint"]
-    raw = FeatureCache(layout.features(fingerprint)).get(read_catalog(layout.catalog_csv)["sha256"].tolist())
-    raw /= np.linalg.norm(raw, axis=1, keepdims=True)
-    out = []
-    order = np.random.default_rng(0).permutation(len(tuned))
-    queries, base = order[:n_queries], order[n_queries:]
-    for label, vectors in (("fine-tuned", tuned), ("raw backbone", raw)):
-        out.append((f"{data_dir.name} {label} N={len(base)} d={vectors.shape[1]}", vectors[base], vectors[queries]))
-    return out
-
-
-def chart(rows: list[dict], path: Path) -> None:
-    """Recall@10 against queries/s, one panel per dataset, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(dict.fromkeys(r["dataset"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        for method in dict.fromkeys(r["method"] for r in rows if r["dataset"] == name):
-            pts = sorted((r["recall_at_10"], r["qps"]) for r in rows if r["dataset"] == name and r["method"] == method)
-            frontier = [p for p in pts if not any(o[0] >= p[0] and o[1] > p[1] for o in pts)]  # best q/s per recall
-            ax.plot([p[0] for p in frontier], [p[1] for p in frontier], "o-", label=method, markersize=3,
-                    color=colours[method])
-        ax.set_yscale("log")
-        ax.set_xlabel("recall@10 vs exact")
-        ax.set_ylabel("queries/s (1 thread)")
-        ax.set_title(name, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and write its table and chart."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -327,11 +270,6 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     chart(rows, args.out / f"{stem}.png")
     print(f"\nwrote {args.out / stem}.md, .json and .png")
-
-
-def replot(json_file: Path) -> None:
-    """Redraw the chart of an earlier run from its JSON."""
-    chart(json.loads(json_file.read_text())["rows"], json_file.with_suffix(".png"))
 
 
 if __name__ == "__main__":
