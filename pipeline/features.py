@@ -108,7 +108,11 @@ class FeatureCache:
 
     def get(self, keys: Sequence[str]) -> np.ndarray:
         """Return the cached features of `keys`, in order (every key must be cached)."""
-        return np.stack([self._rows[k] for k in keys]).astype(np.float32)
+        return np.stack([self._rows[k] for k in keys])  # rows are stored as float32 already
+
+    def count_missing(self, keys: Sequence[str]) -> int:
+        """How many distinct keys are not cached yet (the backbone passes still to run)."""
+        return len({k for k in keys if k not in self._rows})
 
     def add(self, keys: Sequence[str], features: np.ndarray) -> None:
         """Store the features of new keys as one new part file."""
@@ -130,7 +134,7 @@ def compute_missing(cache: FeatureCache, keys: Sequence[str], paths: Sequence[st
         cache: the feature cache of this backbone.
         keys: content hashes of the images (equal images share one entry and one backbone pass).
         paths: the image files, aligned with `keys`.
-        backbone: float images [B, 224, 224, 3] (0..255) -> features [B, F].
+        backbone: uint8 images [B, 224, 224, 3] -> features [B, F].
         batch_size: images per backbone call.
         bar: a progress bar to advance by the images computed.
 
@@ -166,7 +170,7 @@ def catalog_features(cache: FeatureCache, keys: Sequence[str], paths: Sequence[s
                      backbone: Callable[[np.ndarray], np.ndarray], chunk: int = 1024,
                      desc: str = "backbone") -> tuple[np.ndarray, int]:
     """Return features for every row (computing only the uncached ones, `chunk` rows per cache part)."""
-    missing = len({k for k in keys if k not in cache})
+    missing = cache.count_missing(keys)
     computed = 0
     with tqdm(total=missing, desc=desc, unit="img", disable=None) as bar:
         for start in range(0, len(keys), chunk):

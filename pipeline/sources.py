@@ -79,9 +79,9 @@ def read_source(spec: str, cache_dir: Path, category_column: str | None = None) 
     kind, location = parse_source(spec)
     if kind == "kaggle":
         local = _kaggle_download(location, cache_dir / "kaggle")
-        kind = "fashion" if next(local.rglob("styles.csv"), None) else "folders"
-        if kind == "fashion":
-            local = next(local.rglob("styles.csv")).parent
+        styles = next(local.rglob("styles.csv"), None)
+        kind = "fashion" if styles else "folders"
+        local = styles.parent if styles else local
     elif location.startswith("s3://") and kind == "csv":
         # Image paths in a manifest are relative to it, so mirror the folder that holds it.
         prefix, _, name = location.rpartition("/")

@@ -60,7 +60,7 @@ def run(data_dir: Path, shard_rows: int = SHARD_ROWS, batch_size: int = 64) -> d
     n_shards = (len(keys) + shard_rows - 1) // shard_rows
     started = time.perf_counter()
     kept = computed = 0
-    missing = len({k for k in keys if k not in cache})
+    missing = cache.count_missing(keys)
     with tqdm(total=missing, desc="vectorize", unit="img", disable=None) as bar:
         for i in range(n_shards):
             rows = slice(i * shard_rows, (i + 1) * shard_rows)

@@ -22,6 +22,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """
     import pipeline  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow is imported
     from service import api, errors, ops, state, web
+    from service.metrics import EXTENSION as METRICS
     from service.metrics import Metrics
 
     app = Flask(__name__, static_folder="static", static_url_path="/static")
@@ -29,7 +30,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_UPLOAD_MB"]) * 2**20 + 64 * 1024  # + form overhead
     app.json.sort_keys = False
     metrics = Metrics()
-    app.extensions["visual_search_metrics"] = metrics
+    app.extensions[METRICS] = metrics
     errors.init_app(app)
     for blueprint in (api.bp, web.bp, ops.bp):
         app.register_blueprint(blueprint)

@@ -8,6 +8,14 @@ from collections import defaultdict
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 PREFIX = "visual_search"
+EXTENSION = "visual_search_metrics"  # the key of the app's Metrics on app.extensions
+
+
+def get_metrics() -> Metrics:
+    """Return the current app's metrics registry."""
+    from flask import current_app
+
+    return current_app.extensions[EXTENSION]
 
 
 class Metrics:

@@ -9,6 +9,7 @@ import os
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from service.errors import APIError
+from service.metrics import get_metrics
 from service.state import get_holder
 from service.uploads import request_json
 
@@ -32,7 +33,7 @@ def health():  # noqa: ANN201
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus metrics of this worker."""
-    registry = current_app.extensions["visual_search_metrics"]
+    registry = get_metrics()
     searcher = get_holder().searcher
     registry.gauges["index_items"] = len(searcher.items) if searcher else 0
     registry.gauges["ready"] = 1 if searcher else 0

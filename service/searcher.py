@@ -132,7 +132,10 @@ class Searcher:
         mask = self.allowed(filters) if filters else None
         if mask is not None and exclude is not None:
             mask[exclude] = False
-        n_allowed = (len(self.items) if mask is None else int(mask.sum())) - (mask is None and exclude is not None)
+        if mask is None:
+            n_allowed = len(self.items) - (exclude is not None)
+        else:
+            n_allowed = int(mask.sum())
         wanted = min(k, n_allowed)
         if wanted == 0:
             return []

@@ -25,5 +25,4 @@ def product_image(product_id: str):  # noqa: ANN201
         item = searcher.product(product_id)
     except UnknownProduct:
         raise APIError(404, "unknown_product", f"no product with id {product_id!r} in this index") from None
-    response = send_file(searcher.folder / item["thumbnail"], mimetype="image/jpeg", max_age=86400)
-    return response
+    return send_file(searcher.folder / item["thumbnail"], mimetype="image/jpeg", max_age=86400)
