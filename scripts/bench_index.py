@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_charts import chart  # noqa: E402
 from bench_data import clustered, real_datasets  # noqa: E402
+from bench_serve import serve_mb  # noqa: E402
 
 K = 10
 CORES = os.cpu_count() or 1
@@ -81,18 +82,22 @@ def run_queries(search, queries: np.ndarray) -> tuple[list, np.ndarray]:
 
 
 def row(dataset: str, method: str, params: str, found, seconds, truth, build_s=0.0, size=0, build_mb=0.0,
-        serve_mb=0.0) -> dict:
+        serving=0.0) -> dict:
     return {"dataset": dataset, "method": method, "params": params, "recall_at_10": round(recall(found, truth), 4),
             "qps": round(len(seconds) / seconds.sum(), 1), "p50_ms": round(1000 * float(np.median(seconds)), 3),
             "p99_ms": round(1000 * float(np.percentile(seconds, 99)), 3), "build_s": round(build_s, 2),
-            "size_mb": round(size / 2**20, 1), "build_peak_mb": round(build_mb, 1), "serve_mb": round(serve_mb, 1)}
+            "size_mb": round(size / 2**20, 1), "build_peak_mb": round(build_mb, 1), "serve_mb": round(serving, 1)}
 
 
-def bench_exact(name, base, queries, truth, n_exact: int) -> list[dict]:
+def bench_exact(name, base, queries, truth, n_exact: int, tmp: Path) -> list[dict]:
     rows = []
     found, seconds = run_queries(lambda q: np.argpartition(-(base @ q), K)[:K], queries[:n_exact])
+    path = tmp / "exact.npy"
+    np.save(path, base)
+    serving = serve_mb("exact", path, queries[:n_exact], base.shape[1])
+    path.unlink()
     rows.append(row(name, "exact numpy", "matrix-vector + argpartition", found, seconds, truth[:n_exact],
-                    size=base.nbytes))
+                    size=base.nbytes, serving=serving))
     if len(base) == 100_000 and base.shape[1] == 256:  # the seeds' dict sort, timed once
         def dict_sort(q):
             scores = {i: float(s) for i, s in enumerate(base @ q)}
@@ -102,7 +107,9 @@ def bench_exact(name, base, queries, truth, n_exact: int) -> list[dict]:
     return rows
 
 
-def bench_lsh(name, base, queries, truth, configs) -> list[dict]:
+def bench_lsh(name, base, queries, truth, configs, tmp: Path) -> list[dict]:
+    import pickle
+
     from lsh import RandomProjectionLSH
 
     rows = []
@@ -111,9 +118,14 @@ def bench_lsh(name, base, queries, truth, configs) -> list[dict]:
         started = time.perf_counter()
         lsh = RandomProjectionLSH(base.shape[1], tables, bits).build(base)
         build_s = time.perf_counter() - started
+        build_mb = peak_mb() - before
         found, seconds = run_queries(lambda q, lsh=lsh: lsh.query(q, K), queries)
+        path = tmp / "lsh.pickle"
+        path.write_bytes(pickle.dumps(lsh, protocol=pickle.HIGHEST_PROTOCOL))
+        serving = serve_mb("lsh", path, queries, base.shape[1])
+        path.unlink()
         rows.append(row(name, "LSH (seeds)", f"tables={tables} bits={bits}", found, seconds, truth, build_s,
-                        lsh.nbytes(), peak_mb() - before, lsh.nbytes() / 2**20))
+                        lsh.nbytes(), build_mb, serving))
     return rows
 
 
@@ -138,9 +150,15 @@ def bench_annoy(name, base, queries, truth, trees_grid, multipliers, tmp: Path, 
         index.build(trees, n_jobs=-1)
         build_s, build_mb = time.perf_counter() - started, peak_mb() - before
         index.unload()
-        before = rss_mb()
         index = AnnoyIndex(vectors.shape[1], "angular")
         index.load(str(path))
+        if project:
+            np.savez(path.with_suffix(".npz"), basis=basis)
+            np.save(path.with_suffix(".full.npy"), base)
+        serving = serve_mb("annoy-rerank" if project else "annoy", path, queries, vectors.shape[1],
+                           K * trees * multipliers[-1])
+        path.with_suffix(".npz").unlink(missing_ok=True)
+        path.with_suffix(".full.npy").unlink(missing_ok=True)
         for mult in multipliers:
             search_k = K * trees * mult
             if project:
@@ -152,7 +170,7 @@ def bench_annoy(name, base, queries, truth, trees_grid, multipliers, tmp: Path, 
                     return index.get_nns_by_vector(q, K, search_k=search_k)
             found, seconds = run_queries(search, queries if project else q_vectors)
             rows.append(row(name, label, f"trees={trees} search_k={search_k}", found, seconds, truth, build_s,
-                            path.stat().st_size, build_mb, rss_mb() - before))
+                            path.stat().st_size, build_mb, serving))
         index.unload()
         path.unlink()
     return rows
@@ -171,12 +189,13 @@ def bench_hnswlib(name, base, queries, truth, efs, tmp: Path) -> list[dict]:
     path = tmp / "hnsw.bin"
     index.save_index(str(path))
     index.set_num_threads(1)
+    serving = serve_mb("hnswlib", path, queries, base.shape[1], efs[-1])
     rows = []
     for ef in efs:
         index.set_ef(max(ef, K))
         found, seconds = run_queries(lambda q: index.knn_query(q, K)[0][0], queries)
         rows.append(row(name, "hnswlib", f"M=16 efC=200 ef={ef}", found, seconds, truth, build_s,
-                        path.stat().st_size, build_mb, path.stat().st_size / 2**20))
+                        path.stat().st_size, build_mb, serving))
     path.unlink()
     return rows
 
@@ -189,7 +208,12 @@ def bench_faiss(name, base, queries, truth, efs, n_exact: int, tmp: Path) -> lis
     flat = faiss.IndexFlatIP(base.shape[1])
     flat.add(base)
     found, seconds = run_queries(lambda q: flat.search(q[None], K)[1][0], queries[:n_exact])
-    rows.append(row(name, "faiss Flat (exact)", "IndexFlatIP", found, seconds, truth[:n_exact], 0, base.nbytes))
+    path = tmp / "flat.index"
+    faiss.write_index(flat, str(path))
+    serving = serve_mb("faiss", path, queries[:n_exact], base.shape[1])
+    path.unlink()
+    rows.append(row(name, "faiss Flat (exact)", "IndexFlatIP", found, seconds, truth[:n_exact], 0, base.nbytes,
+                    serving=serving))
     faiss.omp_set_num_threads(CORES)
     before = reset_peak()
     started = time.perf_counter()
@@ -200,11 +224,12 @@ def bench_faiss(name, base, queries, truth, efs, n_exact: int, tmp: Path) -> lis
     path = tmp / "faiss.index"
     faiss.write_index(index, str(path))
     faiss.omp_set_num_threads(1)
+    serving = serve_mb("faiss", path, queries, base.shape[1], efs[-1])
     for ef in efs:
         index.hnsw.efSearch = max(ef, K)
         found, seconds = run_queries(lambda q: index.search(q[None], K)[1][0], queries)
         rows.append(row(name, "faiss HNSW", f"M=32 efC=200 ef={ef}", found, seconds, truth, build_s,
-                        path.stat().st_size, build_mb, path.stat().st_size / 2**20))
+                        path.stat().st_size, build_mb, serving))
     path.unlink()
     return rows
 
@@ -238,12 +263,12 @@ def main(argv: list[str] | None = None) -> None:
         for name, base, queries in datasets:
             print(f"\n== {name}", flush=True)
             truth = exact_truth(base, queries)
-            new = bench_exact(name, base, queries, truth, args.exact_queries)
+            new = bench_exact(name, base, queries, truth, args.exact_queries, Path(tmp))
             n = len(base)
             if "lsh" not in skip:
                 new += bench_lsh(name, base, queries, truth,
                                  [(8, max(4, int(np.log2(n)) - 6)), (16, max(4, int(np.log2(n)) - 5)),
-                                  (32, max(4, int(np.log2(n)) - 4))])
+                                  (32, max(4, int(np.log2(n)) - 4))], Path(tmp))
             if "annoy" not in skip:
                 new += bench_annoy(name, base, queries, truth, trees, multipliers, Path(tmp))
             if "pca" not in skip and base.shape[1] > 64:
@@ -254,19 +279,24 @@ def main(argv: list[str] | None = None) -> None:
                 new += bench_faiss(name, base, queries, truth, efs, args.exact_queries, Path(tmp))
             for r in new:
                 print(f"{r['method']:34s} {r['params']:28s} recall {r['recall_at_10']:.4f}  {r['qps']:9.1f} q/s  "
-                      f"p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms  build {r['build_s']:7.1f} s  "
-                      f"size {r['size_mb']:7.1f} MB  build peak {r['build_peak_mb']:7.1f} MB", flush=True)
+                      f"p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms  build {r['build_s']:7.1f} s  size "
+                      f"{r['size_mb']:7.1f} MB  build peak {r['build_peak_mb']:7.1f} MB  serve {r['serve_mb']:7.1f} MB",
+                      flush=True)
             rows += new
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"index-{date.today().isoformat()}{'-' + args.tag if args.tag else ''}"
     command = "python scripts/bench_index.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.out / f"{stem}.json").write_text(json.dumps({"command": command, "date": date.today().isoformat(),
                                                        "cores": CORES, "rows": rows}, indent=1))
-    header = "| dataset | method | params | recall@10 | q/s | p50 ms | p99 ms | build s | size MB | build peak MB |"
+    header = ("| dataset | method | params | recall@10 | q/s | p50 ms | p99 ms | build s | size MB | build peak MB "
+              "| serving MB |")
     lines = [f"# Index benchmark, {date.today().isoformat()}", "", f"`{command}` on {CORES} cores; queries on one "
-             "thread, builds on all cores.", "", header, "|" + "---|" * 10]
+             "thread, builds on all cores. Serving MB: resident memory that a fresh process adds by loading the "
+             "saved index and answering 300 of the queries (at the largest search_k or ef of its build).", "",
+             header, "|" + "---|" * 11]
     lines += [f"| {r['dataset']} | {r['method']} | {r['params']} | {r['recall_at_10']} | {r['qps']} | {r['p50_ms']} | "
-              f"{r['p99_ms']} | {r['build_s']} | {r['size_mb']} | {r['build_peak_mb']} |" for r in rows]
+              f"{r['p99_ms']} | {r['build_s']} | {r['size_mb']} | {r['build_peak_mb']} | {r['serve_mb']} |"
+              for r in rows]
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     chart(rows, args.out / f"{stem}.png")
     print(f"\nwrote {args.out / stem}.md, .json and .png")
