@@ -52,8 +52,7 @@ def tune_search_k(index, vectors: np.ndarray, trees: int, k: int = K, target: fl
     Queries are catalog items (their own id excluded from both answers), so the figure needs no extra data.
     """
     n = len(vectors)
-    rng = np.random.default_rng(seed)
-    sample = rng.choice(n, min(n_queries, n), replace=False)
+    sample = _sample(n, n_queries, seed)
     truth = exact_top_k(vectors, vectors[sample], k, exclude=sample)
     table, search_k = [], k * trees
     while True:
@@ -70,6 +69,28 @@ def tune_search_k(index, vectors: np.ndarray, trees: int, k: int = K, target: fl
         search_k *= 2
 
 
+def exact_ms_per_query(vectors: np.ndarray, k: int = K, n_queries: int = 20, seed: int = 1) -> float:
+    """Time the exact scan that the service would run (one query at a time, all vectors), in ms per query."""
+    sample = _sample(len(vectors), n_queries, seed)
+    started = time.perf_counter()
+    for item in sample:
+        exact_top_k(vectors, vectors[item][None], min(k, len(vectors) - 1))
+    return round(1000 * (time.perf_counter() - started) / len(sample), 3)
+
+
+def _sample(n: int, size: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).choice(n, min(size, n), replace=False)
+
+
+def choose_strategy(table: list[dict], exact_ms: float) -> str:
+    """'exact' when scanning every vector is faster than Annoy at the chosen search_k (small catalogs), else 'annoy'.
+
+    The exact scan always has recall 1; below about ten thousand products it is also the faster of the two
+    (docs/benchmarks/), so the service uses it there.
+    """
+    return "exact" if table and exact_ms < table[-1]["ms_per_query"] else "annoy"
+
+
 def _items(catalog) -> list[str]:
     """One JSON line per dense id: the product's id, name, category, image, thumbnail and the rest as metadata."""
     lines = []
@@ -80,16 +101,6 @@ def _items(catalog) -> list[str]:
                 "metadata": {c: values[c] for c in meta_columns if values[c] != ""}}
         lines.append(json.dumps(item, ensure_ascii=False))
     return lines
-
-
-def _copy_tree(src: Path, dst: Path) -> None:
-    """Copy a folder, hard-linking files where the filesystem allows (an extractor can be hundreds of MB)."""
-    def link_or_copy(s: str, d: str) -> None:
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-    shutil.copytree(src, dst, copy_function=link_or_copy)
 
 
 def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
@@ -131,24 +142,31 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         index.on_disk_build(str(staging / artifacts.INDEX_FILE))
     for i in tqdm(range(n), desc="index", unit="item", disable=None, mininterval=1.0):
         index.add_item(i, vectors[i])
+    log.info("building %d trees over %d items on %d cores%s", trees, n, os.cpu_count() or 1,
+             " (in the file: on_disk_build)" if on_disk else "")
     index.build(trees, n_jobs=-1)
     if not on_disk:
         index.save(str(staging / artifacts.INDEX_FILE))
     build_s = time.perf_counter() - started
+    log.info("built in %.1f s; measuring search_k for recall@%d >= %s", build_s, K, target_recall)
     chosen, table = (search_k, []) if search_k else tune_search_k(index, vectors, trees, target=target_recall)
+    exact_ms = exact_ms_per_query(vectors)
     index.unload()
-    np.save(staging / artifacts.VECTORS_FILE, vectors.astype(np.float32))
+    np.save(staging / artifacts.VECTORS_FILE, vectors.astype(np.float32, copy=False))
     images = dict(zip(catalog["sha256"], (layout.catalog / p for p in catalog["image"]), strict=True))
     build_thumbnails(images, layout.cache / "thumbs", staging)
     (staging / artifacts.ITEMS_FILE).write_text("\n".join(_items(catalog)) + "\n", encoding="utf-8")
-    _copy_tree(layout.extractor, staging / artifacts.EXTRACTOR_DIR)
+    storage.link_tree(layout.extractor, staging / artifacts.EXTRACTOR_DIR)
     manifest = {
         "format_version": artifacts.FORMAT_VERSION, "version": version, "created_at": now.isoformat(),
         "encoder": extractor_config["encoder"], "encoder_fingerprint": extractor_config["encoder_fingerprint"],
         "export_id": extractor_config["export_id"], "finetuned": extractor_config.get("finetuned", False),
         "dim": dim, "metric": METRIC, "n_trees": trees, "search_k": chosen, "target_recall": target_recall,
-        "search_k_measurements": table, "count": n, "categories": int(catalog["category"].nunique()),
-        "build_seconds": round(build_s, 2), "catalog": str(layout.catalog.resolve()),
+        "search_k_measurements": table, "exact_ms_per_query": exact_ms,
+        "strategy": choose_strategy(table, exact_ms), "rerank": "exact cosine with vectors.npy", "count": n,
+        "categories": int(catalog["category"].nunique()),
+        "build_seconds": round(build_s, 2), "index_bytes": (staging / artifacts.INDEX_FILE).stat().st_size,
+        "build_peak_rss_mb": _peak_rss_mb(), "catalog": str(layout.catalog.resolve()),
         "files": artifacts.file_entries(staging),
     }
     storage.write_json(staging / artifacts.MANIFEST, manifest)
@@ -158,6 +176,13 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     _prune(layout, keep)
     log.info("index %s: %d items, %d trees, search_k %d, %.1f s", version, n, trees, chosen, build_s)
     return manifest
+
+
+def _peak_rss_mb() -> int:
+    """This process's peak resident memory so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 def _point_current(layout: Layout, version: str) -> None:
@@ -189,6 +214,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     """Run the stage from parsed CLI arguments."""
     m = run(args.data_dir, args.trees, args.search_k, args.target_recall, args.keep)
-    measured = m["search_k_measurements"][-1]["recall_at_10"] if m["search_k_measurements"] else "not measured"
+    measured = m["search_k_measurements"][-1] if m["search_k_measurements"] else {}
     print(f"index: {m['count']} items ({m['dim']}-d, {m['encoder']}), {m['n_trees']} trees, search_k {m['search_k']} "
-          f"(recall@10 {measured}), built in {m['build_seconds']} s -> {Layout(args.data_dir).index / m['version']}")
+          f"(recall@10 {measured.get('recall_at_10', 'not measured')}, {measured.get('ms_per_query', '?')} ms; "
+          f"exact scan {m['exact_ms_per_query']} ms: serves by {m['strategy']}), built in {m['build_seconds']} s, "
+          f"index file {m['index_bytes'] / 2**20:.1f} MiB, peak memory {m['build_peak_rss_mb']} MiB "
+          f"-> {Layout(args.data_dir).index / m['version']}")

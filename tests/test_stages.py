@@ -91,6 +91,9 @@ def test_index_folder_is_self_describing_and_verified(built: Path, tmp_path: Pat
     catalog = read_catalog(Layout(built).catalog_csv)
     assert manifest["count"] == len(catalog) and manifest["metric"] == "angular" and manifest["n_trees"] == 8
     assert manifest["search_k_measurements"][-1]["recall_at_10"] >= 0.99
+    assert manifest["strategy"] == index.choose_strategy(manifest["search_k_measurements"],
+                                                         manifest["exact_ms_per_query"])
+    assert manifest["index_bytes"] == (folder / "index.ann").stat().st_size and manifest["build_peak_rss_mb"] > 0
     assert {"index.ann", "items.jsonl", "extractor/extractor.json"} <= set(manifest["files"])
     items = artifacts.read_items(folder)
     assert [i["id"] for i in items] == list(range(len(catalog)))
@@ -112,6 +115,14 @@ def test_index_folder_is_self_describing_and_verified(built: Path, tmp_path: Pat
     (copy / "index.ann").unlink()
     with pytest.raises(artifacts.ArtifactError, match="index.ann is listed in the manifest but missing"):
         artifacts.verify(copy)
+
+
+def test_strategy_is_the_faster_of_exact_scan_and_annoy() -> None:
+    table = [{"search_k": 80, "recall_at_10": 0.95, "ms_per_query": 0.05},
+             {"search_k": 160, "recall_at_10": 0.995, "ms_per_query": 0.08}]
+    assert index.choose_strategy(table, exact_ms=0.04) == "exact"
+    assert index.choose_strategy(table, exact_ms=0.5) == "annoy"
+    assert index.choose_strategy([], exact_ms=0.01) == "annoy"  # a fixed --search-k is not second-guessed
 
 
 def test_reindexing_switches_current_atomically_and_prunes(built: Path, tmp_path: Path) -> None:
