@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import artifacts
+from service.items import ItemStore
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +43,16 @@ class Searcher:
         self.folder = artifacts.resolve_index(folder)
         self.manifest = artifacts.verify(self.folder, check_hashes=check_hashes)
         self.index = artifacts.load_annoy(self.folder, self.manifest, prefault=True)
-        self.items = artifacts.read_items(self.folder)
+        self.items = ItemStore(self.folder / artifacts.ITEMS_FILE)
         self.vectors = np.load(self.folder / artifacts.VECTORS_FILE, mmap_mode="r")
         if self.vectors.shape != (len(self.items), self.manifest["dim"]):
             raise artifacts.ArtifactError(f"{self.folder}: vectors.npy has shape {self.vectors.shape}, expected "
                                           f"({len(self.items)}, {self.manifest['dim']})")
         self.extractor = load_extractor(self.folder / artifacts.EXTRACTOR_DIR)
-        self.by_product = {item["product_id"]: item["id"] for item in self.items}
-        self.columns = sorted({"category"} | {key for item in self.items for key in item["metadata"]})
-        self._value_ids: dict[str, dict[str, np.ndarray]] = {}
+        self.columns = self.items.columns
         self.search_k = int(self.manifest["search_k"])
         self.n_trees = int(self.manifest["n_trees"])
+        self.exact = self.manifest.get("strategy", "annoy") == "exact"  # measured by the index stage
         self.load_seconds = time.perf_counter() - started
 
     @property
@@ -74,21 +74,9 @@ class Searcher:
     def product(self, product_id: str) -> dict:
         """Return a product's item (id, product_id, name, category, image, thumbnail, metadata)."""
         try:
-            return self.items[self.by_product[product_id]]
+            return self.items[self.items.lookup(product_id)]
         except KeyError:
             raise UnknownProduct(product_id) from None
-
-    def value(self, item: dict, column: str) -> str:
-        """Return an item's value in a filterable column ('' when it has none)."""
-        return str(item["category"] if column == "category" else item["metadata"].get(column, ""))
-
-    def _ids_by_value(self, column: str) -> dict[str, np.ndarray]:
-        if column not in self._value_ids:
-            groups: dict[str, list[int]] = {}
-            for item in self.items:
-                groups.setdefault(self.value(item, column), []).append(item["id"])
-            self._value_ids[column] = {v: np.array(ids, dtype=np.int64) for v, ids in groups.items()}
-        return self._value_ids[column]
 
     def allowed(self, filters: dict[str, list[str]]) -> np.ndarray:
         """Return a boolean mask of the items matching every column's filter (any of its values)."""
@@ -96,10 +84,10 @@ class Searcher:
         for column, values in filters.items():
             if column not in self.columns:
                 raise UnknownFilter(column)
-            by_value = self._ids_by_value(column)
+            by_value = self.items.ids_by_value[column]
             column_mask = np.zeros(len(self.items), dtype=bool)
             for value in values:
-                column_mask[by_value.get(value, np.empty(0, np.int64))] = True
+                column_mask[by_value.get(value, np.empty(0, np.int32))] = True
             mask &= column_mask
         return mask
 
@@ -108,8 +96,7 @@ class Searcher:
         """Each low-cardinality column's values with their product counts, most common first."""
         out = {}
         for column in self.columns:
-            counts = Counter(self.value(item, column) for item in self.items)
-            counts.pop("", None)
+            counts = Counter({v: len(ids) for v, ids in self.items.ids_by_value[column].items() if v != ""})
             if 1 < len(counts) <= FACET_MAX_VALUES:
                 out[column] = [{"value": v, "count": c} for v, c in counts.most_common()]
         return out
@@ -118,10 +105,12 @@ class Searcher:
                exclude: int | None = None) -> list[tuple[dict, float]]:
         """Return up to k (item, cosine similarity) pairs, best first.
 
-        With filters, exactly k matching items come back whenever at least k exist: a narrow filter is
-        answered by an exact scan of its matches; a broad one by an Annoy query that over-fetches by the
-        inverse of the filter's share of the catalog and widens until it has k matches (falling back to the
-        exact scan). Candidates are always re-ranked by their exact cosine similarity.
+        A catalog small enough that scanning every vector beat Annoy when the index was built (the manifest's
+        `strategy`) is always scanned exactly. Otherwise, with filters, exactly k matching items come back
+        whenever at least k exist: a narrow filter is answered by an exact scan of its matches; a broad one
+        by an Annoy query that over-fetches by the inverse of the filter's share of the catalog and widens
+        until it has k matches (falling back to the exact scan). Candidates are always re-ranked by their
+        exact cosine similarity.
 
         Args:
             vector: the query's unit vector.
@@ -139,8 +128,10 @@ class Searcher:
         wanted = min(k, n_allowed)
         if wanted == 0:
             return []
-        if mask is not None and n_allowed <= EXACT_FILTER_BELOW:
+        if mask is not None and (self.exact or n_allowed <= EXACT_FILTER_BELOW):
             return self._rank(np.flatnonzero(mask), vector, wanted)
+        if self.exact:
+            return self._scan(vector, wanted, exclude)
         share = n_allowed / len(self.items)
         n = math.ceil(wanted / share * (1.5 if mask is not None else 1)) + (exclude is not None)
         while True:
@@ -154,6 +145,14 @@ class Searcher:
                     everything[exclude] = False
                 return self._rank(np.flatnonzero(everything), vector, wanted)
             n = min(len(self.items), n * 4)
+
+    def _scan(self, vector: np.ndarray, k: int, exclude: int | None) -> list[tuple[dict, float]]:
+        scores = np.asarray(self.vectors @ vector)
+        if exclude is not None:
+            scores[exclude] = -np.inf
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(self.items[int(i)], float(scores[i])) for i in top]
 
     def _rank(self, ids: np.ndarray, vector: np.ndarray, k: int) -> list[tuple[dict, float]]:
         ids = np.sort(ids)  # ascending reads of the memory-mapped vectors

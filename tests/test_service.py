@@ -76,9 +76,10 @@ def test_search_by_base64_and_by_url(client, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("force_annoy", [False, True], ids=["exact-scan", "annoy-overfetch"])
 def test_filters_return_exactly_k_whenever_k_match(client, app, monkeypatch, force_annoy: bool) -> None:
+    searcher = app.extensions["visual_search"].get()
     if force_annoy:
         monkeypatch.setattr(searcher_module, "EXACT_FILTER_BELOW", 0)
-    searcher = app.extensions["visual_search"].get()
+        monkeypatch.setattr(searcher, "exact", False)
     counts: dict[str, int] = {}
     for item in searcher.items:
         counts[item["category"]] = counts.get(item["category"], 0) + 1
@@ -98,8 +99,10 @@ def test_filters_return_exactly_k_whenever_k_match(client, app, monkeypatch, for
     assert all(r["metadata"]["baseColour"] in ("Black", "White") for r in json_filters["results"])
 
 
-def test_more_like_this_uses_the_stored_vector(client, app) -> None:
+@pytest.mark.parametrize("exact", [True, False], ids=["exact-scan", "annoy"])
+def test_more_like_this_uses_the_stored_vector(client, app, monkeypatch, exact: bool) -> None:
     searcher = app.extensions["visual_search"].get()
+    monkeypatch.setattr(searcher, "exact", exact)
     product_id = searcher.items[7]["product_id"]
     seen = searcher.extractor.images_seen
     body = client.get(f"/api/products/{product_id}/similar?k=6").get_json()
