@@ -1,0 +1,60 @@
+"""The service's compact item store: same answers as parsing every line, without a dict per product."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.artifacts import ArtifactError
+from service.items import ItemStore
+
+
+def write(path: Path, items: list[dict], blank_lines: bool = False) -> Path:
+    lines = [json.dumps(item, ensure_ascii=False) for item in items]
+    path.write_text(("\n\n" if blank_lines else "\n").join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def item(i: int, product_id: str, category: str, **metadata: str) -> dict:
+    return {"id": i, "product_id": product_id, "name": f"n{i}", "category": category, "image": "",
+            "thumbnail": "", "metadata": metadata}
+
+
+def test_items_are_parsed_on_demand_and_indexed_by_product_and_value(tmp_path: Path) -> None:
+    items = [item(0, "0042", "Shirts", colour="Blue"), item(1, "é-7", "Shoes"),
+             item(2, "10", "Shirts", colour="Red", season="Fall"), item(3, "9", "Shoes", colour="Blue")]
+    store = ItemStore(write(tmp_path / "items.jsonl", items, blank_lines=True))
+    assert len(store) == 4 and list(store) == items and store[-1] == items[3]
+    assert [store.lookup(p) for p in ("0042", "é-7", "10", "9")] == [0, 1, 2, 3]
+    with pytest.raises(KeyError):
+        store.lookup("42")  # ids are text: 0042 is not 42
+    with pytest.raises(IndexError):
+        store[4]  # noqa: B018
+    assert store.columns == ["category", "colour", "season"]
+    by_colour = {v: ids.tolist() for v, ids in store.ids_by_value["colour"].items()}
+    assert by_colour == {"Blue": [0, 3], "Red": [2], "": [1]}  # no value is the value ''
+    season = store.ids_by_value["season"]
+    assert season["Fall"].tolist() == [2] and season[""].tolist() == [0, 1, 3]
+    assert store.nbytes() < 1000
+
+
+def test_bad_item_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="line 2 has id 5, expected 1"):
+        ItemStore(write(tmp_path / "a.jsonl", [item(0, "a", "x"), item(5, "b", "x")]))
+    with pytest.raises(ArtifactError, match="product ids are not unique"):
+        ItemStore(write(tmp_path / "b.jsonl", [item(0, "a", "x"), item(1, "a", "x")]))
+    (tmp_path / "c.jsonl").write_bytes(b"")
+    assert len(ItemStore(tmp_path / "c.jsonl")) == 0
+
+
+def test_a_large_store_keeps_a_few_bytes_per_product(tmp_path: Path) -> None:
+    n = 20_000
+    items = [item(i, f"P{i:06d}", f"c{i % 37}", colour=f"k{i % 5}", gender="W" if i % 2 else "M") for i in range(n)]
+    store = ItemStore(write(tmp_path / "items.jsonl", items))
+    assert store.nbytes() / n <= 43  # offsets 16 + product id 7 + order 8 + 3 columns x 4 (a dict: ~1 KB)
+    rng = np.random.default_rng(0)
+    for i in rng.integers(0, n, 50).tolist():
+        assert store[store.lookup(f"P{i:06d}")] == items[i]
