@@ -8,18 +8,24 @@ from pathlib import Path
 import numpy as np
 
 
-def clustered(n: int, dim: int, seed: int, clusters: int = 1000, spread: float = 0.5) -> np.ndarray:
-    """Unit vectors around `clusters` random centres, like product embeddings grouped by kind."""
+def clustered(n: int, dim: int, seed: int, clusters: int = 1000, spread: float = 0.5,
+              labels: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around `clusters` random centres, like product embeddings grouped by kind.
+
+    With `labels`, also return each vector's centre (its "category").
+    """
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     out = np.empty((n, dim), np.float32)
+    owner = np.empty(n, np.int64)
     for start in range(0, n, 100_000):
         m = min(100_000, n - start)
         noise = rng.standard_normal((m, dim)).astype(np.float32) * (spread / np.sqrt(dim))
-        out[start:start + m] = centres[rng.integers(0, clusters, m)] + noise
+        owner[start:start + m] = rng.integers(0, clusters, m)
+        out[start:start + m] = centres[owner[start:start + m]] + noise
     out /= np.linalg.norm(out, axis=1, keepdims=True)
-    return out
+    return (out, owner) if labels else out
 
 
 def real_datasets(data_dir: Path, n_queries: int) -> list[tuple[str, np.ndarray, np.ndarray]]:

@@ -46,3 +46,26 @@ def test_annoy_on_a_projection_with_exact_reranking_keeps_recall(data, tmp_path)
     assert rows[0]["method"] == "Annoy PCA-16 + exact re-rank" and rows[0]["recall_at_10"] >= 0.9
     plain = bench_annoy("small", base, queries, truth, [20], [8], tmp_path)
     assert plain[0]["recall_at_10"] >= 0.95
+
+
+def test_synthetic_data_dir_goes_through_the_index_stage_and_the_searcher(demo_index, tmp_path) -> None:
+    from make_synthetic_data_dir import make
+
+    from pipeline import index
+    from service.searcher import Searcher
+
+    summary = make(tmp_path / "syn", 3000, demo_index, clusters=30, images=5)
+    assert summary["rows"] == 3000 and summary["dim"] == 32
+    manifest = index.run(tmp_path / "syn", trees=8)
+    assert manifest["count"] == 3000 and manifest["search_k_measurements"][-1]["recall_at_10"] >= 0.99
+    assert manifest["strategy"] in ("exact", "annoy") and manifest["index_bytes"] > 3000 * 32 * 4
+    searcher = Searcher(tmp_path / "syn")
+    assert len(list((searcher.folder / "thumbs").iterdir())) <= 5  # one thumbnail per distinct image
+    for exact in (True, False):
+        searcher.exact = exact
+        found = [item["id"] for item, _ in searcher.similar("S0000007", 10)]
+        vectors = np.load(searcher.folder / "vectors.npy")
+        truth = exact_truth(vectors, vectors[7:8], 11)[0][1:].tolist()
+        assert len(set(found) & set(truth)) >= 9
+    with pytest.raises(FileExistsError, match="not empty"):
+        make(tmp_path / "syn", 10, demo_index)
