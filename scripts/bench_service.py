@@ -56,20 +56,21 @@ def percentiles(seconds: list[float]) -> str:
     return f"p50 {np.percentile(ms, 50):8.2f} ms   p99 {np.percentile(ms, 99):8.2f} ms   (n={len(ms)})"
 
 
-def start_gunicorn(index: Path, port: int, workers: int, cache: str) -> subprocess.Popen:
+def start_gunicorn(index: Path, port: int, workers: int, cache: str, deadline_s: float = 180) -> subprocess.Popen:
+    """Start gunicorn on `index` and wait until its workers answer /health with 200."""
     env = {**os.environ, "ARTIFACTS": str(index), "GUNICORN_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers),
            "ARTIFACTS_CACHE": cache, "LOG_LEVEL": "warning"}
     command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--access-logfile", "/dev/null",
                "application:application"]
     process = subprocess.Popen(command, cwd=ROOT, env=env)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + deadline_s
     healthy = 0
     while time.monotonic() < deadline and healthy < 2 * workers + 2:
         healthy = healthy + 1 if timed(f"http://127.0.0.1:{port}/health")[1] == 200 else 0
         time.sleep(0.2)
     if healthy < 2 * workers + 2:
         process.terminate()
-        raise SystemExit("gunicorn did not become healthy within 180 s")
+        raise SystemExit(f"gunicorn did not become healthy within {deadline_s:.0f} s")
     return process
 
 
