@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,14 +35,21 @@ KEEP_VERSIONS = 3
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
     """Return the ids of the k most cosine-similar rows of `vectors` for each query (unit vectors).
 
-    `exclude` gives, per query, one row id that must not be returned (-1 for none).
+    `exclude` gives, per query, one row id that must not be returned (-1 for none). Queries are scored
+    a block at a time, so memory stays near 256 MB whatever the catalog size.
     """
+    step = max(1, (1 << 24) // max(1, len(vectors)))
+    if len(queries) > step:
+        return np.concatenate([exact_top_k(vectors, queries[i:i + step], k,
+                                           None if exclude is None else exclude[i:i + step])
+                               for i in range(0, len(queries), step)])
     sims = queries @ vectors.T
     if exclude is not None:
         rows = np.flatnonzero(exclude >= 0)
         sims[rows, exclude[rows]] = -np.inf
-    top = np.argpartition(-sims, min(k, sims.shape[1] - 1), axis=1)[:, :k]
-    order = np.take_along_axis(sims, top, axis=1).argsort(axis=1)[:, ::-1]
+    np.negative(sims, out=sims)
+    top = np.argpartition(sims, min(k, sims.shape[1] - 1), axis=1)[:, :k]
+    order = np.take_along_axis(sims, top, axis=1).argsort(axis=1)
     return np.take_along_axis(top, order, axis=1)
 
 
@@ -91,16 +99,14 @@ def choose_strategy(table: list[dict], exact_ms: float) -> str:
     return "exact" if table and exact_ms < table[-1]["ms_per_query"] else "annoy"
 
 
-def _items(catalog) -> list[str]:
+def _items(catalog) -> Iterator[str]:
     """One JSON line per dense id: the product's id, name, category, image, thumbnail and the rest as metadata."""
-    lines = []
     meta_columns = [c for c in catalog.columns if c not in ITEM_COLUMNS + INTERNAL_COLUMNS]
     for i, row in enumerate(catalog.itertuples(index=False)):
         values = dict(zip(catalog.columns, row, strict=True))
         item = {"id": i, **{c: values[c] for c in ITEM_COLUMNS}, "thumbnail": thumbnail_name(values["sha256"]),
                 "metadata": {c: values[c] for c in meta_columns if values[c] != ""}}
-        lines.append(json.dumps(item, ensure_ascii=False))
-    return lines
+        yield json.dumps(item, ensure_ascii=False)
 
 
 def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
@@ -155,7 +161,8 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     np.save(staging / artifacts.VECTORS_FILE, vectors.astype(np.float32, copy=False))
     images = dict(zip(catalog["sha256"], (layout.catalog / p for p in catalog["image"]), strict=True))
     build_thumbnails(images, layout.cache / "thumbs", staging)
-    (staging / artifacts.ITEMS_FILE).write_text("\n".join(_items(catalog)) + "\n", encoding="utf-8")
+    with open(staging / artifacts.ITEMS_FILE, "w", encoding="utf-8") as fh:
+        fh.writelines(line + "\n" for line in _items(catalog))
     storage.link_tree(layout.extractor, staging / artifacts.EXTRACTOR_DIR)
     manifest = {
         "format_version": artifacts.FORMAT_VERSION, "version": version, "created_at": now.isoformat(),
