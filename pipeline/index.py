@@ -153,6 +153,7 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     index.build(trees, n_jobs=-1)
     if not on_disk:
         index.save(str(staging / artifacts.INDEX_FILE))
+    storage.make_readable(staging / artifacts.INDEX_FILE)
     build_s = time.perf_counter() - started
     log.info("built in %.1f s; measuring search_k for recall@%d >= %s", build_s, K, target_recall)
     chosen, table = (search_k, []) if search_k else tune_search_k(index, vectors, trees, target=target_recall)

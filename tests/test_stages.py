@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,10 @@ def test_index_folder_is_self_describing_and_verified(built: Path, tmp_path: Pat
     assert manifest["strategy"] == index.choose_strategy(manifest["search_k_measurements"],
                                                          manifest["exact_ms_per_query"])
     assert manifest["index_bytes"] == (folder / "index.ann").stat().st_size and manifest["build_peak_rss_mb"] > 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("manifest.json", "index.ann", "items.jsonl", "vectors.npy"):  # a service user can read them
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o666 & ~umask, name
     assert {"index.ann", "items.jsonl", "extractor/extractor.json"} <= set(manifest["files"])
     items = artifacts.read_items(folder)
     assert [i["id"] for i in items] == list(range(len(catalog)))
