@@ -48,7 +48,7 @@ def test_annoy_on_a_projection_with_exact_reranking_keeps_recall(data, tmp_path)
     assert plain[0]["recall_at_10"] >= 0.95
 
 
-def test_synthetic_data_dir_goes_through_the_index_stage_and_the_searcher(demo_index, tmp_path) -> None:
+def test_synthetic_data_dir_goes_through_the_index_stage_and_the_searcher(demo_index, tmp_path, monkeypatch) -> None:
     from make_synthetic_data_dir import make
 
     from pipeline import index
@@ -56,6 +56,7 @@ def test_synthetic_data_dir_goes_through_the_index_stage_and_the_searcher(demo_i
 
     summary = make(tmp_path / "syn", 3000, demo_index, clusters=30, images=5)
     assert summary["rows"] == 3000 and summary["dim"] == 32
+    monkeypatch.setattr(index, "ON_DISK_ABOVE", 0)  # the path a 1M x 256 build takes: trees built in the file
     manifest = index.run(tmp_path / "syn", trees=8)
     assert manifest["count"] == 3000 and manifest["search_k_measurements"][-1]["recall_at_10"] >= 0.99
     assert manifest["strategy"] in ("exact", "annoy") and manifest["index_bytes"] > 3000 * 32 * 4
@@ -69,3 +70,14 @@ def test_synthetic_data_dir_goes_through_the_index_stage_and_the_searcher(demo_i
         assert len(set(found) & set(truth)) >= 9
     with pytest.raises(FileExistsError, match="not empty"):
         make(tmp_path / "syn", 10, demo_index)
+
+
+def test_serving_memory_is_measured_in_a_fresh_process(tmp_path) -> None:
+    from bench_serve import serve_mb
+
+    base = clustered(20_000, 128, seed=5)  # 9.8 MiB
+    np.save(tmp_path / "base.npy", base)
+    grown = serve_mb("exact", tmp_path / "base.npy", base[:20], base.shape[1])
+    assert 0.8 * base.nbytes / 2**20 <= grown <= 3 * base.nbytes / 2**20
+    with pytest.raises(Exception, match="returned non-zero"):
+        serve_mb("exact", tmp_path / "missing.npy", base[:2], base.shape[1])
