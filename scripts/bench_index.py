@@ -151,7 +151,7 @@ def bench_annoy(name, base, queries, truth, trees_grid, multipliers, tmp: Path, 
         build_s, build_mb = time.perf_counter() - started, peak_mb() - before
         index.unload()
         index = AnnoyIndex(vectors.shape[1], "angular")
-        index.load(str(path))
+        index.load(str(path), prefault=True)  # as the service loads it: no page faults while timing
         if project:
             np.savez(path.with_suffix(".npz"), basis=basis)
             np.save(path.with_suffix(".full.npy"), base)

@@ -52,7 +52,7 @@ def _loader(kind: str, path: Path, dim: int, setting: int):
 
         def load():
             index = AnnoyIndex(dim, "angular")
-            index.load(str(path))
+            index.load(str(path), prefault=True)  # as the service loads it
             if kind == "annoy":
                 return lambda q: index.get_nns_by_vector(q, K, search_k=setting)
             extra = np.load(path.with_suffix(".npz"))
