@@ -1,9 +1,30 @@
-"""The index benchmark's chart: recall@10 against queries/s, one panel per dataset (also redrawn from its JSON)."""
+"""The index benchmark's outputs: a Markdown table, the rows as JSON, and a recall-vs-queries/s chart (also
+redrawn from its JSON)."""
 
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
+
+
+def write_report(rows: list[dict], out: Path, stem: str, command: str, cores: int) -> None:
+    """Write `stem`.json, `stem`.md and `stem`.png under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    today = date.today().isoformat()
+    (out / f"{stem}.json").write_text(json.dumps({"command": command, "date": today, "cores": cores, "rows": rows},
+                                                 indent=1))
+    header = ("| dataset | method | params | recall@10 | q/s | p50 ms | p99 ms | build s | size MB | build peak MB "
+              "| serving MB |")
+    lines = [f"# Index benchmark, {today}", "", f"`{command}` on {cores} cores; queries on one thread, builds on "
+             "all cores. Serving MB: resident memory that a fresh process adds by loading the saved index and "
+             "answering 300 of the queries (at the largest search_k or ef of its build).", "",
+             header, "|" + "---|" * 11]
+    lines += [f"| {r['dataset']} | {r['method']} | {r['params']} | {r['recall_at_10']} | {r['qps']} | {r['p50_ms']} | "
+              f"{r['p99_ms']} | {r['build_s']} | {r['size_mb']} | {r['build_peak_mb']} | {r['serve_mb']} |"
+              for r in rows]
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    chart(rows, out / f"{stem}.png")
 
 
 def chart(rows: list[dict], path: Path) -> None:

@@ -18,7 +18,6 @@ if __name__ == "__main__":  # before numpy loads; not when the tests import this
         os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_charts import chart  # noqa: E402
+from bench_charts import write_report  # noqa: E402
 from bench_data import clustered, real_datasets  # noqa: E402
 from bench_serve import serve_mb  # noqa: E402
 
@@ -283,22 +282,9 @@ def main(argv: list[str] | None = None) -> None:
                       f"{r['size_mb']:7.1f} MB  build peak {r['build_peak_mb']:7.1f} MB  serve {r['serve_mb']:7.1f} MB",
                       flush=True)
             rows += new
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = f"index-{date.today().isoformat()}{'-' + args.tag if args.tag else ''}"
     command = "python scripts/bench_index.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    (args.out / f"{stem}.json").write_text(json.dumps({"command": command, "date": date.today().isoformat(),
-                                                       "cores": CORES, "rows": rows}, indent=1))
-    header = ("| dataset | method | params | recall@10 | q/s | p50 ms | p99 ms | build s | size MB | build peak MB "
-              "| serving MB |")
-    lines = [f"# Index benchmark, {date.today().isoformat()}", "", f"`{command}` on {CORES} cores; queries on one "
-             "thread, builds on all cores. Serving MB: resident memory that a fresh process adds by loading the "
-             "saved index and answering 300 of the queries (at the largest search_k or ef of its build).", "",
-             header, "|" + "---|" * 11]
-    lines += [f"| {r['dataset']} | {r['method']} | {r['params']} | {r['recall_at_10']} | {r['qps']} | {r['p50_ms']} | "
-              f"{r['p99_ms']} | {r['build_s']} | {r['size_mb']} | {r['build_peak_mb']} | {r['serve_mb']} |"
-              for r in rows]
-    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    chart(rows, args.out / f"{stem}.png")
+    write_report(rows, args.out, stem, command, CORES)
     print(f"\nwrote {args.out / stem}.md, .json and .png")
 
 
