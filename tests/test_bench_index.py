@@ -81,3 +81,17 @@ def test_serving_memory_is_measured_in_a_fresh_process(tmp_path) -> None:
     assert 0.8 * base.nbytes / 2**20 <= grown <= 3 * base.nbytes / 2**20
     with pytest.raises(Exception, match="returned non-zero"):
         serve_mb("exact", tmp_path / "missing.npy", base[:2], base.shape[1])
+
+
+def test_difficulty_sees_intrinsic_dimension_and_contrast() -> None:
+    from bench_data import difficulty
+
+    rng = np.random.default_rng(0)
+    low = np.zeros((5000, 64), np.float32)
+    low[:, :4] = rng.standard_normal((5000, 4))  # a 4-d subspace of a 64-d space
+    high = rng.standard_normal((5000, 64)).astype(np.float32)
+    low /= np.linalg.norm(low, axis=1, keepdims=True)
+    high /= np.linalg.norm(high, axis=1, keepdims=True)
+    easy, hard = difficulty(low[100:], low[:100]), difficulty(high[100:], high[:100])
+    assert easy["lid"] < 6 < 20 < hard["lid"]
+    assert easy["relative_contrast"] > hard["relative_contrast"] > 1
