@@ -25,7 +25,7 @@ def shard_name(i: int) -> str:
     return f"part-{i:05d}.npy"
 
 
-def _shard_id(keys: list[str], export_id: str) -> str:
+def shard_id(keys: list[str], export_id: str) -> str:
     """What a shard's bytes depend on: its rows' image contents and the extractor that embedded them."""
     return storage.sha256_bytes(("\n".join(keys) + "\n" + export_id).encode())
 
@@ -66,7 +66,7 @@ def run(data_dir: Path, shard_rows: int = SHARD_ROWS, batch_size: int = 64) -> d
             rows = slice(i * shard_rows, (i + 1) * shard_rows)
             shard_keys = keys[rows]
             stamp = {"shard": i, "rows": [rows.start, rows.start + len(shard_keys)],
-                     "content": _shard_id(shard_keys, export_id), "export_id": export_id}
+                     "content": shard_id(shard_keys, export_id), "export_id": export_id}
             stamp_file = out / shard_name(i).replace(".npy", ".json")
             if (out / shard_name(i)).is_file() and stamp_file.is_file() and storage.read_json(stamp_file) == stamp:
                 kept += 1

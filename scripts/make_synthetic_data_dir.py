@@ -30,7 +30,7 @@ from bench_data import clustered  # noqa: E402
 
 from pipeline import storage  # noqa: E402
 from pipeline.layout import Layout, read_catalog  # noqa: E402
-from pipeline.vectorize import SHARD_ROWS, SUMMARY, _shard_id, shard_name  # noqa: E402
+from pipeline.vectorize import SHARD_ROWS, SUMMARY, shard_id, shard_name  # noqa: E402
 
 COLUMNS = ("product_id", "name", "category", "image", "sha256", "width", "height", "duplicate_of", "source_image")
 
@@ -69,7 +69,7 @@ def make(out: Path, n: int, source: Path, clusters: int = 1000, images: int = 50
         np.save(dst.embeddings / shard_name(s), vectors[rows])
         storage.write_json(dst.embeddings / shard_name(s).replace(".npy", ".json"),
                            {"shard": s, "rows": [rows.start, rows.stop],
-                            "content": _shard_id(keys[rows], config["export_id"]), "export_id": config["export_id"]})
+                            "content": shard_id(keys[rows], config["export_id"]), "export_id": config["export_id"]})
     summary = {"rows": n, "dim": dim, "shards": shards, "shard_rows": SHARD_ROWS, "shards_kept": 0,
                "backbone_images_computed": 0, "export_id": config["export_id"], "encoder": config["encoder"],
                "seconds": 0.0, "images_per_s": None, "synthetic": {"seed": seed, "clusters": clusters}}

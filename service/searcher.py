@@ -147,12 +147,10 @@ class Searcher:
             n = min(len(self.items), n * 4)
 
     def _scan(self, vector: np.ndarray, k: int, exclude: int | None) -> list[tuple[dict, float]]:
-        scores = np.asarray(self.vectors @ vector)
-        if exclude is not None:
-            scores[exclude] = -np.inf
-        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(self.items[int(i)], float(scores[i])) for i in top]
+        from pipeline.index import exact_top_k
+
+        ids = exact_top_k(self.vectors, vector[None], k, None if exclude is None else np.array([exclude]))[0]
+        return self._rank(ids, vector, k)
 
     def _rank(self, ids: np.ndarray, vector: np.ndarray, k: int) -> list[tuple[dict, float]]:
         ids = np.sort(ids)  # ascending reads of the memory-mapped vectors
