@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| {r['workers']} | {r['pid']} | {r['rss_index.ann']} | {r['pss_index.ann']} | "
               f"{sizes['index.ann'] / r['workers']:.1f} | {r['pss_vectors.npy']} | {r['pss']} | {r['pss_anon']} |"
               for r in rows]
+    lines += ["", "Total PSS of all workers: " + "; ".join(
+        f"{w} worker{'s' if w > 1 else ''} {sum(r['pss'] for r in rows if r['workers'] == w) / 1024:.1f} GiB"
+        for w in dict.fromkeys(r["workers"] for r in rows)) + "."]
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out / stem}.md and .json")
 
