@@ -52,16 +52,16 @@ def make(out: Path, n: int, source: Path, clusters: int = 1000, images: int = 50
     vectors, owner = clustered(n, dim, seed=seed, clusters=clusters, labels=True)
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(real), n)
+    images_by_pick = list(real[["sha256", "width", "height"]].itertuples(index=False, name=None))
     keys = []
     with open(dst.catalog_csv, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(COLUMNS)
         for i in tqdm(range(n), desc="catalog", unit="row", mininterval=1.0, disable=None):
-            image = real.iloc[picks[i]]
-            keys.append(image.sha256)
+            sha, width, height = images_by_pick[picks[i]]
+            keys.append(sha)
             writer.writerow([f"S{i:07d}", f"Synthetic product {i}", f"cluster-{owner[i]:04d}",
-                             f"images/{image.sha256}.jpg", image.sha256, image.width, image.height, "",
-                             "synthetic"])
+                             f"images/{sha}.jpg", sha, width, height, "", "synthetic"])
     dst.embeddings.mkdir(parents=True)
     shards = (n + SHARD_ROWS - 1) // SHARD_ROWS
     for s in tqdm(range(shards), desc="embeddings", unit="shard", mininterval=1.0, disable=None):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import artifacts
+from pipeline.index import exact_top_k
 from service.items import ItemStore
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,6 @@ class Searcher:
             n = min(len(self.items), n * 4)
 
     def _scan(self, vector: np.ndarray, k: int, exclude: int | None) -> list[tuple[dict, float]]:
-        from pipeline.index import exact_top_k
-
         ids = exact_top_k(self.vectors, vector[None], k, None if exclude is None else np.array([exclude]))[0]
         return self._rank(ids, vector, k)
 
