@@ -1,10 +1,8 @@
-"""Visual product search pipeline: acquire, finetune, vectorize, index, evaluate (one module per stage)."""
+"""Visual product search pipeline: acquire, finetune, vectorize, index, evaluate (one module per stage).
 
-import os
-
-# tensorflow-hub needs legacy Keras; set it before any module imports TensorFlow.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+Stages talk only through the data directory (`runtime.layout`); each imports the runtime layer and its
+own helpers, never another stage. `python -m pipeline <stage>` or `python -m pipeline.<stage>` runs one.
+"""
 
 __version__ = "0.1.0"
 STAGES = ("acquire", "finetune", "vectorize", "index", "evaluate")

@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from runtime import tfenv
+from runtime.preprocess import INPUT_SIZE, decode_image
+
 log = logging.getLogger(__name__)
 
 AE_SIZE = 64
@@ -21,8 +24,7 @@ BOTTLENECK_CHANNELS = 16
 
 def build_core() -> Any:
     """Return the encoder over [0, 1] images of AE_SIZE x AE_SIZE: conv+ReLU+pool blocks, then a flat code."""
-    import tf_keras as keras
-
+    keras = tfenv.keras()
     inputs = keras.Input((AE_SIZE, AE_SIZE, 3))
     x = inputs
     for i, filters in enumerate(FILTERS):
@@ -34,8 +36,7 @@ def build_core() -> Any:
 
 def build_autoencoder(core: Any) -> Any:
     """Return encoder + decoder (transposed convolutions back to the input size, sigmoid output)."""
-    import tf_keras as keras
-
+    keras = tfenv.keras()
     side = AE_SIZE // 2 ** len(FILTERS)
     inputs = keras.Input((AE_SIZE, AE_SIZE, 3))
     x = keras.layers.Reshape((side, side, BOTTLENECK_CHANNELS))(core(inputs))
@@ -47,15 +48,13 @@ def build_autoencoder(core: Any) -> Any:
 
 def _shrink(images: Any) -> Any:
     """Resize 0..255 images to the auto-encoder's input, antialiased, and scale them to [0, 1]."""
-    import tensorflow as tf
-
+    tf = tfenv.tensorflow()
     return tf.image.resize(images, [AE_SIZE, AE_SIZE], antialias=True) / 255.0
 
 
-def encoder_model(core: Any, input_size: int = 224) -> Any:
+def encoder_model(core: Any, input_size: int = INPUT_SIZE) -> Any:
     """Wrap the core so that it takes the pipeline's 0..255 images of `input_size`."""
-    import tf_keras as keras
-
+    keras = tfenv.keras()
     inputs = keras.Input((input_size, input_size, 3), name="images")
     return keras.Model(inputs, core(keras.layers.Lambda(_shrink, name="shrink")(inputs)), name="autoencoder_backbone")
 
@@ -82,11 +81,7 @@ def train(image_paths: list[str], out: Path, epochs: int = 15, batch_size: int =
     Returns:
         The Keras training history (loss and val_loss per epoch).
     """
-    import tensorflow as tf
-    import tf_keras as keras
-
-    from pipeline.features import decode_image
-
+    tf, keras = tfenv.tensorflow(), tfenv.keras()
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     paths = list(image_paths)

@@ -1,43 +1,59 @@
-"""Shared command-line plumbing: one parser per stage, logging set-up, the stage dispatcher."""
+"""Command-line plumbing every stage shares: its parser from its own `add_arguments`, logging, one-line errors.
+
+A stage module has `run(**options)`, `add_arguments(parser)` (one flag per keyword of `run`) and
+`describe(summary, options)` (what the command line prints); `python -m pipeline.<stage>` calls
+`main(module)` and `python -m pipeline <stage>` builds the same parser as a subcommand.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
-from pathlib import Path
+from types import ModuleType
+from typing import Any
 
-from pipeline import STAGES
+
+def stage_name(module: ModuleType) -> str:
+    """The stage's command name (`pipeline.acquire` -> `acquire`, also when run as `__main__`)."""
+    spec = getattr(module, "__spec__", None)
+    return (spec.name if spec else module.__name__).rsplit(".", 1)[-1]
 
 
-def stage_main(module_name: str, argv: list[str] | None = None) -> None:
-    """Parse `argv` with a stage's options and run it."""
-    module = importlib.import_module(f"pipeline.{module_name}")
-    parser = argparse.ArgumentParser(prog=f"python -m pipeline {module_name}",
-                                     description=module.__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, required=module_name != "evaluate",
-                        help="the data directory every stage reads and writes (see data/README.md)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+def summary_line(module: ModuleType) -> str:
+    """The first line of a module's docstring."""
+    return (module.__doc__ or stage_name(module)).strip().splitlines()[0]
+
+
+def configure(parser: argparse.ArgumentParser, module: ModuleType) -> argparse.ArgumentParser:
+    """Give a parser the stage's own options and the shared ones (--verbose)."""
+    parser.description = module.__doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     module.add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def invoke(module: ModuleType, options: dict[str, Any]) -> dict:
+    """Set up logging, call the stage's `run(**options)` and print what it made.
+
+    Bad input of the user's (a missing folder, a wrong column) ends the process with a one-line `error: ...`
+    instead of a traceback; --verbose logs the traceback too.
+    """
+    options = dict(options)
+    verbose = options.pop("verbose", False)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        module.main(args)
+        summary = module.run(**options)
     except (ValueError, FileNotFoundError) as exc:
-        # Bad input of the user's (a missing folder, a wrong column): say what, not a traceback.
-        logging.getLogger(module_name).debug("failed", exc_info=True)
+        logging.getLogger(stage_name(module)).debug("failed", exc_info=True)
         sys.exit(f"error: {exc}")
+    print(module.describe(summary, options))
+    return summary
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Dispatch `python -m pipeline <stage> ...` to the stage's own parser."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = (*STAGES, "run")
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print(f"usage: python -m pipeline {{{','.join(commands)}}} [--help] ...\n\n"
-              "Stages run in order: acquire -> finetune -> vectorize -> index -> evaluate; `run` does them all.",
-              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    stage_main(argv[0], argv[1:])
+def main(module: ModuleType, argv: list[str] | None = None) -> dict:
+    """Parse `argv` with the stage's options and run it (`python -m pipeline.<stage>`)."""
+    parser = configure(argparse.ArgumentParser(prog=f"python -m pipeline.{stage_name(module)}"), module)
+    return invoke(module, vars(parser.parse_args(argv)))

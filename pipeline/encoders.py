@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import storage
+from pipeline import autoencoder
+from runtime import storage, tfenv
+from runtime.extractor import tflite_runner
+from runtime.preprocess import INPUT_SIZE
 
 log = logging.getLogger(__name__)
 
-INPUT_SIZE = 224
 BIT_HANDLES = {
     "bit-m-r50x3": "https://tfhub.dev/google/bit/m-r50x3/1",
     "bit-m-r50x1": "https://tfhub.dev/google/bit/m-r50x1/1",
@@ -54,8 +54,7 @@ class Encoder:
 
 
 def _keras_encoder(name: str, fingerprint: str, model: Any) -> Encoder:
-    import tensorflow as tf
-
+    tf = tfenv.tensorflow()
     fn = tf.function(lambda x: model(x, training=False),
                      input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32)])
     dim = int(fn(tf.zeros([1, INPUT_SIZE, INPUT_SIZE, 3])).shape[-1])
@@ -63,44 +62,20 @@ def _keras_encoder(name: str, fingerprint: str, model: Any) -> Encoder:
                    _fn=lambda x: fn(tf.convert_to_tensor(np.asarray(x, np.float32))).numpy())
 
 
-def tflite_runner(path: Path, scale: float = 1 / 255.0) -> Callable[[np.ndarray], np.ndarray]:
-    """Return a function that runs a TFLite image model on a batch, resizing its batch dimension as needed."""
-    import tensorflow as tf
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice, once per load
-        interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count())
-    inp = interpreter.get_input_details()[0]["index"]
-    out = interpreter.get_output_details()[0]["index"]
-    state = {"batch": None}
-    lock = threading.Lock()  # an interpreter is not thread-safe; the service calls it from gthread threads
-
-    def run(images: np.ndarray) -> np.ndarray:
-        with lock:
-            if state["batch"] != len(images):
-                interpreter.resize_tensor_input(inp, [len(images), INPUT_SIZE, INPUT_SIZE, 3])
-                interpreter.allocate_tensors()
-                state["batch"] = len(images)
-            interpreter.set_tensor(inp, (np.asarray(images, np.float32) * scale).astype(np.float32))
-            interpreter.invoke()
-            return interpreter.get_tensor(out).reshape(len(images), -1).copy()
-
-    return run
-
-
 def _hub_model(handle: str) -> Any:
     """Wrap a TF Hub handle or local SavedModel as a Keras model over 0..255 images (BiT expects 0..1)."""
+    keras = tfenv.keras()
     import tensorflow_hub as hub
-    import tf_keras as keras
 
     try:
         layer = hub.KerasLayer(handle, trainable=False, name="backbone")
     except Exception as exc:  # noqa: BLE001 - hub raises many types for "could not fetch"
-        cache = os.environ.get("TFHUB_CACHE_DIR", "a temporary folder (set TFHUB_CACHE_DIR to keep it)")
+        cache = os.environ.get("TFHUB_CACHE_DIR", "unset: a temporary folder, downloaded again next time")
         raise ValueError(
             f"could not load the TF Hub model {handle!r}: {type(exc).__name__}: {exc}. A hub handle is downloaded "
-            f"once (network needed) into {cache}; offline, pass a local SavedModel with --encoder hub:/path/to/model "
-            "or use --encoder mobilenet-v1-0.25 / mediapipe-embedder with --encoder-weights FILE") from None
+            f"once (network needed) into TFHUB_CACHE_DIR ({cache}); offline, pass a local SavedModel with "
+            "--encoder hub:/path/to/model or use --encoder mobilenet-v1-0.25 / mediapipe-embedder with "
+            "--encoder-weights FILE") from None
     inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="images")
     outputs = layer(keras.layers.Rescaling(1 / 255.0)(inputs))
     return keras.Model(inputs, outputs, name="hub_backbone")
@@ -131,8 +106,7 @@ def load_encoder(name: str, weights: str | Path | None = None) -> Encoder:
             f"hub-{storage.sha256_bytes(handle.encode())[:16]}"
         return _keras_encoder(name, fingerprint, _hub_model(handle))
     if name == "mobilenet-v1-0.25":
-        import tf_keras as keras
-
+        keras = tfenv.keras()
         source = str(weights) if weights else "imagenet"
         base = keras.applications.MobileNet(alpha=0.25, include_top=False, input_shape=(INPUT_SIZE, INPUT_SIZE, 3),
                                             weights=source, pooling="avg")
@@ -151,8 +125,6 @@ def load_encoder(name: str, weights: str | Path | None = None) -> Encoder:
         return Encoder(name, f"mediapipe-{storage.sha256_file(Path(weights))[:16]}", int(dim),
                        tflite_path=Path(weights), _fn=run)
     if name == "autoencoder":
-        from pipeline import autoencoder
-
         if weights is None:
             raise ValueError("autoencoder needs its trained weights (--encoder-weights FILE.weights.h5); "
                              "`python -m pipeline finetune --encoder autoencoder` trains them on the catalog")

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
+import shutil
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import artifacts, storage
-from pipeline.index import exact_top_k
-from pipeline.layout import Layout, read_catalog
+from pipeline import cli, plots
+from pipeline.catalog import read_catalog
+from pipeline.ingest import ingest, write_tables
+from pipeline.sources import SOURCE_HELP, read_source
+from runtime import artifacts, storage
+from runtime.extractor import Extractor, load_extractor
+from runtime.layout import EXTRACTOR_DIR, VECTORS_FILE, Layout, report_details, report_grid
+from runtime.preprocess import decode_image
+from runtime.topk import exact_top_k
 
 log = logging.getLogger(__name__)
 
@@ -35,69 +43,79 @@ def _label(item: dict, column: str) -> str:
     return str(item.get(column, item["metadata"].get(column, "")))
 
 
-def run(index: Path, queries: str, label_column: str = "category", k: int = 10, report: Path | None = None,
-        work_dir: Path | None = None) -> dict:
+def run(data_dir: Path, queries: str, index: Path | None = None, label_column: str = "category", k: int = 10,
+        report: Path | None = None, work_dir: Path | None = None) -> dict:
     """Query an index with every image of a source and measure what comes back.
 
     Args:
-        index: an index version folder, an `index/` folder or a data dir.
+        data_dir: the data directory; reads its current index (unless `index` is given), writes `eval/`.
         queries: any acquire source (its images are verified and normalised like a catalog's).
+        index: an index version folder, an `index/` folder or another data dir (default: `data_dir`'s).
         label_column: the column whose equality makes a result correct (a catalog column or metadata key).
         k: results per query.
-        report: the JSON report to write (a `.details.json` and a `.png` grid are written beside it).
-        work_dir: where the queries are acquired to (default: a temporary folder).
+        report: the JSON report to write (default `eval/report.json`; a `.details.json` and a `.png` grid of
+            sample queries are written beside it).
+        work_dir: where the query images are acquired to (default `eval/queries/`, a data dir of its own).
 
     Returns:
         The report: precision_at_1/5/10, map_at_10, ann_recall_at_10, n_queries, latency_ms_p50.
-    """
-    from pipeline import acquire
-    from pipeline.extractor import load_extractor
 
-    folder = artifacts.resolve_index(index)
+    Raises:
+        ArtifactError: no index, or one that fails verification.
+        ValueError: no usable query image, or a label column the queries lack.
+    """
+    layout = Layout(Path(data_dir))
+    folder = artifacts.resolve_index(index or layout.root)
     manifest = artifacts.verify(folder)
     annoy_index = artifacts.load_annoy(folder, manifest, prefault=True)
     items = artifacts.read_items(folder)
-    extractor = load_extractor(folder / artifacts.EXTRACTOR_DIR)
+    extractor = load_extractor(folder / EXTRACTOR_DIR)
     labels = np.array([_label(item, label_column) for item in items])
-    report = Path(report or "eval/report.json")
-    with tempfile.TemporaryDirectory() as tmp:
-        layout = Layout(Path(work_dir or tmp))
-        acquire.run(queries, layout.root, holdout=0.0)
-        qcat = read_catalog(layout.catalog_csv)
-        if qcat.empty:
-            raise ValueError(f"none of the query images of {queries} could be used; see {layout.rejects_csv}")
-        if label_column not in qcat.columns:
-            raise ValueError(f"--label-column {label_column!r} is not a column of the queries; "
-                             f"columns: {list(qcat.columns)}")
-        qpaths = [str(layout.catalog / p) for p in qcat["image"]]
-        found, qvectors, latencies = _query(extractor, annoy_index, qpaths, k + 1, manifest["search_k"])
-        # A query that is itself in the index must not count finding itself.
-        self_ids = np.array([next((i for i in f if items[i]["product_id"] == q), -1)
-                             for f, q in zip(found, qcat["product_id"], strict=True)])
-        found = [[i for i in f if i != s][:k] for f, s in zip(found, self_ids, strict=True)]
-        vectors = np.load(folder / artifacts.VECTORS_FILE, mmap_mode="r")
-        exact = exact_top_k(vectors, qvectors, k, exclude=self_ids)
-        qlabels = qcat[label_column].to_numpy()
-        result = _score(found, exact, labels, qlabels, self_ids)
-        result["latency_ms_p50"] = round(1000 * float(np.median(latencies)), 3) if latencies else None
-        storage.write_json(report, result)
-        storage.write_json(report.with_suffix(".details.json"), {
-            "index": str(folder), "version": manifest["version"], "encoder": manifest["encoder"],
-            "label_column": label_column, "k": k, "search_k": manifest["search_k"], "queries": queries,
-            "strategy": manifest.get("strategy", "annoy"),
-            "measured_path": "annoy, always: with strategy 'exact' the service scans instead, and its answers are "
-                             "then exact (ann_recall_at_10 is what Annoy alone would give)",
-            "latency_ms_p99": round(1000 * float(np.percentile(latencies, 99)), 3) if latencies else None,
-            "query_rows_rejected": len(read_catalog(layout.rejects_csv))})
-        _grid(report.with_suffix(".png"), folder, items, labels, qpaths, qlabels, found)
+    report = Path(report or layout.report)
+    qcat, qlayout, n_rejected = _acquire_queries(queries, Layout(Path(work_dir or layout.eval_queries)))
+    if label_column not in qcat.columns:
+        raise ValueError(f"--label-column {label_column!r} is not a column of the queries; "
+                         f"columns: {list(qcat.columns)}")
+    qpaths = [str(qlayout.catalog / p) for p in qcat["image"]]
+    found, qvectors, latencies = _query(extractor, annoy_index, qpaths, k + 1, manifest["search_k"])
+    # A query that is itself in the index must not count finding itself.
+    self_ids = np.array([next((i for i in f if items[i]["product_id"] == q), -1)
+                         for f, q in zip(found, qcat["product_id"], strict=True)])
+    found = [[i for i in f if i != s][:k] for f, s in zip(found, self_ids, strict=True)]
+    vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
+    exact = exact_top_k(vectors, qvectors, k, exclude=self_ids)
+    qlabels = qcat[label_column].to_numpy()
+    result = _score(found, exact, labels, qlabels, self_ids)
+    result["latency_ms_p50"] = round(1000 * float(np.median(latencies)), 3) if latencies else None
+    storage.write_json(report, result)
+    storage.write_json(report_details(report), {
+        "index": str(folder), "version": manifest["version"], "encoder": manifest["encoder"],
+        "label_column": label_column, "k": k, "search_k": manifest["search_k"], "queries": queries,
+        "strategy": manifest.get("strategy", "annoy"),
+        "measured_path": "annoy, always: with strategy 'exact' the service scans instead, and its answers are "
+                         "then exact (ann_recall_at_10 is what Annoy alone would give)",
+        "latency_ms_p99": round(1000 * float(np.percentile(latencies, 99)), 3) if latencies else None,
+        "query_rows_rejected": n_rejected})
+    _grid(report_grid(report), folder, items, labels, qpaths, qlabels, found)
     log.info("evaluate: %s", result)
     return result
 
 
-def _query(extractor, annoy_index, paths: list[str], n: int, search_k: int) -> tuple[list, np.ndarray, list]:
-    """Embed and look up each query alone, as the service would, timing decode + embedding + lookup."""
-    from pipeline.features import decode_image
+def _acquire_queries(queries: str, work: Layout) -> tuple[Any, Layout, int]:
+    """Verify and normalise the query images into `work` like a catalog; return its table and the rejected count."""
+    records, rejects = read_source(queries, work.cache)
+    shutil.rmtree(work.catalog, ignore_errors=True)
+    work.catalog.mkdir(parents=True)
+    accepted, failed = ingest(records, work.catalog)
+    write_tables(work.catalog, accepted, rejects + failed)
+    if not accepted:
+        raise ValueError(f"none of the query images of {queries} could be used; see {work.rejects_csv}")
+    return read_catalog(work.catalog_csv), work, len(rejects) + len(failed)
 
+
+def _query(extractor: Extractor, annoy_index: Any, paths: list[str], n: int, search_k: int
+           ) -> tuple[list, np.ndarray, list]:
+    """Embed and look up each query alone, as the service would, timing decode + embedding + lookup."""
     found, vectors, latencies = [], [], []
     for path in tqdm(paths, desc="evaluate", unit="query", disable=None):
         started = time.perf_counter()
@@ -128,8 +146,6 @@ def _score(found: list[list[int]], exact: np.ndarray, labels: np.ndarray, qlabel
 def _grid(path: Path, folder: Path, items: list[dict], labels: np.ndarray, qpaths: list[str],
           qlabels: np.ndarray, found: list[list[int]]) -> None:
     """Draw a few random queries with their top results, framed by correctness."""
-    from pipeline import plots
-
     rows = []
     for q in np.random.default_rng(0).permutation(len(qpaths))[:GRID_QUERIES]:
         results = [(str(folder / items[i]["thumbnail"]), str(labels[i]), bool(labels[i] == qlabels[q]))
@@ -143,21 +159,32 @@ def _mean(values: list[float]) -> float | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add this stage's options to a parser."""
-    parser.add_argument("--index", type=Path, default=None, help="index folder (default: DATA_DIR/index/current)")
-    parser.add_argument("--queries", required=True, help="query images: any acquire source")
+    """Add this stage's options to a parser: one flag per keyword of `run`."""
+    parser.add_argument("--data-dir", type=Path, required=True,
+                        help="the data directory: its current index is evaluated and eval/ receives the report")
+    parser.add_argument("--queries", required=True, help=f"query images, any acquire source: {SOURCE_HELP}")
+    parser.add_argument("--index", type=Path, default=None,
+                        help="another index folder to evaluate (default: DATA_DIR/index/current)")
     parser.add_argument("--label-column", default="category", help="column a correct result shares with its query")
     parser.add_argument("--k", type=int, default=10, help="results per query (default 10)")
     parser.add_argument("--report", type=Path, default=None, help="report JSON (default DATA_DIR/eval/report.json)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="where the query images are acquired to (default DATA_DIR/eval/queries)")
 
 
-def main(args: argparse.Namespace) -> None:
-    """Run the stage from parsed CLI arguments."""
-    if args.index is None and args.data_dir is None:
-        raise ValueError("give --index DIR (or --data-dir DIR to use its current index)")
-    report = args.report or (Layout(args.data_dir).eval / "report.json" if args.data_dir else None)
-    work = Layout(args.data_dir).eval / "queries" if args.data_dir else None
-    r = run(args.index or args.data_dir, args.queries, args.label_column, args.k, report, work)
-    print(f"evaluate: {r['n_queries']} queries, precision@1 {r['precision_at_1']}, @5 {r['precision_at_5']}, "
-          f"@10 {r['precision_at_10']}, mAP@10 {r['map_at_10']}, ANN recall@10 {r['ann_recall_at_10']}, "
-          f"p50 latency {r['latency_ms_p50']} ms -> {report or 'eval/report.json'}")
+def describe(summary: dict, options: dict) -> str:
+    """What the command line prints after a run."""
+    r = summary
+    report = options.get("report") or Layout(options["data_dir"]).report
+    return (f"evaluate: {r['n_queries']} queries, precision@1 {r['precision_at_1']}, @5 {r['precision_at_5']}, "
+            f"@10 {r['precision_at_10']}, mAP@10 {r['map_at_10']}, ANN recall@10 {r['ann_recall_at_10']}, "
+            f"p50 latency {r['latency_ms_p50']} ms -> {report} (+ {report_grid(report).name})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the stage from the command line (`python -m pipeline.evaluate --help`)."""
+    cli.main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""Backbone features, computed once per image: tf.data decoding and a cache keyed by image content hash."""
+"""Backbone features, computed once per image: batches decoded by tf.data and a cache keyed by image content hash."""
 
 from __future__ import annotations
 
@@ -12,63 +12,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import storage
-from pipeline.encoders import INPUT_SIZE
+from runtime import storage, tfenv
+from runtime.layout import FEATURE_PART, FEATURE_PARTS
+from runtime.preprocess import decode_image
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 64
-
-
-def _fit(image: Any, size: int) -> Any:
-    """Resize a uint8 image tensor to size x size (bilinear, antialiased), rounding back to uint8."""
-    import tensorflow as tf
-
-    same = tf.logical_and(tf.shape(image)[0] == size, tf.shape(image)[1] == size)
-    return tf.cond(same, lambda: image, lambda: tf.cast(tf.round(tf.clip_by_value(
-        tf.image.resize(image, [size, size], method="bilinear", antialias=True), 0, 255)), tf.uint8))
-
-
-def decode_image(path: Any, size: int = INPUT_SIZE) -> Any:
-    """Read and decode one image file into a uint8 [size, size, 3] tensor (TF ops, for tf.data).
-
-    A JPEG much larger than `size` is decoded at 1/2, 1/4 or 1/8 scale by libjpeg itself (DCT scaling, far
-    cheaper than decoding every pixel and averaging them away); an image already `size` square is not resized.
-    Batches stay uint8 (a quarter of float32's bytes to move); the models convert them. The accurate integer
-    DCT makes the pixels identical to Pillow's, so a photo uploaded to the service (decoded by Pillow) gets
-    the same embedding as the same file in the catalog.
-    """
-    import tensorflow as tf
-
-    data = tf.io.read_file(path)
-
-    def jpeg() -> Any:
-        shape = tf.image.extract_jpeg_shape(data)
-        shorter = tf.minimum(shape[0], shape[1])
-        branch = tf.reduce_sum(tf.cast(shorter >= size * tf.constant([2, 4, 8]), tf.int32))  # 0..3
-        return tf.switch_case(branch, [lambda r=r: tf.io.decode_jpeg(
-            data, channels=3, ratio=r, dct_method="INTEGER_ACCURATE") for r in (1, 2, 4, 8)])
-
-    is_jpeg = tf.strings.substr(data, 0, 3) == b"\xff\xd8\xff"
-    image = tf.cond(is_jpeg, jpeg, lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
-    image.set_shape([None, None, 3])
-    return _fit(image, size)
-
-
-_FIT_FUNCTIONS: dict[int, Any] = {}
-
-
-def prepare_array(rgb: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """Resize one RGB uint8 array [H, W, 3] exactly as `decode_image` does, for images already in memory."""
-    rgb = np.asarray(rgb, np.uint8)
-    if rgb.shape == (size, size, 3):
-        return rgb  # what _fit does too, without a TensorFlow call on the service's hot path
-    if size not in _FIT_FUNCTIONS:
-        import tensorflow as tf
-
-        _FIT_FUNCTIONS[size] = tf.function(lambda image: _fit(image, size),
-                                           input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
-    return _FIT_FUNCTIONS[size](rgb).numpy()
 
 
 def image_batches(paths: Sequence[str], batch_size: int = BATCH_SIZE) -> Any:
@@ -77,8 +27,7 @@ def image_batches(paths: Sequence[str], batch_size: int = BATCH_SIZE) -> Any:
     A file that fails to decode is dropped rather than ending the run; the row numbers that come out
     tell the caller which ones are missing.
     """
-    import tensorflow as tf
-
+    tf = tfenv.tensorflow()
     rows = tf.data.Dataset.range(len(paths))
     files = tf.data.Dataset.from_tensor_slices(list(paths))
     dataset = tf.data.Dataset.zip((rows, files)).map(
@@ -95,7 +44,7 @@ class FeatureCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._rows: dict[str, np.ndarray] = {}
-        for part in sorted(self.root.glob("part-*.npz")):
+        for part in sorted(self.root.glob(FEATURE_PARTS)):
             with np.load(part) as data:
                 for key, row in zip(data["keys"].tolist(), data["features"], strict=True):
                     self._rows[key] = row
@@ -120,7 +69,7 @@ class FeatureCache:
             return
         buffer = io.BytesIO()
         np.savez(buffer, keys=np.array(keys), features=np.asarray(features, np.float32))
-        name = f"part-{time.time_ns():020d}-{storage.sha256_bytes(''.join(keys).encode())[:12]}.npz"
+        name = FEATURE_PART.format(stamp=time.time_ns(), digest=storage.sha256_bytes("".join(keys).encode())[:12])
         storage.atomic_write_bytes(self.root / name, buffer.getvalue())
         self._rows.update(zip(keys, np.asarray(features, np.float32), strict=True))
 

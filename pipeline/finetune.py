@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from pipeline import storage
-from pipeline.acquire import holdout_split
-from pipeline.encoders import DEFAULT_ENCODER
-from pipeline.layout import Layout, load_catalog
+from pipeline import autoencoder, cli, plots
+from pipeline.catalog import catalog_inputs, holdout_split
+from pipeline.encoders import DEFAULT_ENCODER, load_encoder
+from pipeline.export import export
+from pipeline.features import FeatureCache, catalog_features
+from pipeline.head import build_head, train_head
+from runtime import storage
+from runtime.layout import AUTOENCODER_CURVES, AUTOENCODER_WEIGHTS, HISTORY, LABELS, TRAINING_CURVES, Layout
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DIM = 256
-
-
-def catalog_inputs(layout: Layout) -> tuple[object, list[str], list[str]]:
-    """Return the catalog table, its image content keys and its image paths, in catalog order."""
-    catalog = load_catalog(layout)
-    paths = [str(layout.catalog / p) for p in catalog["image"]]
-    return catalog, catalog["sha256"].tolist(), paths
 
 
 def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
@@ -49,42 +48,33 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
     Raises:
         ValueError: an unknown label column, fewer than two classes, or an encoder that cannot be loaded.
     """
-    from pipeline import autoencoder, extractor, plots
-    from pipeline.encoders import load_encoder
-    from pipeline.features import FeatureCache, catalog_features
-
     layout = Layout(Path(data_dir))
     catalog, keys, paths = catalog_inputs(layout)
     started = time.perf_counter()
     if encoder == "autoencoder" and encoder_weights is None:
-        encoder_weights = str(layout.model / "autoencoder.weights.h5")
+        encoder_weights = str(layout.model / AUTOENCODER_WEIGHTS)
         ae_history = autoencoder.train(paths, Path(encoder_weights), epochs=ae_epochs, seed=seed)
-        plots.training_curves(ae_history, layout.model / "autoencoder_curves.png", "auto-encoder reconstruction")
+        plots.training_curves(ae_history, layout.model / AUTOENCODER_CURVES, "auto-encoder reconstruction")
     backbone = load_encoder(encoder, encoder_weights)
     cache = FeatureCache(layout.features(backbone.fingerprint))
     features, computed = catalog_features(cache, keys, paths, backbone)
     summary = {"encoder": encoder, "encoder_weights": encoder_weights, "encoder_fingerprint": backbone.fingerprint,
                "products": len(keys), "backbone_images_computed": computed, "feature_dim": backbone.feature_dim}
     if no_finetune:
-        from pipeline.head import build_head
-
         _, head = build_head(backbone.feature_dim, None, 0)
         info = {"finetuned": False}
     else:
         head, info = _train(catalog, features, label_column, dim, val_split, epochs, seed, layout)
     summary.update(info)
-    extractor.export(backbone, head, layout.extractor, info)
+    export(backbone, head, layout.extractor, info)
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    storage.write_json(layout.model / "finetune.json", summary)
+    storage.write_json(layout.finetune_summary, summary)
     return summary
 
 
-def _train(catalog, features: np.ndarray, label_column: str, dim: int, val_split: float, epochs: int, seed: int,
-           layout: Layout) -> tuple[object, dict]:
+def _train(catalog: pd.DataFrame, features: np.ndarray, label_column: str, dim: int, val_split: float, epochs: int,
+           seed: int, layout: Layout) -> tuple[object, dict]:
     """Split, train the head, and write its labels, history and curves."""
-    from pipeline import plots
-    from pipeline.head import train_head
-
     if label_column not in catalog.columns:
         raise ValueError(f"--label-column {label_column!r} is not a catalog column; columns: {list(catalog.columns)}")
     classes, labels = np.unique(catalog[label_column].to_numpy(), return_inverse=True)
@@ -96,9 +86,9 @@ def _train(catalog, features: np.ndarray, label_column: str, dim: int, val_split
     fit = np.array([r["row"] for r in fit_rows], dtype=int)
     val = np.array([r["row"] for r in val_rows], dtype=int)
     head, history = train_head(features, labels, fit, val, dim, epochs=epochs, seed=seed)
-    storage.write_json(layout.model / "history.json", history)
-    storage.write_json(layout.model / "labels.json", {"label_column": label_column, "classes": classes.tolist()})
-    plots.training_curves(history, layout.model / "training_curves.png",
+    storage.write_json(layout.model / HISTORY, history)
+    storage.write_json(layout.model / LABELS, {"label_column": label_column, "classes": classes.tolist()})
+    plots.training_curves(history, layout.model / TRAINING_CURVES,
                           f"head training: {len(classes)} classes of {label_column}, {dim}-d embedding")
     monitored = history.get("val_precision_at_5")
     best = int(np.argmax(monitored)) if monitored else -1
@@ -110,26 +100,36 @@ def _train(catalog, features: np.ndarray, label_column: str, dim: int, val_split
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add this stage's options to a parser."""
+    """Add this stage's options to a parser: one flag per keyword of `run`."""
+    parser.add_argument("--data-dir", type=Path, required=True, help="the data directory (see data/README.md)")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER,
                         help="bit-m-r50x3 (default) | bit-m-r50x1 | hub:HANDLE_OR_PATH | mobilenet-v1-0.25 | "
                              "mediapipe-embedder | autoencoder")
     parser.add_argument("--encoder-weights", default=None, help="weights file (.h5, .tflite, .weights.h5)")
     parser.add_argument("--label-column", default="category", help="catalog column to classify (default category)")
-    parser.add_argument("--dim", type=int, default=DEFAULT_DIM, help="feature-vector length (default 256)")
+    parser.add_argument("--dim", type=int, default=DEFAULT_DIM, help=f"feature-vector length (default {DEFAULT_DIM})")
     parser.add_argument("--no-finetune", action="store_true", help="keep raw backbone features")
     parser.add_argument("--val-split", type=float, default=0.1, help="held out for early stopping (default 0.1)")
     parser.add_argument("--epochs", type=int, default=100, help="most head epochs (early stopping decides)")
     parser.add_argument("--ae-epochs", type=int, default=15, help="most auto-encoder epochs")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the split and the training")
 
 
-def main(args: argparse.Namespace) -> None:
-    """Run the stage from parsed CLI arguments."""
-    summary = run(args.data_dir, args.encoder, args.encoder_weights, args.label_column, args.dim, args.no_finetune,
-                  args.val_split, args.epochs, args.ae_epochs)
-    print(f"finetune: {summary['encoder']} on {summary['products']} products, "
-          f"{summary['backbone_images_computed']} backbone passes (the rest cached); "
-          + (f"{summary['classes']} classes, held-out precision@5 {summary['val_precision_at_5']:.3f}"
-             if summary.get("val_precision_at_5") is not None else "raw features" if not summary["finetuned"]
-             else "trained without a validation split")
-          + f"; extractor in {Layout(args.data_dir).extractor}")
+def describe(summary: dict, options: dict) -> str:
+    """What the command line prints after a run."""
+    if summary.get("val_precision_at_5") is not None:
+        result = f"{summary['classes']} classes, held-out precision@5 {summary['val_precision_at_5']:.3f}"
+    else:
+        result = "trained without a validation split" if summary["finetuned"] else "raw features"
+    return (f"finetune: {summary['encoder']} on {summary['products']} products, "
+            f"{summary['backbone_images_computed']} backbone passes (the rest cached); {result}; "
+            f"extractor in {Layout(options['data_dir']).extractor}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the stage from the command line (`python -m pipeline.finetune --help`)."""
+    cli.main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    main()

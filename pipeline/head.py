@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime import tfenv
+
 log = logging.getLogger(__name__)
 
 DROPOUT = 0.2
@@ -27,8 +29,7 @@ MONITOR_K = 5
 
 def l2_normalize(x: Any) -> Any:
     """L2-normalise the last axis (a named function, so saved models need no lambda source)."""
-    import tensorflow as tf
-
+    tf = tfenv.tensorflow()
     return tf.math.l2_normalize(x, axis=-1)
 
 
@@ -43,8 +44,7 @@ def retrieval_precision(queries: np.ndarray, query_labels: np.ndarray, base: np.
 
 def _retrieval_stopping(head: Any, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray) -> Any:
     """A Keras callback: log val_precision_at_5 each epoch, stop after PATIENCE epochs without gain, keep the best."""
-    import tf_keras as keras
-
+    keras = tfenv.keras()
     class RetrievalStopping(keras.callbacks.Callback):
         def on_train_begin(self, logs: dict | None = None) -> None:
             self.best, self.best_weights, self.wait = -1.0, None, 0
@@ -74,8 +74,7 @@ def build_head(feature_dim: int, dim: int | None, n_classes: int) -> tuple[Any, 
         dim: length of the embedding (the feature-vector layer); None keeps the raw features (no training).
         n_classes: classes of the classification layer (ignored when `dim` is None).
     """
-    import tf_keras as keras
-
+    keras = tfenv.keras()
     features = keras.Input((feature_dim,), name="features")
     x = keras.layers.Lambda(l2_normalize, name="features_l2")(features)
     if dim is None:
@@ -107,8 +106,7 @@ def train_head(features: np.ndarray, labels: np.ndarray, train_rows: np.ndarray,
         batch_size: rows per step.
         seed: seeds the initial weights and the shuffling.
     """
-    import tf_keras as keras
-
+    keras = tfenv.keras()
     keras.utils.set_random_seed(seed)
     n_classes = int(labels.max()) + 1
     train_model, head = build_head(features.shape[1], dim, n_classes)

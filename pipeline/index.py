@@ -7,17 +7,33 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
-from pipeline import artifacts, storage
-from pipeline.layout import Layout, load_catalog
-from pipeline.thumbnails import build_thumbnails, thumbnail_name
+from pipeline import cli
+from pipeline.catalog import load_catalog
+from pipeline.thumbnails import build_thumbnails
+from runtime import artifacts, storage
+from runtime.embeddings import load_embeddings
+from runtime.layout import (
+    EXTRACTOR_CONFIG,
+    EXTRACTOR_DIR,
+    INDEX_FILE,
+    ITEMS_FILE,
+    MANIFEST,
+    VECTORS_FILE,
+    Layout,
+    thumbnail_name,
+)
+from runtime.topk import exact_top_k
 
 log = logging.getLogger(__name__)
 
@@ -32,28 +48,7 @@ ON_DISK_ABOVE = 200_000_000  # floats; larger indexes are built in their file, n
 KEEP_VERSIONS = 3
 
 
-def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
-    """Return the ids of the k most cosine-similar rows of `vectors` for each query (unit vectors).
-
-    `exclude` gives, per query, one row id that must not be returned (-1 for none). Queries are scored
-    a block at a time, so memory stays near 256 MB whatever the catalog size.
-    """
-    step = max(1, (1 << 24) // max(1, len(vectors)))
-    if len(queries) > step:
-        return np.concatenate([exact_top_k(vectors, queries[i:i + step], k,
-                                           None if exclude is None else exclude[i:i + step])
-                               for i in range(0, len(queries), step)])
-    sims = queries @ vectors.T
-    if exclude is not None:
-        rows = np.flatnonzero(exclude >= 0)
-        sims[rows, exclude[rows]] = -np.inf
-    np.negative(sims, out=sims)
-    top = np.argpartition(sims, min(k, sims.shape[1] - 1), axis=1)[:, :k]
-    order = np.take_along_axis(sims, top, axis=1).argsort(axis=1)
-    return np.take_along_axis(top, order, axis=1)
-
-
-def tune_search_k(index, vectors: np.ndarray, trees: int, k: int = K, target: float = TARGET_RECALL,
+def tune_search_k(index: Any, vectors: np.ndarray, trees: int, k: int = K, target: float = TARGET_RECALL,
                   n_queries: int = TUNE_QUERIES, seed: int = 0) -> tuple[int, list[dict]]:
     """Measure recall@k against exact search for growing search_k; return the smallest that reaches `target`.
 
@@ -99,7 +94,7 @@ def choose_strategy(table: list[dict], exact_ms: float) -> str:
     return "exact" if table and exact_ms < table[-1]["ms_per_query"] else "annoy"
 
 
-def _items(catalog) -> Iterator[str]:
+def _items(catalog: pd.DataFrame) -> Iterator[str]:
     """One JSON line per dense id: the product's id, name, category, image, thumbnail and the rest as metadata."""
     meta_columns = [c for c in catalog.columns if c not in ITEM_COLUMNS + INTERNAL_COLUMNS]
     for i, row in enumerate(catalog.itertuples(index=False)):
@@ -125,13 +120,11 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     """
     from annoy import AnnoyIndex
 
-    from pipeline.vectorize import load_embeddings
-
     layout = Layout(Path(data_dir))
     catalog = load_catalog(layout)
     vectors = load_embeddings(data_dir)
-    extractor_config = storage.read_json(layout.extractor / "extractor.json")
-    embeddings_summary = storage.read_json(layout.embeddings / "embeddings.json")
+    extractor_config = storage.read_json(layout.extractor / EXTRACTOR_CONFIG)
+    embeddings_summary = storage.read_json(layout.embeddings_summary)
     if len(vectors) != len(catalog):
         raise ValueError(f"{len(vectors)} embeddings for {len(catalog)} catalog rows; re-run vectorize")
     if embeddings_summary["export_id"] != extractor_config["export_id"]:
@@ -145,26 +138,26 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     index = AnnoyIndex(dim, METRIC)
     on_disk = n * dim > ON_DISK_ABOVE
     if on_disk:
-        index.on_disk_build(str(staging / artifacts.INDEX_FILE))
+        index.on_disk_build(str(staging / INDEX_FILE))
     for i in tqdm(range(n), desc="index", unit="item", disable=None, mininterval=1.0):
         index.add_item(i, vectors[i])
     log.info("building %d trees over %d items on %d cores%s", trees, n, os.cpu_count() or 1,
              " (in the file: on_disk_build)" if on_disk else "")
     index.build(trees, n_jobs=-1)
     if not on_disk:
-        index.save(str(staging / artifacts.INDEX_FILE))
-    storage.make_readable(staging / artifacts.INDEX_FILE)
+        index.save(str(staging / INDEX_FILE))
+    storage.make_readable(staging / INDEX_FILE)
     build_s = time.perf_counter() - started
     log.info("built in %.1f s; measuring search_k for recall@%d >= %s", build_s, K, target_recall)
     chosen, table = (search_k, []) if search_k else tune_search_k(index, vectors, trees, target=target_recall)
     exact_ms = exact_ms_per_query(vectors)
     index.unload()
-    np.save(staging / artifacts.VECTORS_FILE, vectors.astype(np.float32, copy=False))
+    np.save(staging / VECTORS_FILE, vectors.astype(np.float32, copy=False))
     images = dict(zip(catalog["sha256"], (layout.catalog / p for p in catalog["image"]), strict=True))
-    build_thumbnails(images, layout.cache / "thumbs", staging)
-    with open(staging / artifacts.ITEMS_FILE, "w", encoding="utf-8") as fh:
+    build_thumbnails(images, layout.thumbs_cache, staging)
+    with open(staging / ITEMS_FILE, "w", encoding="utf-8") as fh:
         fh.writelines(line + "\n" for line in _items(catalog))
-    storage.link_tree(layout.extractor, staging / artifacts.EXTRACTOR_DIR)
+    storage.link_tree(layout.extractor, staging / EXTRACTOR_DIR)
     manifest = {
         "format_version": artifacts.FORMAT_VERSION, "version": version, "created_at": now.isoformat(),
         "encoder": extractor_config["encoder"], "encoder_fingerprint": extractor_config["encoder_fingerprint"],
@@ -173,17 +166,25 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         "search_k_measurements": table, "exact_ms_per_query": exact_ms,
         "strategy": choose_strategy(table, exact_ms), "rerank": "exact cosine with vectors.npy", "count": n,
         "categories": int(catalog["category"].nunique()),
-        "build_seconds": round(build_s, 2), "index_bytes": (staging / artifacts.INDEX_FILE).stat().st_size,
-        "build_peak_rss_mb": _peak_rss_mb(), "catalog": str(layout.catalog.resolve()),
+        "build_seconds": round(build_s, 2), "index_bytes": (staging / INDEX_FILE).stat().st_size,
+        "build_peak_rss_mb": _peak_rss_mb(), "source": _catalog_source(layout),
         "files": artifacts.file_entries(staging),
     }
-    storage.write_json(staging / artifacts.MANIFEST, manifest)
+    storage.write_json(staging / MANIFEST, manifest)
     final = layout.index / version
     staging.rename(final)
     _point_current(layout, version)
     _prune(layout, keep)
     log.info("index %s: %d items, %d trees, search_k %d, %.1f s", version, n, trees, chosen, build_s)
     return manifest
+
+
+def _catalog_source(layout: Layout) -> str | None:
+    """The catalog source as the user gave it to acquire (no path of this machine is recorded otherwise)."""
+    try:
+        return storage.read_json(layout.catalog_summary).get("source")
+    except (OSError, ValueError):
+        return None
 
 
 def _peak_rss_mb() -> int:
@@ -211,20 +212,30 @@ def _prune(layout: Layout, keep: int) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add this stage's options to a parser."""
+    """Add this stage's options to a parser: one flag per keyword of `run`."""
+    parser.add_argument("--data-dir", type=Path, required=True, help="the data directory (see data/README.md)")
     parser.add_argument("--trees", type=int, default=DEFAULT_TREES, help=f"Annoy trees (default {DEFAULT_TREES})")
     parser.add_argument("--search-k", type=int, default=None, help="fixed search_k (default: measured)")
     parser.add_argument("--target-recall", type=float, default=TARGET_RECALL,
                         help=f"recall@10 the measured search_k must reach (default {TARGET_RECALL})")
-    parser.add_argument("--keep", type=int, default=KEEP_VERSIONS, help="index versions to keep")
+    parser.add_argument("--keep", type=int, default=KEEP_VERSIONS, help=f"index versions to keep ({KEEP_VERSIONS})")
 
 
-def main(args: argparse.Namespace) -> None:
-    """Run the stage from parsed CLI arguments."""
-    m = run(args.data_dir, args.trees, args.search_k, args.target_recall, args.keep)
+def describe(summary: dict, options: dict) -> str:
+    """What the command line prints after a run."""
+    m = summary
     measured = m["search_k_measurements"][-1] if m["search_k_measurements"] else {}
-    print(f"index: {m['count']} items ({m['dim']}-d, {m['encoder']}), {m['n_trees']} trees, search_k {m['search_k']} "
-          f"(recall@10 {measured.get('recall_at_10', 'not measured')}, {measured.get('ms_per_query', '?')} ms; "
-          f"exact scan {m['exact_ms_per_query']} ms: serves by {m['strategy']}), built in {m['build_seconds']} s, "
-          f"index file {m['index_bytes'] / 2**20:.1f} MiB, peak memory {m['build_peak_rss_mb']} MiB "
-          f"-> {Layout(args.data_dir).index / m['version']}")
+    return (f"index: {m['count']} items ({m['dim']}-d, {m['encoder']}), {m['n_trees']} trees, search_k "
+            f"{m['search_k']} (recall@10 {measured.get('recall_at_10', 'not measured')}, "
+            f"{measured.get('ms_per_query', '?')} ms; exact scan {m['exact_ms_per_query']} ms: serves by "
+            f"{m['strategy']}), built in {m['build_seconds']} s, index file {m['index_bytes'] / 2**20:.1f} MiB, "
+            f"peak memory {m['build_peak_rss_mb']} MiB -> {Layout(options['data_dir']).index / m['version']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the stage from the command line (`python -m pipeline.index --help`)."""
+    cli.main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    main()

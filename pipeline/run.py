@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
-from pipeline import acquire, evaluate, finetune, index, vectorize
+from pipeline import acquire, cli, evaluate, finetune, index, vectorize
 from pipeline.encoders import DEFAULT_ENCODER
-from pipeline.layout import Layout
+from pipeline.sources import SOURCE_HELP
+from runtime.layout import Layout, report_grid
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +31,21 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
         category_column: the source column that names the category.
     """
     layout = Layout(Path(data_dir))
-    summaries = {"acquire": acquire.run(source, data_dir, category_column, holdout=eval_split,
+    summaries = {"acquire": acquire.run(source, data_dir, category_column=category_column, holdout=eval_split,
                                         holdout_column=label_column)}
-    summaries["finetune"] = finetune.run(data_dir, encoder, encoder_weights, label_column, dim, no_finetune)
+    summaries["finetune"] = finetune.run(data_dir, encoder=encoder, encoder_weights=encoder_weights,
+                                         label_column=label_column, dim=dim, no_finetune=no_finetune)
     summaries["vectorize"] = vectorize.run(data_dir)
-    summaries["index"] = index.run(data_dir, trees)
+    summaries["index"] = index.run(data_dir, trees=trees)
     if eval_split:
-        summaries["evaluate"] = evaluate.run(layout.current_index, f"csv:{layout.queries_csv}", label_column,
-                                             report=layout.eval / "report.json", work_dir=layout.eval / "queries")
+        summaries["evaluate"] = evaluate.run(data_dir, f"csv:{layout.queries_csv}", label_column=label_column)
     return summaries
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of the end-to-end run."""
-    parser.add_argument("--source", required=True, help="any acquire source (see `python -m pipeline acquire -h`)")
+    """Add the options of the end-to-end run: one flag per keyword of `run`."""
+    parser.add_argument("--source", required=True, help=SOURCE_HELP)
+    parser.add_argument("--data-dir", type=Path, required=True, help="the data directory (see data/README.md)")
     parser.add_argument("--category-column", default=None, help="source column naming the category")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="backbone (see `python -m pipeline finetune -h`)")
     parser.add_argument("--encoder-weights", default=None, help="the backbone's weights file")
@@ -53,20 +56,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trees", type=int, default=index.DEFAULT_TREES, help="Annoy trees")
 
 
-def main(args: argparse.Namespace) -> None:
-    """Run every stage and print what each produced."""
-    s = run(args.source, args.data_dir, args.encoder, args.encoder_weights, args.label_column, args.eval_split,
-            args.dim, args.no_finetune, args.trees, args.category_column)
-    a, m = s["acquire"], s["index"]
-    print(f"acquire:   {a['input_rows']} rows -> {a['accepted']} products, {a['held_out']} held out, "
-          f"{a['rejected']} rejected ({', '.join(f'{v} {k}' for k, v in a['reject_reasons'].items()) or 'none'}), "
-          f"{a['duplicates']} duplicates flagged")
-    print(f"finetune:  {s['finetune']['encoder']}, {s['finetune']['backbone_images_computed']} backbone passes")
-    print(f"vectorize: {s['vectorize']['rows']} embeddings, {s['vectorize']['backbone_images_computed']} new passes")
-    index_dir = Layout(args.data_dir).index / m["version"]
-    print(f"index:     {m['count']} items, {m['dim']}-d, {m['n_trees']} trees, search_k {m['search_k']} -> {index_dir}")
-    if "evaluate" in s:
-        e = s["evaluate"]
-        print(f"evaluate:  {e['n_queries']} queries: precision@1 {e['precision_at_1']}, @5 {e['precision_at_5']}, "
-              f"@10 {e['precision_at_10']}, mAP@10 {e['map_at_10']}, ANN recall@10 {e['ann_recall_at_10']}, "
-              f"p50 {e['latency_ms_p50']} ms -> {Layout(args.data_dir).eval}/report.json (+ report.png)")
+def describe(summary: dict, options: dict) -> str:
+    """What the command line prints after a run: one line per stage."""
+    a, m, layout = summary["acquire"], summary["index"], Layout(options["data_dir"])
+    reasons = ", ".join(f"{v} {k}" for k, v in a["reject_reasons"].items()) or "none"
+    lines = [f"acquire:   {a['input_rows']} rows -> {a['accepted']} products, {a['held_out']} held out, "
+             f"{a['rejected']} rejected ({reasons}), {a['duplicates']} duplicates flagged",
+             f"finetune:  {summary['finetune']['encoder']}, {summary['finetune']['backbone_images_computed']} "
+             "backbone passes",
+             f"vectorize: {summary['vectorize']['rows']} embeddings, "
+             f"{summary['vectorize']['backbone_images_computed']} new passes",
+             f"index:     {m['count']} items, {m['dim']}-d, {m['n_trees']} trees, search_k {m['search_k']} -> "
+             f"{layout.index / m['version']}"]
+    if "evaluate" in summary:
+        e = summary["evaluate"]
+        lines.append(f"evaluate:  {e['n_queries']} queries: precision@1 {e['precision_at_1']}, "
+                     f"@5 {e['precision_at_5']}, @10 {e['precision_at_10']}, mAP@10 {e['map_at_10']}, "
+                     f"ANN recall@10 {e['ann_recall_at_10']}, p50 {e['latency_ms_p50']} ms -> {layout.report} "
+                     f"(+ {report_grid(layout.report).name})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run every stage from the command line (`python -m pipeline.run --help`)."""
+    cli.main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import storage
+from runtime import storage
+from runtime.layout import KAGGLE_DIR, S3_MIRROR_DIR
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".
 FOOD11_NAME = re.compile(r"^(\d+)_(\d+)$")
 KINDS = ("fashion", "folders", "csv", "kaggle")
 CSV_REQUIRED = ("id", "image", "name", "category")
+SOURCE_HELP = "fashion:DIR | folders:DIR | csv:FILE | kaggle:OWNER/DATASET; DIR and FILE may be s3://bucket/prefix"
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 DOWNLOAD_TIMEOUT_S = 20.0
 
@@ -78,16 +80,16 @@ def read_source(spec: str, cache_dir: Path, category_column: str | None = None) 
     """
     kind, location = parse_source(spec)
     if kind == "kaggle":
-        local = _kaggle_download(location, cache_dir / "kaggle")
+        local = _kaggle_download(location, cache_dir / KAGGLE_DIR)
         styles = next(local.rglob("styles.csv"), None)
         kind = "fashion" if styles else "folders"
         local = styles.parent if styles else local
     elif location.startswith("s3://") and kind == "csv":
         # Image paths in a manifest are relative to it, so mirror the folder that holds it.
         prefix, _, name = location.rpartition("/")
-        local = storage.mirror_s3(prefix, cache_dir / "s3") / name
+        local = storage.mirror_s3(prefix, cache_dir / S3_MIRROR_DIR) / name
     elif location.startswith("s3://"):
-        local = storage.mirror_s3(location, cache_dir / "s3")
+        local = storage.mirror_s3(location, cache_dir / S3_MIRROR_DIR)
     else:
         local = Path(location)
     if not local.exists():

@@ -10,15 +10,12 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from runtime.layout import THUMBS_DIR, thumbnail_name
+
 log = logging.getLogger(__name__)
 
 THUMB_SIDE = 320
 THUMB_QUALITY = 85
-
-
-def thumbnail_name(sha256: str) -> str:
-    """Path of a thumbnail inside an index folder (content-addressed: stable across versions, cacheable)."""
-    return f"thumbs/{sha256}.jpg"
 
 
 def _make(job: tuple[Path, Path]) -> None:
@@ -43,7 +40,7 @@ def build_thumbnails(images: dict[str, Path], cache: Path, out: Path) -> int:
         How many thumbnails had to be made.
     """
     cache.mkdir(parents=True, exist_ok=True)
-    (out / "thumbs").mkdir(parents=True, exist_ok=True)
+    (out / THUMBS_DIR).mkdir(parents=True, exist_ok=True)
     todo = [(src, cache / f"{sha}.jpg") for sha, src in images.items() if not (cache / f"{sha}.jpg").is_file()]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(tqdm(pool.map(_make, todo), total=len(todo), desc="thumbnails", unit="img", disable=None))

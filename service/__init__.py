@@ -20,7 +20,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Args:
         config: overrides of the configuration, e.g. {"ARTIFACTS": "data/demo/index/current"} in tests.
     """
-    import pipeline  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow is imported
     from service import api, errors, ops, state, web
     from service.metrics import EXTENSION as METRICS
     from service.metrics import Metrics

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import ArtifactError
+from runtime.artifacts import ArtifactError
 
 
 class ItemStore(Sequence):

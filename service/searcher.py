@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import artifacts
-from pipeline.index import exact_top_k
+from runtime import artifacts
+from runtime.extractor import load_extractor
+from runtime.layout import EXTRACTOR_DIR, ITEMS_FILE, VECTORS_FILE
+from runtime.preprocess import prepare_array
+from runtime.topk import exact_top_k
 from service.items import ItemStore
 
 log = logging.getLogger(__name__)
@@ -33,23 +36,21 @@ class Searcher:
     """Everything one index version needs to answer queries: extractor, Annoy index, vectors, item maps.
 
     Args:
-        folder: an index version folder (or anything `pipeline.artifacts.resolve_index` accepts).
+        folder: an index version folder (or anything `runtime.artifacts.resolve_index` accepts).
         check_hashes: verify every file's sha256 against the manifest before loading.
     """
 
     def __init__(self, folder: Path, check_hashes: bool = True) -> None:
-        from pipeline.extractor import load_extractor
-
         started = time.perf_counter()
         self.folder = artifacts.resolve_index(folder)
         self.manifest = artifacts.verify(self.folder, check_hashes=check_hashes)
         self.index = artifacts.load_annoy(self.folder, self.manifest, prefault=True)
-        self.items = ItemStore(self.folder / artifacts.ITEMS_FILE)
-        self.vectors = np.load(self.folder / artifacts.VECTORS_FILE, mmap_mode="r")
+        self.items = ItemStore(self.folder / ITEMS_FILE)
+        self.vectors = np.load(self.folder / VECTORS_FILE, mmap_mode="r")
         if self.vectors.shape != (len(self.items), self.manifest["dim"]):
             raise artifacts.ArtifactError(f"{self.folder}: vectors.npy has shape {self.vectors.shape}, expected "
                                           f"({len(self.items)}, {self.manifest['dim']})")
-        self.extractor = load_extractor(self.folder / artifacts.EXTRACTOR_DIR)
+        self.extractor = load_extractor(self.folder / EXTRACTOR_DIR)
         self.columns = self.items.columns
         self.search_k = int(self.manifest["search_k"])
         self.n_trees = int(self.manifest["n_trees"])
@@ -68,8 +69,6 @@ class Searcher:
 
     def embed(self, rgb: np.ndarray) -> np.ndarray:
         """Return the unit vector of one RGB uint8 image [H, W, 3]."""
-        from pipeline.features import prepare_array
-
         return self.extractor.embed(prepare_array(rgb, self.extractor.input_size)[None])[0]
 
     def product(self, product_id: str) -> dict:

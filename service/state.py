@@ -11,6 +11,7 @@ from pathlib import Path
 
 from flask import Flask, current_app
 
+from runtime.storage import atomic_write_bytes
 from service.errors import APIError
 from service.searcher import Searcher
 from service.store import local_folder
@@ -79,8 +80,6 @@ class SearcherHolder:
         """Tell the other workers to load `location` (they notice within RELOAD_CHECK_S)."""
         payload = json.dumps({"artifacts": location, "at": time.time(), "by": os.getpid(),
                               "configured": self.configured}).encode()
-        from pipeline.storage import atomic_write_bytes
-
         atomic_write_bytes(self.marker, payload)
 
     def check_for_reload(self) -> None:

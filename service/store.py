@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
-from pipeline import artifacts, storage
+from runtime import artifacts, storage
+from runtime.layout import MANIFEST, S3_POINTER
 
 log = logging.getLogger(__name__)
-
-POINTER = "CURRENT"  # s3://bucket/prefix/CURRENT names the version folder to serve
 
 
 def fetch_s3(uri: str, cache_dir: Path) -> Path:
@@ -27,16 +27,14 @@ def fetch_s3(uri: str, cache_dir: Path) -> Path:
     bucket, prefix = storage.split_s3(uri.rstrip("/"))
     client = storage.s3_client()
     try:
-        pointer = client.get_object(Bucket=bucket, Key=f"{prefix}/{POINTER}")["Body"].read().decode().strip()
+        pointer = client.get_object(Bucket=bucket, Key=f"{prefix}/{S3_POINTER}")["Body"].read().decode().strip()
         prefix = f"{prefix}/{pointer}"
     except ClientError:
         pass  # no pointer: the URI names a version folder itself
     try:
-        manifest_bytes = client.get_object(Bucket=bucket, Key=f"{prefix}/{artifacts.MANIFEST}")["Body"].read()
+        manifest_bytes = client.get_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}")["Body"].read()
     except ClientError as exc:
-        raise artifacts.ArtifactError(f"no {artifacts.MANIFEST} at s3://{bucket}/{prefix}: {exc}") from None
-    import json
-
+        raise artifacts.ArtifactError(f"no {MANIFEST} at s3://{bucket}/{prefix}: {exc}") from None
     manifest = json.loads(manifest_bytes)
     local = Path(cache_dir) / bucket / prefix
     for rel, entry in manifest.get("files", {}).items():
@@ -54,7 +52,7 @@ def fetch_s3(uri: str, cache_dir: Path) -> Path:
             raise artifacts.ArtifactError(f"s3://{bucket}/{prefix}/{rel} does not match its sha256 in the manifest; "
                                           "refusing to load these artifacts")
         os.replace(tmp, target)
-    storage.atomic_write_bytes(local / artifacts.MANIFEST, manifest_bytes)
+    storage.atomic_write_bytes(local / MANIFEST, manifest_bytes)
     log.info("fetched %s (%d files) into %s", uri, len(manifest.get("files", {})), local)
     return local
 

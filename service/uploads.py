@@ -13,7 +13,7 @@ import urllib.request
 import numpy as np
 from flask import Request
 
-from pipeline import imaging
+from runtime import imaging
 from service.errors import APIError
 
 STATUS_BY_KIND = {"empty": 400, "format": 415, "corrupt": 400, "pixels": 413, "dimensions": 422}

@@ -1,4 +1,4 @@
-"""Small file helpers shared by every stage: hashing, atomic writes, JSON, and S3 through boto3."""
+"""Small file helpers shared by the stages and the service: hashing, atomic writes, JSON, and S3 through boto3."""
 
 from __future__ import annotations
 

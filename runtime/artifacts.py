@@ -7,16 +7,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline import storage
+from runtime import storage
+from runtime.layout import CURRENT, INDEX_DIR, INDEX_FILE, ITEMS_FILE, MANIFEST, VECTORS_FILE
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-INDEX_FILE = "index.ann"
-ITEMS_FILE = "items.jsonl"
-VECTORS_FILE = "vectors.npy"
-EXTRACTOR_DIR = "extractor"
 
 
 class ArtifactError(ValueError):
@@ -26,11 +22,11 @@ class ArtifactError(ValueError):
 def resolve_index(path: Path) -> Path:
     """Return the index version folder that `path` names: a version folder, an `index/` folder or a data dir."""
     path = Path(path)
-    for candidate in (path, path / "current", path / "index" / "current"):
+    for candidate in (path, path / CURRENT, path / INDEX_DIR / CURRENT):
         if (candidate / MANIFEST).is_file():
             return candidate.resolve()
-    raise ArtifactError(f"no index at {path}: expected {MANIFEST} there, in {path}/current or in "
-                        f"{path}/index/current; run `python -m pipeline index` first")
+    raise ArtifactError(f"no index at {path}: expected {MANIFEST} there, in {path}/{CURRENT} or in "
+                        f"{path}/{INDEX_DIR}/{CURRENT}; run `python -m pipeline index` first")
 
 
 def file_entries(root: Path) -> dict[str, dict[str, Any]]:

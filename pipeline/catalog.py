@@ -1,0 +1,48 @@
+"""The acquired catalog as the later stages read it, and the stratified split that acquire and finetune share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from runtime.layout import Layout
+
+
+def read_catalog(path: Path) -> pd.DataFrame:
+    """Read a catalog CSV with every column as text (product ids such as 00123 stay as written)."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def load_catalog(layout: Layout) -> pd.DataFrame:
+    """Read the acquired catalog, with a clear error when acquire has not run or accepted nothing."""
+    if not layout.catalog_csv.is_file():
+        raise FileNotFoundError(f"no catalog at {layout.catalog_csv}; run `python -m pipeline acquire` first")
+    catalog = read_catalog(layout.catalog_csv)
+    if catalog.empty:
+        raise ValueError(f"{layout.catalog_csv} has no products: every row was rejected (see rejects.csv)")
+    return catalog
+
+
+def catalog_inputs(layout: Layout) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Return the catalog table, its image content keys and its image paths, in catalog order."""
+    catalog = load_catalog(layout)
+    paths = [str(layout.catalog / p) for p in catalog["image"]]
+    return catalog, catalog["sha256"].tolist(), paths
+
+
+def holdout_split(rows: list[dict], fraction: float, column: str, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Split rows into kept and held out, `fraction` of each label's rows held out (labels with one row stay)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout fraction must be between 0 and 1, got {fraction}")
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_label.setdefault(row.get(column, ""), []).append(i)
+    held: set[int] = set()
+    for label in sorted(by_label):
+        members = by_label[label]
+        n = int(round(len(members) * fraction)) if len(members) > 1 else 0
+        held.update(rng.permutation(members)[: min(n, len(members) - 1)].tolist())
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]

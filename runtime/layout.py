@@ -1,0 +1,201 @@
+"""The data contract: every folder and file name a stage writes and a later stage or the service reads.
+
+Stages talk only through one data directory (data/README.md documents it); an index folder is what the
+service loads. Readers and writers take their names from here, never from string literals of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# catalog/: acquire
+CATALOG_DIR = "catalog"
+CATALOG_CSV = "catalog.csv"
+REJECTS_CSV = "rejects.csv"
+QUERIES_CSV = "queries.csv"
+CATALOG_SUMMARY = "summary.json"
+IMAGES_DIR = "images"
+
+# cache/: kept between runs, safe to delete
+CACHE_DIR = "cache"
+FEATURES_DIR = "features"
+FEATURE_PART = "part-{stamp:020d}-{digest}.npz"
+FEATURE_PARTS = "part-*.npz"
+THUMBS_DIR = "thumbs"  # also inside every index folder
+S3_MIRROR_DIR = "s3"
+KAGGLE_DIR = "kaggle"
+
+# model/: finetune
+MODEL_DIR = "model"
+EXTRACTOR_DIR = "extractor"  # also inside every index folder
+EXTRACTOR_CONFIG = "extractor.json"
+EXTRACTOR_SAVEDMODEL = "model"  # format savedmodel: one SavedModel with embed, features and head
+EXTRACTOR_TFLITE = "backbone.tflite"  # format tflite+head: the TFLite backbone ...
+EXTRACTOR_HEAD = "head"  # ... and the head's SavedModel
+FINETUNE_SUMMARY = "finetune.json"
+HISTORY = "history.json"
+LABELS = "labels.json"
+TRAINING_CURVES = "training_curves.png"
+AUTOENCODER_WEIGHTS = "autoencoder.weights.h5"
+AUTOENCODER_CURVES = "autoencoder_curves.png"
+
+# embeddings/: vectorize
+EMBEDDINGS_DIR = "embeddings"
+EMBEDDINGS_SUMMARY = "embeddings.json"
+SHARD = "part-{index:05d}.npy"
+SHARD_STAMP = "part-{index:05d}.json"
+SHARD_FILES = "part-*"  # shards and their stamps
+
+# index/: index. One folder per version, and what the service loads.
+INDEX_DIR = "index"
+CURRENT = "current"  # the symlink to the version being served
+MANIFEST = "manifest.json"
+INDEX_FILE = "index.ann"
+ITEMS_FILE = "items.jsonl"
+VECTORS_FILE = "vectors.npy"
+THUMBNAIL = THUMBS_DIR + "/{sha256}.jpg"
+S3_POINTER = "CURRENT"  # s3://bucket/prefix/CURRENT names the version folder to serve
+
+# eval/: evaluate
+EVAL_DIR = "eval"
+REPORT = "report.json"
+REPORT_DETAILS = ".details.json"  # suffixes that replace .json of the report
+REPORT_GRID = ".png"
+EVAL_QUERIES_DIR = "queries"  # the query source acquired like a catalog: a data dir of its own
+
+# Every path a run may write under a data dir, as glob patterns (data/README.md lists each one).
+WRITTEN = (
+    f"{CATALOG_DIR}/{CATALOG_CSV}", f"{CATALOG_DIR}/{REJECTS_CSV}", f"{CATALOG_DIR}/{QUERIES_CSV}",
+    f"{CATALOG_DIR}/{CATALOG_SUMMARY}", f"{CATALOG_DIR}/{IMAGES_DIR}/*/*.jpg",
+    f"{CACHE_DIR}/{FEATURES_DIR}/*/{FEATURE_PARTS}", f"{CACHE_DIR}/{THUMBS_DIR}/*.jpg",
+    f"{CACHE_DIR}/{S3_MIRROR_DIR}/*", f"{CACHE_DIR}/{KAGGLE_DIR}/*",
+    f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_CONFIG}", f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_SAVEDMODEL}/*",
+    f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_TFLITE}", f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_HEAD}/*",
+    f"{MODEL_DIR}/{FINETUNE_SUMMARY}", f"{MODEL_DIR}/{HISTORY}", f"{MODEL_DIR}/{LABELS}",
+    f"{MODEL_DIR}/{TRAINING_CURVES}", f"{MODEL_DIR}/{AUTOENCODER_WEIGHTS}", f"{MODEL_DIR}/{AUTOENCODER_CURVES}",
+    f"{EMBEDDINGS_DIR}/{SHARD_FILES}.npy", f"{EMBEDDINGS_DIR}/{SHARD_FILES}.json",
+    f"{EMBEDDINGS_DIR}/{EMBEDDINGS_SUMMARY}",
+    f"{INDEX_DIR}/*/{MANIFEST}", f"{INDEX_DIR}/*/{INDEX_FILE}", f"{INDEX_DIR}/*/{ITEMS_FILE}",
+    f"{INDEX_DIR}/*/{VECTORS_FILE}", f"{INDEX_DIR}/*/{THUMBS_DIR}/*.jpg", f"{INDEX_DIR}/*/{EXTRACTOR_DIR}/*",
+    f"{INDEX_DIR}/{CURRENT}",
+    f"{EVAL_DIR}/*{REPORT_DETAILS}", f"{EVAL_DIR}/*.json", f"{EVAL_DIR}/*{REPORT_GRID}",
+    f"{EVAL_DIR}/{EVAL_QUERIES_DIR}/*",
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of every stage's outputs under one data directory."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / CATALOG_DIR
+
+    @property
+    def catalog_csv(self) -> Path:
+        return self.catalog / CATALOG_CSV
+
+    @property
+    def rejects_csv(self) -> Path:
+        return self.catalog / REJECTS_CSV
+
+    @property
+    def queries_csv(self) -> Path:
+        return self.catalog / QUERIES_CSV
+
+    @property
+    def catalog_summary(self) -> Path:
+        return self.catalog / CATALOG_SUMMARY
+
+    @property
+    def images(self) -> Path:
+        return self.catalog / IMAGES_DIR
+
+    @property
+    def cache(self) -> Path:
+        return self.root / CACHE_DIR
+
+    def features(self, fingerprint: str) -> Path:
+        """The backbone-feature cache of one encoder (its name and weights make the fingerprint)."""
+        return self.cache / FEATURES_DIR / fingerprint
+
+    @property
+    def thumbs_cache(self) -> Path:
+        return self.cache / THUMBS_DIR
+
+    @property
+    def s3_mirror(self) -> Path:
+        return self.cache / S3_MIRROR_DIR
+
+    @property
+    def kaggle_cache(self) -> Path:
+        return self.cache / KAGGLE_DIR
+
+    @property
+    def model(self) -> Path:
+        return self.root / MODEL_DIR
+
+    @property
+    def extractor(self) -> Path:
+        return self.model / EXTRACTOR_DIR
+
+    @property
+    def finetune_summary(self) -> Path:
+        return self.model / FINETUNE_SUMMARY
+
+    @property
+    def embeddings(self) -> Path:
+        return self.root / EMBEDDINGS_DIR
+
+    @property
+    def embeddings_summary(self) -> Path:
+        return self.embeddings / EMBEDDINGS_SUMMARY
+
+    def shard(self, i: int) -> Path:
+        """Embedding shard `i` (float32 unit vectors of catalog rows)."""
+        return self.embeddings / SHARD.format(index=i)
+
+    def shard_stamp(self, i: int) -> Path:
+        """What shard `i` was made from."""
+        return self.embeddings / SHARD_STAMP.format(index=i)
+
+    @property
+    def index(self) -> Path:
+        return self.root / INDEX_DIR
+
+    @property
+    def current_index(self) -> Path:
+        return self.index / CURRENT
+
+    @property
+    def eval(self) -> Path:
+        return self.root / EVAL_DIR
+
+    @property
+    def report(self) -> Path:
+        return self.eval / REPORT
+
+    @property
+    def eval_queries(self) -> Path:
+        return self.eval / EVAL_QUERIES_DIR
+
+
+def report_details(report: Path) -> Path:
+    """The details file written beside an evaluation report."""
+    return Path(report).with_suffix(REPORT_DETAILS)
+
+
+def report_grid(report: Path) -> Path:
+    """The picture of sample queries written beside an evaluation report."""
+    return Path(report).with_suffix(REPORT_GRID)
+
+
+def thumbnail_name(sha256: str) -> str:
+    """Path of a thumbnail inside an index folder (content-addressed: stable across versions, cacheable)."""
+    return THUMBNAIL.format(sha256=sha256)
