@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (sample catalog through every stage) and `make test`.
+# Entry points: `make demo` (sample catalog through every stage, then the service), `make check` (the fast test
+# loop) and `make test` (every test: what CI runs).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,12 +8,13 @@ ENCODER ?= autoencoder
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: demo serve test lint venv clean
+.PHONY: demo serve check test lint venv clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The project in editable mode with the pipeline's and the tests' extras: nothing needs sys.path edits.
+$(VENV)/.installed: pyproject.toml requirements.txt requirements-pipeline.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet -e ".[pipeline,dev]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -23,6 +25,10 @@ demo: venv
 	@echo "Serving the demo index at http://$(HOST):$(PORT)/ (Ctrl-C stops it)"
 	ARTIFACTS=$(DATA)/index/current GUNICORN_BIND=$(HOST):$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py application:application
 
+# The fast loop: everything but the full quality runs on the real catalog (marked slow).
+check: venv
+	$(PY) -m pytest -q -m "not slow" tests
+
 test: venv
 	$(PY) -m pytest -q tests
 
@@ -30,7 +36,7 @@ serve: venv
 	ARTIFACTS=$(DATA)/index/current GUNICORN_BIND=$(HOST):$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py application:application
 
 lint: venv
-	$(PY) -m ruff check pipeline service scripts tests application.py gunicorn.conf.py
+	$(PY) -m ruff check runtime pipeline service benchmarks scripts tests application.py gunicorn.conf.py
 
 clean:
 	rm -rf data/demo data/sample-catalog
