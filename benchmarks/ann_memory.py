@@ -1,11 +1,11 @@
-"""Serving memory of one index, measured the same way for every method of the index benchmark.
+"""Serving memory of one saved nearest-neighbour index, measured the same way for every method of ann_methods.
 
 A fresh Python process imports the method's library, loads the saved index from disk exactly as a server
 would, answers the queries, and reports how much its resident memory (VmRSS) grew from just before the
 load to just after the last query. Page-cache pages of a memory-mapped file (Annoy) count once they are
 touched, as they do for a server process.
 
-    python scripts/bench_serve.py annoy INDEX_FILE QUERIES.npy --dim 256 --setting 4000
+    python -m benchmarks.ann_memory annoy INDEX_FILE QUERIES.npy --dim 256 --setting 4000
 """
 
 from __future__ import annotations
@@ -24,13 +24,10 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from benchmarks.common import rss_mib  # noqa: E402
+
 K = 10
 KINDS = ("exact", "lsh", "annoy", "annoy-rerank", "hnswlib", "faiss")
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
 
 
 def _loader(kind: str, path: Path, dim: int, setting: int):
@@ -40,8 +37,7 @@ def _loader(kind: str, path: Path, dim: int, setting: int):
             base = np.load(path)
             return lambda q: np.argpartition(-(base @ q), K)[:K]
     elif kind == "lsh":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import lsh  # noqa: F401  (the pickle needs the class)
+        import benchmarks.lsh  # noqa: F401  (the pickle needs the class)
 
         def load():
             with open(path, "rb") as fh:
@@ -88,11 +84,11 @@ def _loader(kind: str, path: Path, dim: int, setting: int):
 def measure(kind: str, path: Path, queries: np.ndarray, dim: int, setting: int = 0) -> float:
     """Resident MiB that loading `path` and answering `queries` adds to this process."""
     load = _loader(kind, path, dim, setting)
-    before = _rss_mb()
+    before = rss_mib()
     search = load()
     for q in queries:
         search(q)
-    return _rss_mb() - before
+    return rss_mib() - before
 
 
 SERVE_QUERIES = 300
@@ -106,8 +102,9 @@ def serve_mb(kind: str, path: Path, queries: np.ndarray, dim: int, setting: int 
     qpath = path.parent / f"{path.name}.queries.npy"
     np.save(qpath, np.ascontiguousarray(queries[:SERVE_QUERIES], np.float32))
     try:
-        out = subprocess.run([sys.executable, __file__, kind, str(path), str(qpath), "--dim", str(dim),
-                              "--setting", str(setting)], check=True, capture_output=True, text=True, timeout=1800)
+        command = [sys.executable, "-m", "benchmarks.ann_memory", kind, str(path), str(qpath), "--dim", str(dim),
+                   "--setting", str(setting)]
+        out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=1800)
     finally:
         qpath.unlink(missing_ok=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["serve_mb"])

@@ -5,8 +5,8 @@ Queries run one at a time on one thread (BLAS and OpenMP are pinned to one threa
 builds may use every core. Prints a table and writes it, as Markdown and JSON, with a recall-vs-queries/s
 chart, to --out.
 
-    python scripts/bench_index.py --data-dir /tmp/fs-mediapipe --sizes 100000 --dims 256,2048
-    python scripts/bench_index.py --sizes 1000000 --dims 256 --annoy-trees 50,100
+    python -m benchmarks.ann_methods --data-dir /tmp/fs-mediapipe --sizes 100000 --dims 256,2048
+    python -m benchmarks.ann_methods --sizes 1000000 --dims 256 --annoy-trees 50,100
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_charts import write_report  # noqa: E402
-from bench_data import clustered, real_datasets  # noqa: E402
-from bench_serve import serve_mb  # noqa: E402
+from benchmarks.ann_memory import serve_mb  # noqa: E402
+from benchmarks.ann_report import write_report  # noqa: E402
+from benchmarks.common import ROOT, peak_rss_mib, reset_peak  # noqa: E402
+from benchmarks.lsh import RandomProjectionLSH  # noqa: E402
+from benchmarks.vectors import clustered, real_datasets  # noqa: E402
+from runtime.topk import exact_top_k  # noqa: E402
 
 K = 10
 CORES = os.cpu_count() or 1
@@ -40,8 +39,6 @@ CORES = os.cpu_count() or 1
 
 def exact_truth(base: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
     """Ids of the exact k nearest (cosine) neighbours of each query."""
-    from pipeline.index import exact_top_k
-
     return np.concatenate([exact_top_k(base, queries[i:i + 100], k) for i in range(0, len(queries), 100)])
 
 
@@ -49,25 +46,6 @@ def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
     """Mean fraction of the exact top k found."""
     return float(np.mean([len(set(np.asarray(f)[:K].tolist()) & set(t.tolist())) / K
                           for f, t in zip(found, truth, strict=True)]))
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
-
-
-def reset_peak() -> float:
-    """Reset the peak-RSS mark (Linux clear_refs 5) and return the current RSS in MiB."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return rss_mb()
-
-
-def peak_mb() -> float:
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024
 
 
 def run_queries(search, queries: np.ndarray) -> tuple[list, np.ndarray]:
@@ -109,15 +87,13 @@ def bench_exact(name, base, queries, truth, n_exact: int, tmp: Path) -> list[dic
 def bench_lsh(name, base, queries, truth, configs, tmp: Path) -> list[dict]:
     import pickle
 
-    from lsh import RandomProjectionLSH
-
     rows = []
     for tables, bits in configs:
         before = reset_peak()
         started = time.perf_counter()
         lsh = RandomProjectionLSH(base.shape[1], tables, bits).build(base)
         build_s = time.perf_counter() - started
-        build_mb = peak_mb() - before
+        build_mb = peak_rss_mib() - before
         found, seconds = run_queries(lambda q, lsh=lsh: lsh.query(q, K), queries)
         path = tmp / "lsh.pickle"
         path.write_bytes(pickle.dumps(lsh, protocol=pickle.HIGHEST_PROTOCOL))
@@ -147,7 +123,7 @@ def bench_annoy(name, base, queries, truth, trees_grid, multipliers, tmp: Path, 
         for i in range(len(vectors)):
             index.add_item(i, vectors[i])
         index.build(trees, n_jobs=-1)
-        build_s, build_mb = time.perf_counter() - started, peak_mb() - before
+        build_s, build_mb = time.perf_counter() - started, peak_rss_mib() - before
         index.unload()
         index = AnnoyIndex(vectors.shape[1], "angular")
         index.load(str(path), prefault=True)  # as the service loads it: no page faults while timing
@@ -184,7 +160,7 @@ def bench_hnswlib(name, base, queries, truth, efs, tmp: Path) -> list[dict]:
     index.init_index(max_elements=len(base), M=16, ef_construction=200)
     index.set_num_threads(CORES)
     index.add_items(base, np.arange(len(base)))
-    build_s, build_mb = time.perf_counter() - started, peak_mb() - before
+    build_s, build_mb = time.perf_counter() - started, peak_rss_mib() - before
     path = tmp / "hnsw.bin"
     index.save_index(str(path))
     index.set_num_threads(1)
@@ -219,7 +195,7 @@ def bench_faiss(name, base, queries, truth, efs, n_exact: int, tmp: Path) -> lis
     index = faiss.IndexHNSWFlat(base.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = 200
     index.add(base)
-    build_s, build_mb = time.perf_counter() - started, peak_mb() - before
+    build_s, build_mb = time.perf_counter() - started, peak_rss_mib() - before
     path = tmp / "faiss.index"
     faiss.write_index(index, str(path))
     faiss.omp_set_num_threads(1)
@@ -283,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
                       flush=True)
             rows += new
     stem = f"index-{date.today().isoformat()}{'-' + args.tag if args.tag else ''}"
-    command = "python scripts/bench_index.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.ann_methods " + " ".join(argv if argv is not None else sys.argv[1:])
     write_report(rows, args.out, stem, command, CORES)
     print(f"\nwrote {args.out / stem}.md, .json and .png")
 

@@ -1,5 +1,7 @@
-"""The index benchmark's outputs: a Markdown table, the rows as JSON, and a recall-vs-queries/s chart (also
-redrawn from its JSON)."""
+"""ann_methods' outputs: a Markdown table, the rows as JSON, and a recall-vs-queries/s chart.
+
+    python -m benchmarks.ann_report docs/benchmarks/index-2026-11-22-1m-prefault.json   # redraw a chart
+"""
 
 from __future__ import annotations
 

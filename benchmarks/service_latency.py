@@ -4,7 +4,7 @@ Prints, from one run: p50/p99 of POST /api/search and of the bare extractor on t
 p50 <= 1.1x the encoder pass), p50/p99 of GET /api/products/<id>/similar (goal: p50 <= 5 ms), and a
 concurrent load of 2x the cores for --seconds (goal: 0 errors).
 
-    python scripts/bench_service.py --index data/demo/index/current
+    python -m benchmarks.service_latency --index data/demo/index/current
 """
 
 from __future__ import annotations
@@ -12,92 +12,41 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def multipart(data: bytes) -> tuple[bytes, str]:
-    """Encode an image as a multipart 'image' field."""
-    boundary = "----bench"
-    head = f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n\r\n'.encode()
-    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def timed(url: str, body: bytes | None = None, content_type: str | None = None) -> tuple[float, int]:
-    """One request: (seconds, status)."""
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type} if content_type else {})
-    started = time.perf_counter()
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            response.read()
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-    except (urllib.error.URLError, OSError):
-        status = 0
-    return time.perf_counter() - started, status
-
-
-def percentiles(seconds: list[float]) -> str:
-    ms = np.array(seconds) * 1000
-    return f"p50 {np.percentile(ms, 50):8.2f} ms   p99 {np.percentile(ms, 99):8.2f} ms   (n={len(ms)})"
-
-
-def start_gunicorn(index: Path, port: int, workers: int, cache: str, deadline_s: float = 180) -> subprocess.Popen:
-    """Start gunicorn on `index` and wait until its workers answer /health with 200."""
-    env = {**os.environ, "ARTIFACTS": str(index), "GUNICORN_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers),
-           "ARTIFACTS_CACHE": cache, "LOG_LEVEL": "warning"}
-    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--access-logfile", "/dev/null",
-               "application:application"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
-    deadline = time.monotonic() + deadline_s
-    healthy = 0
-    while time.monotonic() < deadline and healthy < 2 * workers + 2:
-        healthy = healthy + 1 if timed(f"http://127.0.0.1:{port}/health")[1] == 200 else 0
-        time.sleep(0.2)
-    if healthy < 2 * workers + 2:
-        process.terminate()
-        raise SystemExit(f"gunicorn did not become healthy within {deadline_s:.0f} s")
-    return process
+from benchmarks.common import ROOT, free_port, multipart, percentiles, start_gunicorn, stop, timed
+from runtime import artifacts
+from runtime.extractor import load_extractor
+from runtime.layout import EXTRACTOR_DIR, Layout
+from runtime.preprocess import prepare_array
+from service.uploads import decode
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--index", type=Path, default=ROOT / "data" / "demo" / "index" / "current")
+    parser.add_argument("--index", type=Path, default=Layout(ROOT / "data" / "demo").current_index,
+                        help="an index folder (default: make demo's)")
     parser.add_argument("--image", type=Path, default=None, help="query photo (default: one of the index's images)")
     parser.add_argument("--requests", type=int, default=200, help="sequential requests per endpoint")
     parser.add_argument("--seconds", type=float, default=30, help="duration of the concurrent load")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
     args = parser.parse_args(argv)
-
-    from pipeline import artifacts
-    from pipeline.extractor import load_extractor
-    from pipeline.features import prepare_array
-    from service.uploads import decode
-
     folder = artifacts.resolve_index(args.index)
     items = artifacts.read_items(folder)
     image_path = args.image or folder / items[len(items) // 2]["thumbnail"]
     data = image_path.read_bytes()
-    body, content_type = multipart(data)
+    body, content_type = multipart("image", "q.jpg", data)
     cores = os.cpu_count() or 1
 
-    extractor = load_extractor(folder / artifacts.EXTRACTOR_DIR)
+    extractor = load_extractor(folder / EXTRACTOR_DIR)
     bare, decoded = [], []
     for i in range(args.requests + 5):
         started = time.perf_counter()
@@ -109,9 +58,10 @@ def main(argv: list[str] | None = None) -> None:
             decoded.append(time.perf_counter() - started)
     del extractor
 
-    base = f"http://127.0.0.1:{args.port}"
+    port = args.port or free_port()
+    base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as cache:
-        server = start_gunicorn(folder, args.port, args.workers, cache)
+        server, _ = start_gunicorn(folder, port, args.workers, cache)
         try:
             for _ in range(10):
                 timed(f"{base}/api/search?k=10", body, content_type)
@@ -120,10 +70,10 @@ def main(argv: list[str] | None = None) -> None:
             similar = [timed(f"{base}/api/products/{urllib.request.quote(product_ids[i % 50])}/similar?k=10")[0]
                        for i in range(args.requests)]
             load = {"search": [], "errors": 0, "requests": 0}
-            lock, stop = threading.Lock(), time.monotonic() + args.seconds
+            lock, until = threading.Lock(), time.monotonic() + args.seconds
 
             def client(n: int) -> None:
-                while time.monotonic() < stop:
+                while time.monotonic() < until:
                     if n % 2:
                         seconds, status = timed(f"{base}/api/search?k=10", body, content_type)
                     else:
@@ -141,12 +91,11 @@ def main(argv: list[str] | None = None) -> None:
                 thread.join()
             health = json.loads(urllib.request.urlopen(f"{base}/health", timeout=10).read())
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            stop(server)
 
     ratio = np.percentile(search, 50) / np.percentile(bare, 50)
     ratio_decoded = np.percentile(search, 50) / np.percentile(decoded, 50)
-    print(f"\nbench_service: index {health['version']} ({health['items']} items, {health['encoder']}), "
+    print(f"\nservice_latency: index {health['version']} ({health['items']} items, {health['encoder']}), "
           f"{args.workers} gunicorn workers, {cores} cores, image {image_path.name}")
     print(f"bare encoder pass (in process)   {percentiles(bare)}")
     print(f"JPEG decode + encoder pass       {percentiles(decoded)}")

@@ -4,29 +4,32 @@ The bare encoder runs on images already decoded in memory (the model's own speed
 with tf.data, runs the exported extractor, and writes shards (what a merchandiser waits for). Both are timed
 in this one run, bare before and after vectorize, because the machine is shared and noisy.
 
-    python scripts/bench_pipeline.py                       # fashion-small + MobileNet from ../shared
-    python scripts/bench_pipeline.py --encoder mediapipe-embedder --encoder-weights FILE.tflite --n 2000
+    python -m benchmarks.vectorize_throughput               # fashion-small + MobileNet from ../shared
+    python -m benchmarks.vectorize_throughput --encoder mediapipe-embedder --encoder-weights FILE.tflite --n 2000
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from benchmarks.common import SHARED
+from pipeline import acquire, finetune, vectorize
+from pipeline.catalog import read_catalog
+from pipeline.encoders import load_encoder
+from pipeline.export import export
+from pipeline.head import build_head
+from runtime.layout import FEATURE_PARTS, SHARD_FILES, Layout
+from runtime.preprocess import decode_image
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
-
-def bare_encoder_rate(encoder, images: np.ndarray, batch_size: int) -> float:
+def bare_encoder_rate(encoder: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int) -> float:
     """Images per second of the encoder alone over pre-decoded images."""
     encoder(images[:batch_size].astype(np.float32))  # warm-up: graph tracing, allocation
     started = time.perf_counter()
@@ -45,13 +48,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the data dir here (default: temporary)")
     args = parser.parse_args(argv)
-
-    from pipeline import acquire, extractor, finetune, vectorize
-    from pipeline.encoders import load_encoder
-    from pipeline.features import decode_image
-    from pipeline.head import build_head
-    from pipeline.layout import Layout, read_catalog
-
     with tempfile.TemporaryDirectory() as tmp:
         data = args.work_dir or Path(tmp)
         layout = Layout(data)
@@ -61,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         n = len(catalog)
         encoder = load_encoder(args.encoder, args.encoder_weights)
         _, raw_head = build_head(encoder.feature_dim, None, 0)
-        extractor.export(encoder, raw_head, layout.extractor, {"finetuned": False})
+        export(encoder, raw_head, layout.extractor, {"finetuned": False})
         images = np.stack([decode_image(str(layout.catalog / p)).numpy().astype(np.uint8) for p in catalog["image"]])
 
         bare_before = bare_encoder_rate(encoder, images, args.batch_size)
@@ -73,15 +69,15 @@ def main(argv: list[str] | None = None) -> None:
         bare = (bare_before + bare_after) / 2
 
         # Passes per image over a whole pipeline on a fresh cache: finetune computes, vectorize reuses.
-        for part in layout.cache.rglob("part-*.npz"):
+        for part in layout.cache.rglob(FEATURE_PARTS):
             part.unlink()
-        for part in layout.embeddings.glob("part-*"):
+        for part in layout.embeddings.glob(SHARD_FILES):
             part.unlink()
-        tuned = finetune.run(data, args.encoder, args.encoder_weights, epochs=5)
+        tuned = finetune.run(data, encoder=args.encoder, encoder_weights=args.encoder_weights, epochs=5)
         again = vectorize.run(data, batch_size=args.batch_size)
         passes = (tuned["backbone_images_computed"] + again["backbone_images_computed"]) / n
 
-    print(f"\nbench_pipeline: {n} distinct catalog images, encoder {args.encoder}, batch {args.batch_size}, "
+    print(f"\nvectorize_throughput: {n} distinct catalog images, encoder {args.encoder}, batch {args.batch_size}, "
           f"{os.cpu_count()} cores")
     print(f"{'measure':44s} {'images/s':>10s}")
     print(f"{'bare encoder (decoded images, before)':44s} {bare_before:10.1f}")

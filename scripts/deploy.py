@@ -4,10 +4,11 @@
         --application visual-search --environment visual-search-prod
 
 Steps: (1) upload the index folder to s3://BUCKET/PREFIX/<version>/ (files whose sha256 is already there are
-skipped) and point s3://BUCKET/PREFIX/CURRENT at it; (2) zip the service's code (never data or models);
-(3) upload the zip and create an application version; (4) update the environment, or create it; (5) wait
-until Beanstalk reports it Ready and Green, then check /health. AWS credentials and region come from the
-usual boto3 sources; AWS_ENDPOINT_URL points boto3 at another server (the tests use moto's).
+skipped) and point s3://BUCKET/PREFIX/CURRENT at it; (2) zip the service's code (the service and the runtime
+layer it imports: never the pipeline, data or models); (3) upload the zip and create an application version;
+(4) update the environment, or create it; (5) wait until Beanstalk reports it Ready and Green, then check
+/health. AWS credentials and region come from the usual boto3 sources; AWS_ENDPOINT_URL points boto3 at
+another server (the tests use moto's).
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from runtime import artifacts, storage
+from runtime.layout import MANIFEST, S3_POINTER
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipeline import artifacts, storage  # noqa: E402
-
+# The service and the runtime layer it imports; never the pipeline's stages, data or models.
 BUNDLE_FILES = ("application.py", "Procfile", "gunicorn.conf.py", "requirements.txt")
-BUNDLE_DIRS = ("pipeline", "service", ".platform", ".ebextensions")
+BUNDLE_DIRS = ("runtime", "service", ".platform", ".ebextensions")
 BUNDLE_SKIP = ("__pycache__", ".pyc")
 SOLUTION_STACK = "64bit Amazon Linux 2023 v4.3.0 running Python 3.11"
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)
@@ -45,7 +46,7 @@ def upload_artifacts(folder: Path, bucket: str, prefix: str, client=None) -> dic
     client = client or storage.s3_client()
     base = f"{prefix.strip('/')}/{manifest['version']}" if prefix.strip("/") else manifest["version"]
     uploaded = skipped = 0
-    for rel, entry in sorted(manifest["files"].items()) + [(artifacts.MANIFEST, None)]:
+    for rel, entry in sorted(manifest["files"].items()) + [(MANIFEST, None)]:
         key = f"{base}/{rel}"
         sha = entry["sha256"] if entry else storage.sha256_file(folder / rel)
         try:
@@ -57,7 +58,7 @@ def upload_artifacts(folder: Path, bucket: str, prefix: str, client=None) -> dic
             pass
         client.upload_file(str(folder / rel), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}})
         uploaded += 1
-    pointer = f"{prefix.strip('/')}/CURRENT" if prefix.strip("/") else "CURRENT"
+    pointer = f"{prefix.strip('/')}/{S3_POINTER}" if prefix.strip("/") else S3_POINTER
     client.put_object(Bucket=bucket, Key=pointer, Body=manifest["version"].encode())
     return {"uploaded": uploaded, "skipped": skipped, "version": manifest["version"],
             "artifacts": f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")}

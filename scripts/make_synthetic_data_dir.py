@@ -16,37 +16,31 @@ import argparse
 import csv
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_data import clustered  # noqa: E402
-
-from pipeline import storage  # noqa: E402
-from pipeline.layout import Layout, read_catalog  # noqa: E402
-from pipeline.vectorize import SHARD_ROWS, SUMMARY, shard_id, shard_name  # noqa: E402
-
-COLUMNS = ("product_id", "name", "category", "image", "sha256", "width", "height", "duplicate_of", "source_image")
+from benchmarks.vectors import clustered
+from pipeline.catalog import read_catalog
+from pipeline.ingest import CATALOG_COLUMNS
+from pipeline.vectorize import SHARD_ROWS
+from runtime import embeddings, storage
+from runtime.layout import EXTRACTOR_CONFIG, IMAGES_DIR, Layout
 
 
 def make(out: Path, n: int, source: Path, clusters: int = 1000, images: int = 50, seed: int = 0) -> dict:
     """Write catalog/, embeddings/ and model/extractor/ of a synthetic data dir; return the embeddings summary."""
     src, dst = Layout(source), Layout(out)
-    config = json.loads((src.extractor / "extractor.json").read_text())
+    config = json.loads((src.extractor / EXTRACTOR_CONFIG).read_text())
     dim = int(config["dim"])
     if dst.root.exists() and any(dst.root.iterdir()):
         raise FileExistsError(f"{out} is not empty; give a new folder")
     storage.link_tree(src.extractor, dst.extractor)
     real = read_catalog(src.catalog_csv).head(images)
-    (dst.catalog / "images").mkdir(parents=True)
+    dst.images.mkdir(parents=True)
     for row in real.itertuples():
-        target = dst.catalog / "images" / f"{row.sha256}.jpg"
+        target = dst.images / f"{row.sha256}.jpg"
         if not target.exists():
             os.link(src.catalog / row.image, target)
     vectors, owner = clustered(n, dim, seed=seed, clusters=clusters, labels=True)
@@ -56,24 +50,22 @@ def make(out: Path, n: int, source: Path, clusters: int = 1000, images: int = 50
     keys = []
     with open(dst.catalog_csv, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(COLUMNS)
+        writer.writerow(CATALOG_COLUMNS)
         for i in tqdm(range(n), desc="catalog", unit="row", mininterval=1.0, disable=None):
             sha, width, height = images_by_pick[picks[i]]
             keys.append(sha)
             writer.writerow([f"S{i:07d}", f"Synthetic product {i}", f"cluster-{owner[i]:04d}",
-                             f"images/{sha}.jpg", sha, width, height, "", "synthetic"])
+                             f"{IMAGES_DIR}/{sha}.jpg", sha, width, height, "", "synthetic"])
     dst.embeddings.mkdir(parents=True)
     shards = (n + SHARD_ROWS - 1) // SHARD_ROWS
     for s in tqdm(range(shards), desc="embeddings", unit="shard", mininterval=1.0, disable=None):
         rows = slice(s * SHARD_ROWS, min(n, (s + 1) * SHARD_ROWS))
-        np.save(dst.embeddings / shard_name(s), vectors[rows])
-        storage.write_json(dst.embeddings / shard_name(s).replace(".npy", ".json"),
-                           {"shard": s, "rows": [rows.start, rows.stop],
-                            "content": shard_id(keys[rows], config["export_id"]), "export_id": config["export_id"]})
+        embeddings.write_shard(dst, s, vectors[rows], embeddings.shard_stamp(s, rows.start, keys[rows],
+                                                                             config["export_id"]))
     summary = {"rows": n, "dim": dim, "shards": shards, "shard_rows": SHARD_ROWS, "shards_kept": 0,
                "backbone_images_computed": 0, "export_id": config["export_id"], "encoder": config["encoder"],
                "seconds": 0.0, "images_per_s": None, "synthetic": {"seed": seed, "clusters": clusters}}
-    storage.write_json(dst.embeddings / SUMMARY, summary)
+    storage.write_json(dst.embeddings_summary, summary)
     return summary
 
 

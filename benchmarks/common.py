@@ -1,0 +1,180 @@
+"""Helpers every benchmark (and the live tests) share: HTTP timing, gunicorn start-up, memory readers, scripts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def load_script(name: str) -> ModuleType:
+    """Import `scripts/<name>.py` (the deploy command, the data generators) as a module, without sys.path edits."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    """Return a free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
+    """Encode one file as multipart/form-data; return (body, content type)."""
+    boundary = "----visualsearch"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def timed(url: str, body: bytes | None = None, content_type: str | None = None,
+          timeout: float = 60) -> tuple[float, int]:
+    """Send one request; return (seconds, HTTP status), status 0 when the connection failed."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type} if content_type else {})
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError):
+        status = 0
+    return time.perf_counter() - started, status
+
+
+def percentiles(seconds: list[float]) -> str:
+    """p50 and p99 in milliseconds, as one line."""
+    ms = np.array(seconds) * 1000
+    return f"p50 {np.percentile(ms, 50):8.2f} ms   p99 {np.percentile(ms, 99):8.2f} ms   (n={len(ms)})"
+
+
+def wait_for_workers(base: str, workers: int, deadline_s: float, process: subprocess.Popen | None = None) -> set[int]:
+    """Ask /health until `workers` distinct worker pids have answered 200 (each has loaded the index).
+
+    Raises:
+        RuntimeError: the server exited, or fewer workers answered within `deadline_s`.
+    """
+    seen: set[int] = set()
+    deadline = time.monotonic() + deadline_s
+    while len(seen) < workers and time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with status {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=10) as response:
+                seen.add(int(json.loads(response.read())["worker"]))
+        except (OSError, ValueError):
+            time.sleep(0.2)
+    if len(seen) < workers:
+        raise RuntimeError(f"only {len(seen)} of {workers} gunicorn workers loaded the index within {deadline_s:.0f} s")
+    return seen
+
+
+def start_gunicorn(index: Path | str, port: int, workers: int, cache: Path | str, deadline_s: float = 180,
+                   python: str = sys.executable, app_dir: Path = ROOT, env: dict[str, str] | None = None,
+                   log: Path | None = None) -> tuple[subprocess.Popen, set[int]]:
+    """Start gunicorn as the Procfile does, over `index`, and wait until every worker has loaded it.
+
+    Args:
+        index: ARTIFACTS (an index folder or s3:// URI).
+        port: the port on 127.0.0.1.
+        workers: WEB_CONCURRENCY.
+        cache: ARTIFACTS_CACHE.
+        deadline_s: how long the workers may take to load.
+        python: the interpreter whose gunicorn runs (e.g. a serving-only virtual environment).
+        app_dir: the folder holding application.py and gunicorn.conf.py (a checkout or an unpacked bundle).
+        env: more environment variables.
+        log: a file for gunicorn's output (default: discarded).
+
+    Returns:
+        The gunicorn process and the pids of its workers.
+    """
+    environ = {**os.environ, "ARTIFACTS": str(index), "GUNICORN_BIND": f"127.0.0.1:{port}",
+               "WEB_CONCURRENCY": str(workers), "ARTIFACTS_CACHE": str(cache), "LOG_LEVEL": "warning", **(env or {})}
+    command = [python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "application:application"]
+    if log:
+        with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(command, cwd=app_dir, env=environ, stdout=out, stderr=subprocess.STDOUT)
+    else:
+        process = subprocess.Popen(command, cwd=app_dir, env=environ, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.STDOUT)
+    try:
+        pids = wait_for_workers(f"http://127.0.0.1:{port}", workers, deadline_s, process)
+    except BaseException:
+        stop(process)
+        raise
+    return process, pids
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a server process: SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _status_mib(field: str, pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(field)) / 1024
+
+
+def rss_mib(pid: int | str = "self") -> float:
+    """Resident memory of a process in MiB (VmRSS)."""
+    return _status_mib("VmRSS", pid)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB since start or the last `reset_peak` (VmHWM)."""
+    return _status_mib("VmHWM")
+
+
+def reset_peak() -> float:
+    """Reset the peak-RSS mark (Linux clear_refs 5) and return the current RSS in MiB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return rss_mib()
+
+
+def smaps(pid: int, files: tuple[str, ...] = ()) -> dict[str, float]:
+    """MiB of a process's memory from /proc: RSS, PSS, PSS of anonymous pages, private (USS), and per file name in
+    `files`, the RSS and PSS of its mappings."""
+    out = {f"{kind}_{name}": 0.0 for name in files for kind in ("rss", "pss")}
+    current = None
+    with open(f"/proc/{pid}/smaps") as fh:
+        for line in fh:
+            fields = line.split()
+            if not line[0].isupper():  # a mapping's header: address perms offset dev inode [path]
+                current = Path(fields[5]).name if len(fields) > 5 and Path(fields[5]).name in files else None
+            elif current and fields[0] in ("Rss:", "Pss:"):
+                out[f"{fields[0][:-1].lower()}_{current}"] += int(fields[1]) / 1024
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        for line in fh:
+            fields = line.split()
+            if fields[0] in ("Rss:", "Pss:", "Pss_Anon:", "Pss_File:", "Private_Clean:", "Private_Dirty:"):
+                out[fields[0][:-1].lower()] = int(fields[1]) / 1024
+    out["private"] = out.pop("private_clean", 0.0) + out.pop("private_dirty", 0.0)
+    return out
