@@ -1,19 +1,16 @@
-"""Shared fixtures: generated catalogs, a tiny TF Hub-style SavedModel, the real data in ../shared."""
+"""Shared fixtures: generated catalogs, a tiny TF Hub-style SavedModel, demo indexes, the real data in ../shared."""
 
 from __future__ import annotations
 
-import os
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-SHARED = ROOT.parent / "shared"
+from benchmarks.common import ROOT, SHARED, load_script
+from runtime import tfenv
+
+__all__ = ["ROOT", "SHARED", "shared_path"]
 
 
 def shared_path(*parts: str) -> Path:
@@ -27,18 +24,15 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def sample_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated catalog in the Kaggle layout, with its deliberate broken and missing images."""
-    from make_sample_catalog import make_catalog
-
     out = tmp_path_factory.mktemp("sample") / "catalog"
-    make_catalog(out, n_products=80, seed=3)
+    load_script("make_sample_catalog").make_catalog(out, n_products=80, seed=3)
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_hub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small SavedModel built here, loaded through the TF Hub code path (hub.KerasLayer) like BiT."""
-    import tf_keras as keras
-
+    keras = tfenv.keras()
     keras.utils.set_random_seed(0)
     inputs = keras.Input((224, 224, 3))
     x = keras.layers.AveragePooling2D(28)(inputs)  # 8x8 colour layout
@@ -53,7 +47,8 @@ def tiny_hub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_index(sample_catalog: Path, tiny_hub_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data dir with an index built from the sample catalog (hub encoder on a local SavedModel)."""
+    """A data dir with an index built from the sample catalog (hub encoder on a local SavedModel); read-only: tests
+    that add or prune index versions take `own_index`."""
     from pipeline import acquire, finetune, index, vectorize
 
     data = tmp_path_factory.mktemp("demo")
@@ -64,21 +59,13 @@ def demo_index(sample_catalog: Path, tiny_hub_model: Path, tmp_path_factory: pyt
     return data
 
 
-def free_port() -> int:
-    """Return a free TCP port on 127.0.0.1."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
-    """Encode one file as multipart/form-data; return (body, content type)."""
-    boundary = "----visualsearchtest"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
+@pytest.fixture()
+def own_index(demo_index: Path, tmp_path: Path) -> Path:
+    """A copy of the demo data dir for one test: reindexing and reloads there never touch the shared one."""
+    data = tmp_path / "own"
+    for folder in ("catalog", "model", "embeddings", "index"):
+        shutil.copytree(demo_index / folder, data / folder, symlinks=True)
+    return data
 
 
 @pytest.fixture()

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline import acquire
-from pipeline.layout import Layout, read_catalog
+from pipeline import acquire, ingest
+from pipeline.catalog import read_catalog
 from pipeline.sources import SourceError, parse_source
+from runtime.layout import Layout
 
 
 def rows(path: Path) -> list[dict]:
@@ -41,11 +42,11 @@ def test_sample_catalog_nothing_is_lost(sample_catalog: Path, tmp_path: Path) ->
 
 def test_parallel_workers_give_the_same_catalog(sample_catalog: Path, tmp_path: Path) -> None:
     acquire.run(f"fashion:{sample_catalog}", tmp_path / "one", workers=1)
-    acquire.INLINE_BELOW, saved = 0, acquire.INLINE_BELOW
+    ingest.INLINE_BELOW, saved = 0, ingest.INLINE_BELOW
     try:
         acquire.run(f"fashion:{sample_catalog}", tmp_path / "two", workers=2)
     finally:
-        acquire.INLINE_BELOW = saved
+        ingest.INLINE_BELOW = saved
     assert (tmp_path / "one/catalog/catalog.csv").read_text().replace("/one/", "/") == \
         (tmp_path / "two/catalog/catalog.csv").read_text().replace("/two/", "/")
 
@@ -157,7 +158,7 @@ def test_holdout_is_stratified_and_disjoint(sample_catalog: Path, tmp_path: Path
 
 
 def test_s3_prefix_in_fashion_layout_and_csv_with_s3_uris(s3_server, sample_catalog: Path, tmp_path: Path) -> None:
-    from pipeline.storage import s3_client
+    from runtime.storage import s3_client
 
     client = s3_client()
     client.create_bucket(Bucket="shop")

@@ -1,11 +1,19 @@
-"""The index benchmark's baselines: the seeds' random-projection LSH, and Annoy on a projection re-ranked exactly."""
+"""The benchmarks' own logic: the seeds' LSH, Annoy on a projection re-ranked exactly, the synthetic 1M data dir,
+serving memory in a fresh process, dataset difficulty, and the serving footprint."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from bench_index import bench_annoy, clustered, exact_truth, recall
-from lsh import RandomProjectionLSH
+
+from benchmarks.ann_memory import serve_mb
+from benchmarks.ann_methods import bench_annoy, exact_truth, recall
+from benchmarks.common import load_script
+from benchmarks.dataset_difficulty import difficulty
+from benchmarks.lsh import RandomProjectionLSH
+from benchmarks.vectors import clustered
+from pipeline import index
+from service.searcher import Searcher
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +57,15 @@ def test_annoy_on_a_projection_with_exact_reranking_keeps_recall(data, tmp_path)
 
 
 def test_synthetic_data_dir_goes_through_the_index_stage_and_the_searcher(demo_index, tmp_path, monkeypatch) -> None:
-    from make_synthetic_data_dir import make
-
-    from pipeline import index
-    from service.searcher import Searcher
-
+    make = load_script("make_synthetic_data_dir").make
     summary = make(tmp_path / "syn", 3000, demo_index, clusters=30, images=5)
     assert summary["rows"] == 3000 and summary["dim"] == 32
     monkeypatch.setattr(index, "ON_DISK_ABOVE", 0)  # the path a 1M x 256 build takes: trees built in the file
     manifest = index.run(tmp_path / "syn", trees=8)
     assert manifest["count"] == 3000 and manifest["search_k_measurements"][-1]["recall_at_10"] >= 0.99
-    assert manifest["strategy"] in ("exact", "annoy") and manifest["index_bytes"] > 3000 * 32 * 4
+    assert manifest["index_bytes"] > 3000 * 32 * 4
     searcher = Searcher(tmp_path / "syn")
+    assert searcher.exact is (manifest["strategy"] == "exact")  # the searcher serves as the index stage measured
     assert len(list((searcher.folder / "thumbs").iterdir())) <= 5  # one thumbnail per distinct image
     for exact in (True, False):
         searcher.exact = exact
@@ -73,8 +78,6 @@ def test_synthetic_data_dir_goes_through_the_index_stage_and_the_searcher(demo_i
 
 
 def test_serving_memory_is_measured_in_a_fresh_process(tmp_path) -> None:
-    from bench_serve import serve_mb
-
     base = clustered(20_000, 128, seed=5)  # 9.8 MiB
     np.save(tmp_path / "base.npy", base)
     grown = serve_mb("exact", tmp_path / "base.npy", base[:20], base.shape[1])
@@ -84,8 +87,6 @@ def test_serving_memory_is_measured_in_a_fresh_process(tmp_path) -> None:
 
 
 def test_difficulty_sees_intrinsic_dimension_and_contrast() -> None:
-    from bench_data import difficulty
-
     rng = np.random.default_rng(0)
     low = np.zeros((5000, 64), np.float32)
     low[:, :4] = rng.standard_normal((5000, 4))  # a 4-d subspace of a 64-d space

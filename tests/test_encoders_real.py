@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 
 from pipeline import acquire, finetune, index, vectorize
-from pipeline.layout import Layout
+from pipeline.catalog import read_catalog
+from runtime.embeddings import load_embeddings
+from runtime.extractor import load_extractor
+from runtime.layout import Layout
+from runtime.preprocess import decode_image
 from tests.conftest import shared_path
 
 MOBILENET = ("models", "mobilenet_2_5_224_tf_no_top.h5")
@@ -51,9 +55,6 @@ def test_autoencoder_trains_on_the_catalog_and_serves_as_encoder(acquired: Path,
 def test_real_pretrained_encoder_exports_a_working_extractor(acquired: Path, tmp_path: Path, name: str,
                                                              weights: tuple[str, str], feature_dim: int,
                                                              fmt: str) -> None:
-    from pipeline.extractor import load_extractor
-    from pipeline.features import decode_image
-
     data = _fresh(acquired, tmp_path)
     summary = finetune.run(data, encoder=name, encoder_weights=str(shared_path(*weights)), dim=64, epochs=10)
     assert summary["feature_dim"] == feature_dim
@@ -62,7 +63,7 @@ def test_real_pretrained_encoder_exports_a_working_extractor(acquired: Path, tmp
     assert extractor.config["format"] == fmt
     assert json.loads((layout.extractor / "extractor.json").read_text())["dim"] == 64
     vectorize.run(data)
-    vectors = vectorize.load_embeddings(data)
+    vectors = load_embeddings(data)
     first = layout.catalog / "images"
     paths = sorted(first.rglob("*.jpg"))[:2]
     images = np.stack([decode_image(str(p)).numpy() for p in paths])
@@ -70,8 +71,6 @@ def test_real_pretrained_encoder_exports_a_working_extractor(acquired: Path, tmp
     assert np.allclose(np.linalg.norm(embedded, axis=1), 1.0, atol=1e-5)
     # The same image gives the same vector through the extractor as through vectorize's cached features.
     rows = [str(p.relative_to(layout.catalog)) for p in paths]
-    from pipeline.layout import read_catalog
-
     catalog = read_catalog(layout.catalog_csv)
     idx = [catalog.index[catalog["image"] == r][0] for r in rows]
     assert np.allclose(embedded, vectors[idx], atol=1e-4)
@@ -79,8 +78,6 @@ def test_real_pretrained_encoder_exports_a_working_extractor(acquired: Path, tmp
 
 def test_tflite_extractor_is_safe_to_call_from_many_threads(acquired: Path, tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
-
-    from pipeline.extractor import load_extractor
 
     data = _fresh(acquired, tmp_path)
     finetune.run(data, encoder="mediapipe-embedder", encoder_weights=str(shared_path(*MEDIAPIPE)), no_finetune=True)

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from pipeline import imaging
+from runtime import imaging
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.artifacts import ArtifactError
+from runtime.artifacts import ArtifactError
 from service.items import ItemStore
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import evaluate, finetune, index, run, vectorize
-from pipeline.layout import Layout
+from runtime.layout import Layout
 from tests.conftest import shared_path
 
 CASES = [
@@ -22,6 +22,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder, weights, floor", CASES, ids=[c[0] for c in CASES])
 def test_finetuned_head_beats_raw_features_on_fashion_small(encoder: str, weights: tuple[str, str], floor: float,
                                                              tmp_path: Path) -> None:
@@ -40,10 +41,11 @@ def test_finetuned_head_beats_raw_features_on_fashion_small(encoder: str, weight
     assert summaries["finetune"]["backbone_images_computed"] <= acquired["accepted"]
     assert summaries["vectorize"]["backbone_images_computed"] == 0
 
-    finetune.run(tmp_path, encoder, weights_file, label_column="articleType", no_finetune=True)
+    finetune.run(tmp_path, encoder=encoder, encoder_weights=weights_file, label_column="articleType", no_finetune=True)
     vectorize.run(tmp_path)
     index.run(tmp_path)
-    raw = evaluate.run(tmp_path, f"csv:{layout.queries_csv}", "articleType", report=layout.eval / "raw.json")
+    raw = evaluate.run(tmp_path, f"csv:{layout.queries_csv}", label_column="articleType",
+                       report=layout.eval / "raw.json")
     print(json.dumps({"encoder": encoder, "finetuned": tuned, "raw": raw}))
     assert tuned["precision_at_5"] >= floor, tuned
     assert tuned["precision_at_5"] > raw["precision_at_5"] + 0.01, (tuned, raw)

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.common import free_port
+from pipeline import index
 from service import create_app
 from service import searcher as searcher_module
-from tests.conftest import free_port
 
 TOKEN = "test-admin-token"
 
@@ -243,11 +244,11 @@ def test_reload_needs_the_token(client, demo_index: Path, tmp_path: Path) -> Non
     assert client.get("/health").get_json()["status"] == "ok"
 
 
-def test_reload_swaps_versions_with_no_failed_request(app, demo_index: Path) -> None:
-    from pipeline import index
-
+def test_reload_swaps_versions_with_no_failed_request(own_index: Path, tmp_path: Path) -> None:
+    app = create_app({"ARTIFACTS": str(own_index / "index" / "current"), "LOAD_IN_BACKGROUND": False,
+                      "ADMIN_TOKEN": TOKEN, "ARTIFACTS_CACHE": str(tmp_path / "cache")})
     first = app.extensions["visual_search"].get().version
-    second = index.run(demo_index, trees=4)["version"]
+    second = index.run(own_index, trees=4)["version"]
     data = photo((200, 40, 40))
     failures, done, stop = [], [0], threading.Event()
 
@@ -266,7 +267,7 @@ def test_reload_swaps_versions_with_no_failed_request(app, demo_index: Path) -> 
     versions = []
     for target in (second, first, second):
         response = admin.post("/api/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"},
-                              json={"artifacts": str(demo_index / "index" / target)})
+                              json={"artifacts": str(own_index / "index" / target)})
         versions.append(response.get_json()["version"])
     stop.set()
     for thread in threads:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from tests.conftest import ROOT, free_port, multipart
+from benchmarks.common import free_port, multipart, start_gunicorn, stop
+from pipeline import index
+from runtime.storage import s3_client
+from service import create_app
+from service.searcher import Searcher
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -31,34 +34,23 @@ def http(url: str, data: bytes | None = None, headers: dict | None = None, timeo
 
 
 @pytest.fixture()
-def gunicorn_server(demo_index: Path, tmp_path: Path):
-    """gunicorn with 2 gthread workers on 127.0.0.1, started from the Procfile's config, over the demo index."""
-    port = free_port()
-    env = {**os.environ, "ARTIFACTS": str(demo_index / "index" / "current"), "GUNICORN_BIND": f"127.0.0.1:{port}",
-           "WEB_CONCURRENCY": "2", "ARTIFACTS_CACHE": str(tmp_path / "cache"), "ADMIN_TOKEN": "t0k"}
-    log = open(tmp_path / "gunicorn.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "application:application"],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    ready = 0
-    while time.monotonic() < deadline and ready < 6:  # several 200s in a row: both workers have loaded
-        try:
-            ready = ready + 1 if http(f"{base}/health", timeout=5)[0] == 200 else 0
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            ready = 0
-        time.sleep(0.3)
+def gunicorn_server(own_index: Path, tmp_path: Path):
+    """gunicorn with 2 gthread workers on 127.0.0.1, started from the Procfile's config, over a copy of the demo
+    index (the test's `own_index`); yields its base URL once both workers have loaded the index."""
+    port, log = free_port(), tmp_path / "gunicorn.log"
     try:
-        assert ready >= 6, (tmp_path / "gunicorn.log").read_text()[-3000:]
-        yield base
+        process, _ = start_gunicorn(own_index / "index" / "current", port, 2, tmp_path / "cache", deadline_s=120,
+                                    env={"ADMIN_TOKEN": "t0k", "LOG_LEVEL": "info"}, log=log)
+    except RuntimeError as exc:
+        pytest.fail(f"{exc}\n{log.read_text()[-3000:]}")
+    try:
+        yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+        stop(process)
 
 
-def test_gunicorn_two_workers_answer_over_http(gunicorn_server: str, demo_index: Path) -> None:
-    image = next((demo_index / "catalog" / "images").rglob("*.jpg"))
+def test_gunicorn_two_workers_answer_over_http(gunicorn_server: str, own_index: Path) -> None:
+    image = next((own_index / "catalog" / "images").rglob("*.jpg"))
     body, content_type = multipart("image", image.name, image.read_bytes())
     pids = set()
     for _ in range(12):
@@ -74,11 +66,9 @@ def test_gunicorn_two_workers_answer_over_http(gunicorn_server: str, demo_index:
     assert status == 200 and len(similar["results"]) == 3
 
     # A reload sent to one worker reaches the other too.
-    from pipeline import index
-
-    new_version = index.run(demo_index, trees=4, keep=10)["version"]
+    new_version = index.run(own_index, trees=4)["version"]
     status, reloaded = http(f"{gunicorn_server}/api/admin/reload",
-                            json.dumps({"artifacts": str(demo_index / "index" / new_version)}).encode(),
+                            json.dumps({"artifacts": str(own_index / "index" / new_version)}).encode(),
                             {"Content-Type": "application/json", "Authorization": "Bearer t0k"})
     assert status == 200 and reloaded["version"] == new_version
     serving: dict[int, str] = {}
@@ -91,8 +81,6 @@ def test_gunicorn_two_workers_answer_over_http(gunicorn_server: str, demo_index:
 
 
 def _upload_index(folder: Path, bucket: str, prefix: str) -> None:
-    from pipeline.storage import s3_client
-
     client = s3_client()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         client.upload_file(str(path), bucket, f"{prefix}/{folder.name}/{path.relative_to(folder).as_posix()}")
@@ -101,9 +89,6 @@ def _upload_index(folder: Path, bucket: str, prefix: str) -> None:
 
 def test_artifacts_from_s3_are_verified_and_tampering_is_refused(s3_server: str, demo_index: Path,
                                                                  tmp_path: Path) -> None:
-    from pipeline.storage import s3_client
-    from service import create_app
-
     client = s3_client()
     client.create_bucket(Bucket="artifacts")
     folder = (demo_index / "index" / "current").resolve()
@@ -131,19 +116,17 @@ def test_artifacts_from_s3_are_verified_and_tampering_is_refused(s3_server: str,
     cached = tmp_path / "cache" / "artifacts" / "shop" / folder.name / "items.jsonl"
     cached.write_bytes(tampered)
     with pytest.raises(ValueError, match="sha256"):
-        from service.searcher import Searcher
-
         Searcher(cached.parent)
 
 
-def test_shopper_page_in_a_real_browser(gunicorn_server: str, demo_index: Path, tmp_path: Path) -> None:
+def test_shopper_page_in_a_real_browser(gunicorn_server: str, own_index: Path, tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
         pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to run this test")
     from playwright.sync_api import sync_playwright
 
-    image = next((demo_index / "catalog" / "images" / "Watches").glob("*.jpg"))
+    image = next((own_index / "catalog" / "images" / "Watches").glob("*.jpg"))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
         try:
@@ -156,7 +139,9 @@ def test_shopper_page_in_a_real_browser(gunicorn_server: str, demo_index: Path, 
             assert cards.count() == 20
             assert "match" in cards.first.inner_text()
             page.wait_for_function("document.querySelector('#results .card img').naturalWidth > 0", timeout=10_000)
-            page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
+            shot = Image.open(io.BytesIO(page.screenshot(full_page=True)))
+            # 20 result cards run below the fold of a phone, in one column no wider than the phone.
+            assert shot.width == 420 and shot.height > 2 * 900, shot.size
             first_name = page.locator("#results .card .name").nth(1).inner_text()
             cards.nth(1).click()
             page.wait_for_selector("#similar-to:not([hidden])", timeout=30_000)
@@ -166,6 +151,5 @@ def test_shopper_page_in_a_real_browser(gunicorn_server: str, demo_index: Path, 
             page.set_input_files("#file", str(image))
             page.wait_for_function("[...document.querySelectorAll('#results .card .score')].every("
                                    "e => e.textContent.startsWith('Watches'))", timeout=30_000)
-            shutil.copy(tmp_path / "results.png", tmp_path / "last.png")
         finally:
             browser.close()
