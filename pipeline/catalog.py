@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from runtime.layout import Layout
+
+if TYPE_CHECKING:  # pandas is imported when a catalog is read, not by `--help`
+    import pandas as pd
 
 
 def read_catalog(path: Path) -> pd.DataFrame:
     """Read a catalog CSV with every column as text (product ids such as 00123 stay as written)."""
+    import pandas as pd
+
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 

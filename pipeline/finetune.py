@@ -7,9 +7,9 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from pipeline import autoencoder, cli, plots
 from pipeline.catalog import catalog_inputs, holdout_split
@@ -19,6 +19,9 @@ from pipeline.features import FeatureCache, catalog_features
 from pipeline.head import build_head, train_head
 from runtime import storage
 from runtime.layout import AUTOENCODER_CURVES, AUTOENCODER_WEIGHTS, HISTORY, LABELS, TRAINING_CURVES, Layout
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 

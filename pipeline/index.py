@@ -12,10 +12,9 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
 from pipeline import cli
@@ -34,6 +33,9 @@ from runtime.layout import (
     thumbnail_name,
 )
 from runtime.topk import exact_top_k
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 

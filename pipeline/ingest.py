@@ -11,7 +11,6 @@ import os
 import re
 from pathlib import Path
 
-import pandas as pd
 from tqdm import tqdm
 
 from pipeline.sources import Record, Reject, read_image_bytes
@@ -116,6 +115,7 @@ def ingest(records: list[Record], out: Path, max_side: int = imaging.MAX_SIDE, m
 
 def write_tables(folder: Path, accepted: list[dict], rejects: list[Reject], queries: list[dict] | None = None) -> None:
     """Write catalog.csv, rejects.csv and (with held-out rows) queries.csv into a catalog folder."""
+    import pandas as pd
 
     def frame(rows: list[dict]) -> pd.DataFrame:
         df = pd.DataFrame(rows, dtype=str)

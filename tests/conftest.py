@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import ROOT, SHARED, load_script
+from benchmarks.common import SHARED, load_script
 from runtime import tfenv
-
-__all__ = ["ROOT", "SHARED", "shared_path"]
 
 
 def shared_path(*parts: str) -> Path:
