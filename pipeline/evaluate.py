@@ -72,11 +72,12 @@ def run(data_dir: Path, queries: str, index: Path | None = None, label_column: s
     extractor = load_extractor(folder / EXTRACTOR_DIR)
     labels = np.array([_label(item, label_column) for item in items])
     report = Path(report or layout.report)
-    qcat, qlayout, n_rejected = _acquire_queries(queries, Layout(Path(work_dir or layout.eval_queries)))
+    work = Layout(Path(work_dir or layout.eval_queries))
+    qcat, n_rejected = _acquire_queries(queries, work)
     if label_column not in qcat.columns:
         raise ValueError(f"--label-column {label_column!r} is not a column of the queries; "
                          f"columns: {list(qcat.columns)}")
-    qpaths = [str(qlayout.catalog / p) for p in qcat["image"]]
+    qpaths = [str(work.catalog / p) for p in qcat["image"]]
     found, qvectors, latencies = _query(extractor, annoy_index, qpaths, k + 1, manifest["search_k"])
     # A query that is itself in the index must not count finding itself.
     self_ids = np.array([next((i for i in f if items[i]["product_id"] == q), -1)
@@ -101,7 +102,7 @@ def run(data_dir: Path, queries: str, index: Path | None = None, label_column: s
     return result
 
 
-def _acquire_queries(queries: str, work: Layout) -> tuple[Any, Layout, int]:
+def _acquire_queries(queries: str, work: Layout) -> tuple[Any, int]:
     """Verify and normalise the query images into `work` like a catalog; return its table and the rejected count."""
     records, rejects = read_source(queries, work.cache)
     shutil.rmtree(work.catalog, ignore_errors=True)
@@ -110,7 +111,7 @@ def _acquire_queries(queries: str, work: Layout) -> tuple[Any, Layout, int]:
     write_tables(work.catalog, accepted, rejects + failed)
     if not accepted:
         raise ValueError(f"none of the query images of {queries} could be used; see {work.rejects_csv}")
-    return read_catalog(work.catalog_csv), work, len(rejects) + len(failed)
+    return read_catalog(work.catalog_csv), len(rejects) + len(failed)
 
 
 def _query(extractor: Extractor, annoy_index: Any, paths: list[str], n: int, search_k: int
