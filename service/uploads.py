@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
-import socket
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import numpy as np
 from flask import Request
 
 from runtime import imaging
 from service.errors import APIError
+from service.fetch import fetch_url
 
 STATUS_BY_KIND = {"empty": 400, "format": 415, "corrupt": 400, "pixels": 413, "dimensions": 422}
 HINT = "send a photo as a multipart 'image' file, or JSON {\"image_url\": ...} or {\"image_base64\": ...}"
@@ -65,49 +61,3 @@ def decode(data: bytes, config: dict) -> np.ndarray:
         hint = " (JPEG, PNG, WebP, GIF, BMP and TIFF are accepted)" if exc.kind == "format" else ""
         raise APIError(STATUS_BY_KIND.get(exc.kind, 400), f"image_{exc.kind}", f"{exc}{hint}") from None
     return np.asarray(img, dtype=np.uint8)
-
-
-class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
-    def __init__(self, allow_private: bool) -> None:
-        self.allow_private = allow_private
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's signature
-        _check_host(newurl, self.allow_private)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _check_host(url: str, allow_private: bool) -> None:
-    """Refuse URLs that are not http(s), or whose host resolves to a private, loopback or link-local address."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise APIError(400, "bad_image_url", "image_url must be an http:// or https:// URL")
-    if allow_private:
-        return
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(parsed.hostname, parsed.port or 443)}
-    except socket.gaierror:
-        raise APIError(400, "url_unreachable", f"cannot resolve the host of image_url: {parsed.hostname}") from None
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global:
-            raise APIError(400, "bad_image_url", "image_url points to a private or local address; use a public URL")
-
-
-def fetch_url(url: object, limit: int, timeout: float, allow_private: bool) -> bytes:
-    """Download an image URL with a timeout and a size cap."""
-    if not isinstance(url, str):
-        raise APIError(400, "bad_image_url", "image_url must be a string")
-    _check_host(url, allow_private)
-    opener = urllib.request.build_opener(_CheckedRedirects(allow_private))
-    request = urllib.request.Request(url, headers={"User-Agent": "visual-search/1"})
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            data = response.read(limit + 1)
-    except urllib.error.HTTPError as exc:
-        raise APIError(400, "url_unreachable", f"image_url answered HTTP {exc.code}; check the link") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise APIError(400, "url_unreachable", f"could not fetch image_url within {timeout:g} s: {reason}") from None
-    if len(data) > limit:
-        raise APIError(413, "too_large", f"image_url returned more than {limit // 2**20} MB")
-    return data
