@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -62,6 +63,41 @@ def timed(url: str, body: bytes | None = None, content_type: str | None = None,
     return time.perf_counter() - started, status
 
 
+class Load:
+    """Client threads sending requests in a loop (each on a new connection) until stopped; keeps every status.
+
+    Args:
+        requests: (url, body, content type) tuples, sent round-robin.
+        clients: how many threads.
+    """
+
+    def __init__(self, requests: list[tuple[str, bytes | None, str | None]], clients: int = 4) -> None:
+        self.requests, self.statuses = requests, []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+
+    def _run(self, offset: int) -> None:
+        i = offset
+        while not self._stop.is_set():
+            url, body, content_type = self.requests[i % len(self.requests)]
+            self.statuses.append(timed(url, body, content_type, timeout=60)[1])
+            i += 1
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=90)
+
+    def counts(self) -> dict[int, int]:
+        """{HTTP status (0: connection failed): how many}."""
+        return {status: self.statuses.count(status) for status in sorted(set(self.statuses))}
+
+
 def percentiles(seconds: list[float]) -> str:
     """p50 and p99 in milliseconds, as one line."""
     ms = np.array(seconds) * 1000
@@ -89,9 +125,22 @@ def wait_for_workers(base: str, workers: int, deadline_s: float, process: subpro
     return seen
 
 
+def launch_gunicorn(index: Path | str, port: int, workers: int, cache: Path | str, python: str = sys.executable,
+                    app_dir: Path = ROOT, env: dict[str, str] | None = None, log: Path | None = None,
+                    app: str = "application:application") -> subprocess.Popen:
+    """Start gunicorn as the Procfile does, over `index`, without waiting for it (see `start_gunicorn`)."""
+    environ = {**os.environ, "ARTIFACTS": str(index), "GUNICORN_BIND": f"127.0.0.1:{port}",
+               "WEB_CONCURRENCY": str(workers), "ARTIFACTS_CACHE": str(cache), "LOG_LEVEL": "warning", **(env or {})}
+    command = [python, "-m", "gunicorn", "-c", "gunicorn.conf.py", app]
+    if log:
+        with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen(command, cwd=app_dir, env=environ, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, cwd=app_dir, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
 def start_gunicorn(index: Path | str, port: int, workers: int, cache: Path | str, deadline_s: float = 180,
                    python: str = sys.executable, app_dir: Path = ROOT, env: dict[str, str] | None = None,
-                   log: Path | None = None) -> tuple[subprocess.Popen, set[int]]:
+                   log: Path | None = None, app: str = "application:application") -> tuple[subprocess.Popen, set[int]]:
     """Start gunicorn as the Procfile does, over `index`, and wait until every worker has loaded it.
 
     Args:
@@ -104,19 +153,12 @@ def start_gunicorn(index: Path | str, port: int, workers: int, cache: Path | str
         app_dir: the folder holding application.py and gunicorn.conf.py (a checkout or an unpacked bundle).
         env: more environment variables.
         log: a file for gunicorn's output (default: discarded).
+        app: the WSGI application gunicorn imports.
 
     Returns:
         The gunicorn process and the pids of its workers.
     """
-    environ = {**os.environ, "ARTIFACTS": str(index), "GUNICORN_BIND": f"127.0.0.1:{port}",
-               "WEB_CONCURRENCY": str(workers), "ARTIFACTS_CACHE": str(cache), "LOG_LEVEL": "warning", **(env or {})}
-    command = [python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "application:application"]
-    if log:
-        with open(log, "w") as out:  # the child keeps its own copy of the descriptor
-            process = subprocess.Popen(command, cwd=app_dir, env=environ, stdout=out, stderr=subprocess.STDOUT)
-    else:
-        process = subprocess.Popen(command, cwd=app_dir, env=environ, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.STDOUT)
+    process = launch_gunicorn(index, port, workers, cache, python, app_dir, env, log, app)
     try:
         pids = wait_for_workers(f"http://127.0.0.1:{port}", workers, deadline_s, process)
     except BaseException:

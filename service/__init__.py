@@ -20,16 +20,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Args:
         config: overrides of the configuration, e.g. {"ARTIFACTS": "data/demo/index/current"} in tests.
     """
-    from service import api, errors, ops, state, web
-    from service.metrics import EXTENSION as METRICS
-    from service.metrics import Metrics
+    from service import api, errors, metrics, ops, state, web
 
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     app.config.update(load_config(config))
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_UPLOAD_MB"]) * 2**20 + 64 * 1024  # + form overhead
     app.json.sort_keys = False
-    metrics = Metrics()
-    app.extensions[METRICS] = metrics
     errors.init_app(app)
     for blueprint in (api.bp, web.bp, ops.bp):
         app.register_blueprint(blueprint)
@@ -37,7 +33,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.before_request
     def start_timer() -> None:
         g.started = time.perf_counter()
-        state.get_holder().check_for_reload()
 
     @app.after_request
     def count(response):  # noqa: ANN001, ANN202

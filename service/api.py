@@ -6,8 +6,8 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
+from service import metrics
 from service.errors import APIError
-from service.metrics import get_metrics
 from service.searcher import Searcher, UnknownProduct
 from service.state import get_searcher
 from service.uploads import decode, image_bytes, request_json
@@ -87,7 +87,6 @@ def search():  # noqa: ANN201
     embedded = time.perf_counter()
     results = searcher.search(vector, k, filters)
     done = time.perf_counter()
-    metrics = get_metrics()
     for stage, seconds in (("decode", decoded - started), ("embed", embedded - decoded), ("search", done - embedded)):
         metrics.stage(stage, seconds)
     return jsonify({"results": results_json(results), "k": k, "filters": filters, "version": searcher.version,

@@ -17,8 +17,12 @@ DEFAULTS: dict[str, Any] = {
     "ADMIN_TOKEN": "",  # bearer token of POST /api/admin/reload; empty: reload is disabled (403)
     "DEFAULT_K": 10,
     "MAX_K": 100,
-    "LOAD_IN_BACKGROUND": True,  # /health answers 503 while the index loads
-    "RELOAD_CHECK_S": 2.0,  # how often each worker looks for a reload asked of another worker
+    # false: a worker loads and warms its index before it accepts a connection (gunicorn hands a socket only to a
+    # booted worker), so no shopper meets a loading worker; true: load in a thread, /health says 503 meanwhile
+    "LOAD_IN_BACKGROUND": False,
+    # how often each worker looks for a new version where ARTIFACTS points (one S3 HEAD of CURRENT) and for a
+    # reload asked of another worker; 0 turns watching off
+    "RELOAD_CHECK_S": 5.0,
 }
 TYPES = {key: type(value) for key, value in DEFAULTS.items()}
 

@@ -1,82 +1,78 @@
-"""Prometheus text-format metrics of one worker: requests, latencies (histograms) and errors."""
+"""Prometheus metrics with prometheus_client; under gunicorn one scrape is the sum over every worker.
+
+gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before any worker imports this module, so each worker writes
+its values to files there and /metrics aggregates them (counters and histograms summed, gauges per their mode).
+Without that variable (tests, `flask run`) the values live in this process.
+"""
 
 from __future__ import annotations
 
 import os
-import threading
-from collections import defaultdict
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-PREFIX = "visual_search"
-EXTENSION = "visual_search_metrics"  # the key of the app's Metrics on app.extensions
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+REQUESTS = Counter("visual_search_requests", "HTTP requests by endpoint, method and status.",
+                   ["endpoint", "method", "status"], registry=REGISTRY)
+ERRORS = Counter("visual_search_errors", "Responses with a 4xx or 5xx status.", ["class"], registry=REGISTRY)
+LATENCY = Histogram("visual_search_request_duration_seconds", "Request latency.", ["endpoint"], buckets=BUCKETS,
+                    registry=REGISTRY)
+STAGES = Histogram("visual_search_search_stage_seconds", "Time per search stage.", ["stage"], buckets=BUCKETS,
+                   registry=REGISTRY)
+RELOADS = Counter("visual_search_index_loads", "Index loads by outcome (loaded, or refused and still serving the "
+                  "previous one).", ["outcome"], registry=REGISTRY)
+READY = Gauge("visual_search_ready", "1 when every live worker serves an index.", multiprocess_mode="livemin",
+              registry=REGISTRY)
+ITEMS = Gauge("visual_search_index_items", "Items in the index served (largest over live workers).",
+              multiprocess_mode="livemax", registry=REGISTRY)
+REFUSED = Gauge("visual_search_reload_refused", "1 while the newest version a worker was offered failed "
+                "verification or loading (see /health); 0 once a version loads.", multiprocess_mode="livemax",
+                registry=REGISTRY)
 
 
-def get_metrics() -> Metrics:
-    """Return the current app's metrics registry."""
-    from flask import current_app
+def record(endpoint: str, method: str, status: int, seconds: float) -> None:
+    """Count one finished request."""
+    REQUESTS.labels(endpoint, method, str(status)).inc()
+    if status >= 400:
+        ERRORS.labels(f"{str(status)[0]}xx").inc()
+    LATENCY.labels(endpoint).observe(seconds)
 
-    return current_app.extensions[EXTENSION]
+
+def stage(name: str, seconds: float) -> None:
+    """Record the time of one stage of a search (decode, embed, search)."""
+    STAGES.labels(name).observe(seconds)
 
 
-class Metrics:
-    """Counters and histograms kept in memory, rendered in the Prometheus exposition format."""
+def serving(items: int) -> None:
+    """Record that this worker now serves an index of `items` items."""
+    READY.set(1)
+    ITEMS.set(items)
+    REFUSED.set(0)
+    RELOADS.labels("loaded").inc()
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
-        self.latency: dict[str, list[int]] = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
-        self.latency_sum: dict[str, float] = defaultdict(float)
-        self.stages: dict[str, list[int]] = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
-        self.stage_sum: dict[str, float] = defaultdict(float)
-        self.gauges: dict[str, float] = {}
 
-    @staticmethod
-    def _observe(hist: list[int], seconds: float) -> None:
-        for i, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                hist[i] += 1
-                return
-        hist[-1] += 1
+def refused() -> None:
+    """Record that this worker refused a version it was offered."""
+    REFUSED.set(1)
+    RELOADS.labels("refused").inc()
 
-    def record(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        """Count one finished request."""
-        with self._lock:
-            self.requests[(endpoint, method, status)] += 1
-            self._observe(self.latency[endpoint], seconds)
-            self.latency_sum[endpoint] += seconds
 
-    def stage(self, name: str, seconds: float) -> None:
-        """Record the time of one stage of a search (decode, embed, search)."""
-        with self._lock:
-            self._observe(self.stages[name], seconds)
-            self.stage_sum[name] += seconds
-
-    def render(self) -> str:
-        """Return every metric in the Prometheus text format."""
-        pid = os.getpid()
-        lines = [f"# HELP {PREFIX}_requests_total HTTP requests by endpoint, method and status.",
-                 f"# TYPE {PREFIX}_requests_total counter"]
-        with self._lock:
-            for (endpoint, method, status), count in sorted(self.requests.items()):
-                lines.append(f'{PREFIX}_requests_total{{endpoint="{endpoint}",method="{method}",status="{status}",'
-                             f'worker="{pid}"}} {count}')
-            lines += [f"# HELP {PREFIX}_errors_total Responses with a 4xx or 5xx status.",
-                      f"# TYPE {PREFIX}_errors_total counter"]
-            for klass in ("4xx", "5xx"):
-                total = sum(c for (_, _, s), c in self.requests.items() if str(s)[0] == klass[0])
-                lines.append(f'{PREFIX}_errors_total{{class="{klass}",worker="{pid}"}} {total}')
-            for name, hists, sums, label, help_text in (
-                    ("request_duration_seconds", self.latency, self.latency_sum, "endpoint", "Request latency."),
-                    ("search_stage_seconds", self.stages, self.stage_sum, "stage", "Time per search stage.")):
-                lines += [f"# HELP {PREFIX}_{name} {help_text}", f"# TYPE {PREFIX}_{name} histogram"]
-                for key, hist in sorted(hists.items()):
-                    cumulative = 0
-                    for bound, count in zip((*BUCKETS, "+Inf"), hist, strict=True):
-                        cumulative += count
-                        lines.append(f'{PREFIX}_{name}_bucket{{{label}="{key}",le="{bound}",worker="{pid}"}} '
-                                     f"{cumulative}")
-                    lines.append(f'{PREFIX}_{name}_sum{{{label}="{key}",worker="{pid}"}} {sums[key]:.6f}')
-                    lines.append(f'{PREFIX}_{name}_count{{{label}="{key}",worker="{pid}"}} {cumulative}')
-            for gauge, value in sorted(self.gauges.items()):
-                lines += [f"# TYPE {PREFIX}_{gauge} gauge", f'{PREFIX}_{gauge}{{worker="{pid}"}} {value}']
-        return "\n".join(lines) + "\n"
+def render() -> tuple[bytes, str]:
+    """Return the exposition (every worker's values when in multiprocess mode) and its content type."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -8,8 +8,8 @@ import os
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from service import metrics as prometheus
 from service.errors import APIError
-from service.metrics import get_metrics
 from service.state import get_holder
 from service.uploads import request_json
 
@@ -27,17 +27,14 @@ def health():  # noqa: ANN201
         return jsonify(body), 503
     return jsonify({"status": "ok", "version": searcher.version, "items": len(searcher.items),
                     "encoder": searcher.manifest["encoder"], "dim": searcher.manifest["dim"],
-                    "worker": os.getpid(), "reload_error": holder.error})
+                    "worker": os.getpid(), "refused": holder.refused})
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus metrics of this worker."""
-    registry = get_metrics()
-    searcher = get_holder().searcher
-    registry.gauges["index_items"] = len(searcher.items) if searcher else 0
-    registry.gauges["ready"] = 1 if searcher else 0
-    return Response(registry.render(), mimetype="text/plain; version=0.0.4")
+    """Prometheus metrics, summed over every gunicorn worker."""
+    body, content_type = prometheus.render()
+    return Response(body, content_type=content_type)
 
 
 @bp.post("/api/admin/reload")

@@ -151,16 +151,35 @@ def test_health_is_503_until_the_index_is_loaded(tmp_path: Path) -> None:
     assert search.status_code == 503 and search.get_json()["error"]["code"] == "not_ready"
 
 
+def scrape(client) -> dict[tuple, float]:
+    """One /metrics scrape as {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.get("/metrics").data.decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
 def test_health_and_metrics_when_ready(client) -> None:
     health = client.get("/health").get_json()
     assert health["status"] == "ok" and health["items"] > 50 and health["encoder"].startswith("hub:")
-    upload(client, photo())
+    assert health["refused"] is None
+    before = scrape(client)
+    for _ in range(3):
+        upload(client, photo())
     client.get("/api/products/nope")
-    text = client.get("/metrics").data.decode()
-    assert 'visual_search_requests_total{endpoint="/api/search",method="POST",status="200"' in text
-    assert 'endpoint="/api/products/<path:product_id>",method="GET",status="404"' in text
-    assert "visual_search_search_stage_seconds_bucket{stage=\"embed\"" in text
-    assert 'visual_search_errors_total{class="4xx"' in text and "visual_search_index_items" in text
+    after = scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta("visual_search_requests_total", endpoint="/api/search", method="POST", status="200") == 3
+    assert delta("visual_search_requests_total", endpoint="/api/products/<path:product_id>", method="GET",
+                 status="404") == 1
+    assert delta("visual_search_errors_total", **{"class": "4xx"}) == 1
+    assert delta("visual_search_search_stage_seconds_count", stage="embed") == 3
+    assert after[("visual_search_ready", ())] == 1 and after[("visual_search_index_items", ())] == health["items"]
 
 
 def _bomb() -> bytes:

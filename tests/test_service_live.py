@@ -49,16 +49,31 @@ def gunicorn_server(own_index: Path, tmp_path: Path):
         stop(process)
 
 
+def scrape(base: str) -> dict[tuple, float]:
+    """One /metrics scrape through the socket (whichever worker answers) as {(name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
 def test_gunicorn_two_workers_answer_over_http(gunicorn_server: str, own_index: Path) -> None:
     image = next((own_index / "catalog" / "images").rglob("*.jpg"))
     body, content_type = multipart("image", image.name, image.read_bytes())
-    pids = set()
     for _ in range(12):
         status, result = http(f"{gunicorn_server}/api/search?k=4", body, {"Content-Type": content_type})
         assert status == 200 and len(result["results"]) == 4
-        metrics = urllib.request.urlopen(f"{gunicorn_server}/metrics", timeout=10).read().decode()
-        pids |= {line.split('worker="')[1].split('"')[0] for line in metrics.splitlines() if 'worker="' in line}
-    assert len(pids) == 2  # both workers served requests
+    answered = [http(f"{gunicorn_server}/health")[1]["worker"] for _ in range(30)]
+    assert len(set(answered)) == 2  # both workers answered
+    # One scrape, answered by one worker, counts every worker's requests.
+    for _ in range(3):
+        totals = scrape(gunicorn_server)
+        search = ("visual_search_requests_total", (("endpoint", "/api/search"), ("method", "POST"), ("status", "200")))
+        health = ("visual_search_requests_total", (("endpoint", "/health"), ("method", "GET"), ("status", "200")))
+        assert totals[search] == 12
+        assert totals[health] >= 30  # plus gunicorn_server's own readiness probes
+        assert totals[("visual_search_ready", ())] == 1 and totals[("visual_search_reload_refused", ())] == 0
     status, error = http(f"{gunicorn_server}/api/search", b"garbage", {"Content-Type": "application/json"})
     assert status == 400 and error["error"]["code"] == "malformed_json"
     product = result["results"][0]["product_id"]
