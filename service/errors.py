@@ -8,6 +8,10 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
+# A refused upload is read (and dropped) up to this many bytes before the 413 is sent: a client that sends its
+# whole body before reading (Python's urllib) would otherwise meet a closed connection instead of the answer.
+DRAIN_LIMIT = 64 * 2**20
+DRAIN_CHUNK = 256 * 1024
 
 
 class APIError(Exception):
@@ -20,6 +24,24 @@ class APIError(Exception):
 
 def _body(status: int, code: str, message: str):  # noqa: ANN202 - a Flask response tuple
     return jsonify({"error": {"status": status, "code": code, "message": message}}), status
+
+
+def drain_body(environ: dict, limit: int = DRAIN_LIMIT) -> int:
+    """Read and drop what is left of the request body, up to `limit` bytes; return how many were read."""
+    stream = environ.get("wsgi.input")
+    length = environ.get("CONTENT_LENGTH")
+    if stream is None or (length and length.isdigit() and int(length) > limit):
+        return 0  # larger than any photo: not worth the bandwidth; the connection is closed instead
+    read = 0
+    try:
+        while read < limit:
+            chunk = stream.read(min(DRAIN_CHUNK, limit - read))
+            if not chunk:
+                break
+            read += len(chunk)
+    except (OSError, ValueError):  # the client went away
+        pass
+    return read
 
 
 def init_app(app: Flask) -> None:
@@ -36,6 +58,7 @@ def init_app(app: Flask) -> None:
         if exc.code == 413:
             message = (f"upload too large: the limit is {app.config['MAX_UPLOAD_MB']} MB; "
                        "send a smaller or more compressed photo")
+            drain_body(request.environ)
         allowed = sorted(set(getattr(exc, "valid_methods", None) or []) - {"HEAD", "OPTIONS"})
         if exc.code == 405 and allowed:
             message = f"{request.method} is not allowed on {request.path}; use {' or '.join(allowed)}"

@@ -74,6 +74,11 @@ def test_gunicorn_two_workers_answer_over_http(gunicorn_server: str, own_index: 
         assert totals[search] == 12
         assert totals[health] >= 30  # plus gunicorn_server's own readiness probes
         assert totals[("visual_search_ready", ())] == 1 and totals[("visual_search_reload_refused", ())] == 0
+    # Python's urllib sends the whole body before it reads: it must get the 413 JSON, not a reset connection.
+    big, content_type = multipart("image", "big.jpg", os.urandom(12 * 2**20))
+    for _ in range(3):
+        status, error = http(f"{gunicorn_server}/api/search", big, {"Content-Type": content_type})
+        assert status == 413 and error["error"]["code"] == "request_entity_too_large"
     status, error = http(f"{gunicorn_server}/api/search", b"garbage", {"Content-Type": "application/json"})
     assert status == 400 and error["error"]["code"] == "malformed_json"
     product = result["results"][0]["product_id"]
