@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -68,13 +69,16 @@ def own_index(demo_index: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def s3_server(monkeypatch: pytest.MonkeyPatch):
-    """A real S3 API (moto's server) on 127.0.0.1, with boto3 pointed at it through the environment."""
+    """S3 and IAM APIs (moto's server) on 127.0.0.1, with boto3 pointed at it through the environment."""
     from moto.server import ThreadedMotoServer
 
+    monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")  # IAM knows AWS's managed policies, as AWS does
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
+    # moto keeps its state per process, not per server: start every test from an empty account
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).read()
     for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_ENDPOINT_URL": endpoint}.items():
         monkeypatch.setenv(key, value)

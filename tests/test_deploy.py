@@ -1,19 +1,24 @@
-"""scripts/deploy.py against a local moto server (S3 and Elastic Beanstalk APIs), and the bundle it ships."""
+"""scripts/deploy.py: S3 and IAM on a local moto server, every Beanstalk call checked by botocore's Stubber against
+the real service model; and the bundle it ships."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
 import boto3
 import pytest
+from botocore.stub import ANY, Stubber
 
 from benchmarks.common import load_script
+from pipeline import index
 
 deploy = load_script("deploy")
 # What the pipeline needs and the service must not: the bundle installs requirements.txt only.
@@ -73,12 +78,181 @@ print(json.dumps({{"status": response.status_code, "results": len(response.get_j
     assert all(Path(f).is_relative_to(app_dir) for f in result["files"])  # the bundle's code, not the checkout's
 
 
-def test_waiting_for_health_reports_an_unhealthy_environment(s3_server: str) -> None:
+APP, ENV, BUCKET = "visual-search", "visual-search-prod", "shop-search"
+BRANCH_ARN = "arn:aws:elasticbeanstalk:us-east-1::platform/Python 3.11 running on 64bit Amazon Linux 2023/"
+PLATFORMS = [{"PlatformArn": BRANCH_ARN + v, "PlatformVersion": v, "PlatformStatus": "Ready",
+              "PlatformBranchName": deploy.PLATFORM_BRANCH} for v in ("4.3.0", "4.10.1", "4.9.7")]
+
+
+@pytest.fixture()
+def live_service(demo_index: Path, tmp_path: Path):
+    """The real app over the demo index on 127.0.0.1 (what the environment's CNAME answers); yields host:port."""
+    from werkzeug.serving import make_server
+
+    from service import create_app
+
+    app = create_app({"ARTIFACTS": str(demo_index / "index" / "current"), "ARTIFACTS_CACHE": str(tmp_path / "c")})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture()
+def aws(s3_server: str):
+    """S3 and IAM clients on moto, a Beanstalk client with a Stubber, and the bucket."""
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
     eb = boto3.client("elasticbeanstalk")
-    eb.create_application(ApplicationName="visual-search")
-    eb.create_environment(ApplicationName="visual-search", EnvironmentName="visual-search-test",
-                          SolutionStackName=deploy.SOLUTION_STACK,
-                          OptionSettings=deploy.environment_settings("s3://shop-search/prod", {"MAX_UPLOAD_MB": "8"}))
-    # moto reports a new environment Ready with Health "Grey" (no data), so deploy must not call it healthy.
-    with pytest.raises(RuntimeError, match="did not become Ready and Green within 1 s"):
-        deploy.wait_until_healthy(eb, "visual-search-test", wait_s=1, poll_s=0.2)
+    with Stubber(eb) as stub:
+        yield {"s3": s3, "iam": boto3.client("iam"), "elasticbeanstalk": eb}, stub
+        stub.assert_no_pending_responses()
+
+
+def env(status: str, health: str, label: str, cname: str = "") -> dict:
+    state = {"EnvironmentName": ENV, "ApplicationName": APP, "VersionLabel": label, "Status": status, "Health": health}
+    return {**state, "CNAME": cname} if cname else state
+
+
+def expect_version(stub: Stubber, label: str, exists: bool, app_exists: bool = True) -> None:
+    stub.add_response("describe_applications", {"Applications": [{"ApplicationName": APP}] if app_exists else []},
+                      {"ApplicationNames": [APP]})
+    if not app_exists:
+        stub.add_response("create_application", {"Application": {"ApplicationName": APP}},
+                          {"ApplicationName": APP, "Description": "Visual product search"})
+    query = {"ApplicationName": APP, "VersionLabels": [label]}
+    version = {"ApplicationName": APP, "VersionLabel": label, "Status": "PROCESSED"}
+    stub.add_response("describe_application_versions", {"ApplicationVersions": [version] if exists else []}, query)
+    if not exists:
+        stub.add_response("create_application_version",
+                          {"ApplicationVersion": {**version, "Status": "PROCESSING"}},
+                          {"ApplicationName": APP, "VersionLabel": label, "Process": True,
+                           "SourceBundle": {"S3Bucket": BUCKET, "S3Key": f"bundles/{label}.zip"}})
+        stub.add_response("describe_application_versions",
+                          {"ApplicationVersions": [{**version, "Status": "PROCESSING"}]}, query)
+        stub.add_response("describe_application_versions", {"ApplicationVersions": [version]}, query)
+
+
+def expect_polls(stub: Stubber, states: list[dict]) -> None:
+    for state in states:
+        stub.add_response("describe_environments", {"Environments": [state]}, {"EnvironmentNames": [ENV]})
+
+
+def expect_existing(stub: Stubber, state: dict | None, properties: dict | None = None) -> None:
+    stub.add_response("describe_environments", {"Environments": [state] if state else []},
+                      {"ApplicationName": APP, "EnvironmentNames": [ENV], "IncludeDeleted": False})
+    if state:
+        options = [{"Namespace": deploy.ENV_NAMESPACE, "OptionName": k, "Value": v} for k, v in properties.items()]
+        stub.add_response("describe_configuration_settings", {"ConfigurationSettings": [
+            {"ApplicationName": APP, "EnvironmentName": ENV, "OptionSettings": options}]},
+            {"ApplicationName": APP, "EnvironmentName": ENV})
+
+
+def run_deploy(clients: dict, demo_index: Path, **kwargs) -> dict:
+    return deploy.deploy(demo_index / "index" / "current", BUCKET, APP, ENV, "prod", {"ADMIN_TOKEN": "t"},
+                         wait_s=30, poll_s=0, clients=clients, **kwargs)
+
+
+def test_first_deploy_on_an_empty_account(aws, demo_index: Path, live_service: str, capsys) -> None:
+    clients, stub = aws
+    label = f"{APP}-{deploy.build_bundle()[1]}"
+    expect_version(stub, label, exists=False, app_exists=False)
+    expect_existing(stub, None)
+    stub.add_response("list_platform_versions", {"PlatformSummaryList": PLATFORMS}, {"Filters": [
+        {"Type": "PlatformBranchName", "Operator": "=", "Values": [deploy.PLATFORM_BRANCH]},
+        {"Type": "PlatformStatus", "Operator": "=", "Values": ["Ready"]}]})
+    settings = deploy.environment_settings("s3://shop-search/prod", {"ADMIN_TOKEN": "t"}) + \
+        deploy.creation_settings(deploy.INSTANCE_ROLE, deploy.SERVICE_ROLE, deploy.INSTANCE_TYPE)
+    stub.add_response("create_environment", env("Launching", "Grey", label),
+                      {"ApplicationName": APP, "EnvironmentName": ENV, "VersionLabel": label,
+                       "PlatformArn": BRANCH_ARN + "4.10.1", "OptionSettings": settings})
+    expect_polls(stub, [env("Launching", "Grey", label), env("Ready", "Green", label, live_service)])
+    result = run_deploy(clients, demo_index)
+    assert result["environment"]["action"] == "created" and result["bundle"]["new_version"]
+    assert result["environment"]["platform"].endswith("/4.10.1")  # the newest, compared as numbers
+    assert result["health"]["service"]["status"] == "ok"
+    iam = clients["iam"]
+    attached = {p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=deploy.INSTANCE_ROLE)[
+        "AttachedPolicies"]}
+    assert attached == set(deploy.INSTANCE_POLICIES)
+    inline = iam.get_role_policy(RoleName=deploy.INSTANCE_ROLE, PolicyName="visual-search-artifacts")
+    assert "arn:aws:s3:::shop-search/*" in json.dumps(inline["PolicyDocument"])
+    profile = iam.get_instance_profile(InstanceProfileName=deploy.INSTANCE_ROLE)["InstanceProfile"]
+    assert [r["RoleName"] for r in profile["Roles"]] == [deploy.INSTANCE_ROLE]
+    trust = iam.get_role(RoleName=deploy.SERVICE_ROLE)["Role"]["AssumeRolePolicyDocument"]
+    assert "elasticbeanstalk.amazonaws.com" in json.dumps(trust)
+    body = clients["s3"].get_object(Bucket=BUCKET, Key=f"bundles/{label}.zip")["Body"].read()
+    assert body == deploy.build_bundle()[0]
+
+
+def test_redeploy_of_new_code_updates_and_waits_for_the_new_version(aws, demo_index: Path, live_service: str) -> None:
+    clients, stub = aws
+    label = f"{APP}-{deploy.build_bundle()[1]}"
+    expect_version(stub, label, exists=False)
+    expect_existing(stub, env("Ready", "Green", f"{APP}-old"), {"ARTIFACTS": "s3://shop-search/prod",
+                                                                 "ADMIN_TOKEN": "t"})
+    stub.add_response("update_environment", env("Updating", "Grey", f"{APP}-old"),
+                      {"ApplicationName": APP, "EnvironmentName": ENV, "VersionLabel": label,
+                       "OptionSettings": deploy.environment_settings("s3://shop-search/prod", {"ADMIN_TOKEN": "t"})})
+    # Ready and Green on the old version is not done: the update has not begun.
+    expect_polls(stub, [env("Ready", "Green", f"{APP}-old", live_service), env("Updating", "Green", label),
+                        env("Ready", "Green", label, live_service)])
+    result = run_deploy(clients, demo_index)
+    assert result["environment"] == {"action": "updated", "previous_version": f"{APP}-old"}
+    assert result["health"]["version_label"] == label
+
+
+def test_unchanged_redeploy_creates_no_version_and_changes_nothing(aws, demo_index: Path, live_service: str) -> None:
+    clients, stub = aws
+    label = f"{APP}-{deploy.build_bundle()[1]}"
+    expect_version(stub, label, exists=True)
+    expect_existing(stub, env("Ready", "Green", label), {"ARTIFACTS": "s3://shop-search/prod", "ADMIN_TOKEN": "t",
+                                                         "WEB_CONCURRENCY": "2"})
+    expect_polls(stub, [env("Ready", "Green", label, live_service)])
+    result = run_deploy(clients, demo_index)
+    assert result["environment"]["action"] == "unchanged" and not result["bundle"]["new_version"]
+    assert "Contents" not in clients["s3"].list_objects_v2(Bucket=BUCKET, Prefix="bundles/")
+
+
+def test_catalog_only_publish_touches_no_code_and_no_environment(aws, demo_index: Path, own_index: Path) -> None:
+    clients, stub = aws  # no Beanstalk response is queued: any Beanstalk call fails the test
+    first = run_deploy(clients, demo_index, artifacts_only=True)
+    version = index.run(own_index, trees=4)["version"]
+    second = deploy.deploy(own_index / "index" / "current", BUCKET, APP, ENV, "prod", artifacts_only=True,
+                           clients=clients)
+    assert set(first) == {"artifacts"} and second["artifacts"]["version"] == version != first["artifacts"]["version"]
+    pointer = clients["s3"].get_object(Bucket=BUCKET, Key="prod/CURRENT")["Body"].read().decode()
+    assert pointer == version
+    assert "Contents" not in clients["s3"].list_objects_v2(Bucket=BUCKET, Prefix="bundles/")
+
+
+def test_an_environment_that_goes_red_fails_with_its_events(aws, demo_index: Path) -> None:
+    clients, stub = aws
+    label = f"{APP}-{deploy.build_bundle()[1]}"
+    expect_version(stub, label, exists=True)
+    expect_existing(stub, env("Ready", "Green", f"{APP}-old"), {"ARTIFACTS": "s3://shop-search/prod"})
+    stub.add_response("update_environment", env("Updating", "Grey", f"{APP}-old"),
+                      {"ApplicationName": APP, "EnvironmentName": ENV, "VersionLabel": label,
+                       "OptionSettings": deploy.environment_settings("s3://shop-search/prod", {"ADMIN_TOKEN": "t"})})
+    expect_polls(stub, [env("Updating", "Grey", label), env("Ready", "Red", label)])
+    when = datetime.datetime(2026, 11, 22, 10, 0, tzinfo=datetime.UTC)
+    stub.add_response("describe_events", {"Events": [
+        {"EventDate": when, "Severity": "ERROR", "Message": "Instance deployment failed. For details, see "
+                                                            "'eb-engine.log'."},
+        {"EventDate": when, "Severity": "WARN", "Message": "Environment health has transitioned to Severe."}]},
+        {"EnvironmentName": ENV, "StartTime": ANY, "MaxRecords": deploy.EVENTS_SHOWN})
+    with pytest.raises(deploy.DeployError) as error:
+        run_deploy(clients, demo_index)
+    message = str(error.value)
+    assert "went Red" in message and "Instance deployment failed" in message and "Severe" in message
+    assert message.index("Severe") < message.index("Instance deployment failed")  # oldest first
+    assert "--version-label <previous label>" in message
+
+
+def test_timeout_names_the_state_and_events(aws) -> None:
+    _, stub = aws
+    expect_polls(stub, [env("Launching", "Grey", "v1")])
+    stub.add_response("describe_events", {"Events": []}, {"EnvironmentName": ENV, "StartTime": ANY,
+                                                          "MaxRecords": deploy.EVENTS_SHOWN})
+    with pytest.raises(deploy.DeployError, match=r"did not become Ready and Green within 0 s \(last: Launching"):
+        deploy.wait_until_healthy(aws[0]["elasticbeanstalk"], ENV, "v1", wait_s=0, poll_s=0)
