@@ -27,7 +27,8 @@ def health():  # noqa: ANN201
         return jsonify(body), 503
     return jsonify({"status": "ok", "version": searcher.version, "items": len(searcher.items),
                     "encoder": searcher.manifest["encoder"], "dim": searcher.manifest["dim"],
-                    "worker": os.getpid(), "refused": holder.refused})
+                    "worker": os.getpid(), "loaded_at": round(holder.loaded_at, 3),
+                    "load_seconds": round(holder.load_seconds, 3), "refused": holder.refused})
 
 
 @bp.get("/metrics")

@@ -65,6 +65,7 @@ class SearcherHolder:
         self.error: str | None = None  # why nothing is served yet
         self.refused: dict | None = None  # the newest version offered, when it could not be loaded
         self.loaded_at = 0.0
+        self.load_seconds = 0.0  # how long the last successful load took (fetch, verify, warm up)
         self.location = config["ARTIFACTS"]
         self.marker = Path(config["ARTIFACTS_CACHE"]) / "reload.json"
         self._pointer: str | None = None
@@ -100,10 +101,11 @@ class SearcherHolder:
     def load(self, location: str) -> Searcher:
         """Fetch (from S3 if needed), verify, load and warm up an index, then make it current."""
         with self._load_lock:
+            started = time.perf_counter()
             searcher = Searcher(local_folder(location, Path(self.config["ARTIFACTS_CACHE"])))
             searcher.warm_up()
             self.searcher, self.error, self.refused, self.loaded_at = searcher, None, None, time.time()
-            self.location = location
+            self.location, self.load_seconds = location, time.perf_counter() - started
         metrics.serving(len(searcher.items))
         log.info("serving index %s (%d items, %s) from %s", searcher.version, len(searcher.items),
                  searcher.manifest["encoder"], location)
