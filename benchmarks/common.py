@@ -63,6 +63,17 @@ def timed(url: str, body: bytes | None = None, content_type: str | None = None,
     return time.perf_counter() - started, status
 
 
+def http_json(url: str, data: bytes | None = None, headers: dict | None = None,
+              timeout: float = 30) -> tuple[int, dict]:
+    """Send one request with urllib (which sends the whole body before reading); return (status, JSON body)."""
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
 class Load:
     """Client threads sending requests in a loop (each on a new connection) until stopped; keeps every status.
 

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.common import free_port, multipart, start_gunicorn, stop
+from benchmarks.common import http_json as http
 from pipeline import index
 from runtime.storage import s3_client
 from service import create_app
@@ -22,15 +23,6 @@ from service.searcher import Searcher
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run"]
-
-
-def http(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=data, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 @pytest.fixture()
