@@ -66,7 +66,8 @@ class SearcherHolder:
         self.refused: dict | None = None  # the newest version offered, when it could not be loaded
         self.loaded_at = 0.0
         self.load_seconds = 0.0  # how long the last successful load took (fetch, verify, warm up)
-        self.location = config["ARTIFACTS"]
+        self.configured = config["ARTIFACTS"]  # as deployed; an admin reload changes `location`, not this
+        self.location = self.configured
         self.marker = Path(config["ARTIFACTS_CACHE"]) / "reload.json"
         self._pointer: str | None = None
         self._marker_seen = 0.0
@@ -88,7 +89,7 @@ class SearcherHolder:
         marker = self._read_marker()
         if marker:
             self._marker_seen = marker["at"]
-            if marker.get("configured") == self.config["ARTIFACTS"]:
+            if marker.get("configured") == self.configured:
                 self.location = marker["artifacts"]
         self._pointer = self._safe_pointer(self.location)  # before loading: a change during the load is seen
         try:
@@ -152,7 +153,7 @@ class SearcherHolder:
         self._marker_seen = now
         self._pointer = self._safe_pointer(location)
         payload = json.dumps({"artifacts": location, "at": now, "by": os.getpid(),
-                              "configured": self.config["ARTIFACTS"]}).encode()
+                              "configured": self.configured}).encode()
         storage.atomic_write_bytes(self.marker, payload)
 
     def get(self) -> Searcher:
