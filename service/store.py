@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from runtime import artifacts, storage
 from runtime.layout import MANIFEST, S3_POINTER
 
 log = logging.getLogger(__name__)
+KEEP_VERSIONS = 3  # cached index versions kept per S3 prefix: the one being loaded and the two before it
 
 
 def fetch_s3(uri: str, cache_dir: Path) -> Path:
@@ -54,7 +56,26 @@ def fetch_s3(uri: str, cache_dir: Path) -> Path:
         os.replace(tmp, target)
     storage.atomic_write_bytes(local / MANIFEST, manifest_bytes)
     log.info("fetched %s (%d files) into %s", uri, len(manifest.get("files", {})), local)
+    prune_cache(local)
     return local
+
+
+def prune_cache(current: Path, keep: int = KEEP_VERSIONS) -> list[Path]:
+    """Delete cached versions beside `current` but the `keep` most recently fetched (current among them).
+
+    Each catalog publish adds a full version to every instance's cache; without pruning the disk fills. A few are
+    kept because another worker of the instance may still be serving (memory-mapping) an older one.
+
+    Returns:
+        The folders removed.
+    """
+    versions = [p for p in current.parent.iterdir() if p.is_dir() and (p / MANIFEST).is_file() and p != current]
+    versions.sort(key=lambda p: (p / MANIFEST).stat().st_mtime, reverse=True)
+    removed = versions[keep - 1:]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info("removed %s from the artifacts cache (keeping the %d newest versions)", folder, keep)
+    return removed
 
 
 def local_folder(location: str, cache_dir: Path) -> Path:

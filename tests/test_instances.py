@@ -96,6 +96,7 @@ def test_a_published_catalog_reaches_every_instance_under_load(two_instances, ow
     with Load(requests, clients=4) as load:
         time.sleep(6 * CHECK_S)
     states = [health(b) for b in bases]
+    print(f"tampered version {bad}: requests {load.counts()}, refused: {[s['refused']['error'][:80] for s in states]}")
     for state in states:
         assert state["version"] == second
         assert state["refused"]["artifacts"] == f"s3://{BUCKET}/{PREFIX}"

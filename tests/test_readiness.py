@@ -79,6 +79,7 @@ def test_requests_fired_at_the_first_health_200_all_succeed(slow_server, own_ind
         pids = wait_for_workers(base, 2, 120, process)
         time.sleep(1)
     text = log.read_text()
+    print(f"\nfrom the first 200 of /health until both workers served: {load.counts()}")
     assert "WORKER TIMEOUT" not in text  # the boot heartbeat kept the loading worker alive past the 4 s timeout
     assert len(pids) == 2 and len(load.statuses) >= 20, (load.counts(), text[-2000:])
     assert load.counts() == {200: len(load.statuses)}, load.counts()
@@ -98,6 +99,7 @@ def test_a_killed_worker_is_replaced_without_a_503(slow_server, own_index: Path)
         replaced = _wait_for_new_worker(base, pids, process)
         time.sleep(1)
     counts = load.counts()
+    print(f"\nkill -9 of one of 2 workers under load, until its replacement served: {counts} (0: connection lost)")
     assert replaced not in pids and killed_at > 0
     assert 503 not in counts, counts
     # Only the connections in flight on the killed worker may be lost: at most one per client.

@@ -314,3 +314,21 @@ class _static_server:  # noqa: N801 - used as a context manager
 
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
+
+
+def test_the_artifacts_cache_keeps_the_newest_versions(tmp_path: Path) -> None:
+    import os
+
+    from service.store import KEEP_VERSIONS, prune_cache
+
+    prefix = tmp_path / "bucket" / "prod"
+    for age, name in enumerate(["v5", "v4", "v3", "v2", "v1"]):
+        (prefix / name).mkdir(parents=True)
+        (prefix / name / "manifest.json").write_text("{}")
+        os.utime(prefix / name / "manifest.json", (1e9 - age * 60, 1e9 - age * 60))
+    (prefix / "not-a-version").mkdir()
+    os.utime(prefix / "v1" / "manifest.json", (1e9 + 60, 1e9 + 60))  # just fetched (the newest), e.g. a rollback
+    removed = prune_cache(prefix / "v1")
+    assert KEEP_VERSIONS == 3
+    assert sorted(p.name for p in removed) == ["v2", "v3"]
+    assert sorted(p.name for p in prefix.iterdir()) == ["not-a-version", "v1", "v4", "v5"]
