@@ -237,8 +237,13 @@ def wait_until_healthy(eb, environment: str, label: str | None, wait_s: float, p
         on_version = label is None or state["version_label"] == label
         if state["status"] == "Ready" and state["health"] == "Green" and on_version:
             if state["cname"]:
-                with urllib.request.urlopen(f"http://{state['cname']}/health", timeout=30) as response:
-                    state["service"] = json.loads(response.read())
+                url = f"http://{state['cname']}/health"
+                try:
+                    with urllib.request.urlopen(url, timeout=30) as response:
+                        state["service"] = json.loads(response.read())
+                except (OSError, ValueError) as exc:
+                    raise DeployError(f"{environment} is Ready and Green but {url} failed ({exc}); a new environment's "
+                                      f"DNS name can take a minute to resolve: try `curl {url}`") from None
             return state
         if state["status"] == "Ready" and state["health"] == "Red":
             problem = "went Red"

@@ -214,12 +214,15 @@ def test_unchanged_redeploy_creates_no_version_and_changes_nothing(aws, demo_ind
     assert "Contents" not in clients["s3"].list_objects_v2(Bucket=BUCKET, Prefix="bundles/")
 
 
-def test_catalog_only_publish_touches_no_code_and_no_environment(aws, demo_index: Path, own_index: Path) -> None:
+def test_catalog_only_publish_touches_no_code_and_no_environment(aws, demo_index: Path, own_index: Path,
+                                                                capsys) -> None:
     clients, stub = aws  # no Beanstalk response is queued: any Beanstalk call fails the test
     first = run_deploy(clients, demo_index, artifacts_only=True)
     version = index.run(own_index, trees=4)["version"]
-    second = deploy.deploy(own_index / "index" / "current", BUCKET, APP, ENV, "prod", artifacts_only=True,
-                           clients=clients)
+    deploy.main(["--artifacts", str(own_index / "index" / "current"), "--bucket", BUCKET, "--prefix", "prod",
+                 "--artifacts-only"])  # the command a merchandiser runs; it makes its own clients (moto's, here)
+    out = capsys.readouterr().out
+    second = json.loads(out[out.index("\n{") + 1:])
     assert set(first) == {"artifacts"} and second["artifacts"]["version"] == version != first["artifacts"]["version"]
     pointer = clients["s3"].get_object(Bucket=BUCKET, Key="prod/CURRENT")["Body"].read().decode()
     assert pointer == version
