@@ -26,13 +26,30 @@ import hashlib
 import io
 import json
 import sys
-import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 from runtime import artifacts, storage
 from runtime.layout import MANIFEST, S3_POINTER
+from scripts.beanstalk import (
+    ENV_NAMESPACE,
+    INSTANCE_POLICIES,
+    INSTANCE_ROLE,
+    INSTANCE_TYPE,
+    PLATFORM_BRANCH,
+    SERVICE_POLICIES,
+    SERVICE_ROLE,
+    DeployError,
+    bucket_read_policy,
+    creation_settings,
+    current_properties,
+    ensure_role,
+    ensure_version,
+    live_environment,
+    newest_platform,
+    wait_until_healthy,
+    wait_until_ready,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # The service and the runtime layer it imports; never the pipeline's stages, data or models.
@@ -41,20 +58,6 @@ BUNDLE_DIRS = ("runtime", "service", ".platform", ".ebextensions")
 BUNDLE_SKIP = ("__pycache__", ".pyc")
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)
 
-PLATFORM_BRANCH = "Python 3.11 running on 64bit Amazon Linux 2023"
-# 2 workers serving the default extractor (BiT-M R50x3: 3.33 GiB measured) plus a 1M-product index (2.6 GiB): README.
-INSTANCE_TYPE = "t3.large"
-INSTANCE_ROLE = "aws-elasticbeanstalk-ec2-role"  # the names Beanstalk's console uses
-SERVICE_ROLE = "aws-elasticbeanstalk-service-role"
-INSTANCE_POLICIES = ("arn:aws:iam::aws:policy/AWSElasticBeanstalkWebTier",)
-SERVICE_POLICIES = ("arn:aws:iam::aws:policy/service-role/AWSElasticBeanstalkEnhancedHealth",
-                    "arn:aws:iam::aws:policy/AWSElasticBeanstalkManagedUpdatesCustomerRolePolicy")
-ENV_NAMESPACE = "aws:elasticbeanstalk:application:environment"
-EVENTS_SHOWN = 15
-
-
-class DeployError(RuntimeError):
-    """A deployment step failed; the message says what happened and what to do."""
 
 
 def upload_artifacts(folder: Path, bucket: str, prefix: str, client=None) -> dict:
@@ -110,154 +113,6 @@ def environment_settings(artifacts_uri: str, extra: dict[str, str]) -> list[dict
     """Beanstalk option settings that set the service's environment properties."""
     values = {"ARTIFACTS": artifacts_uri, **extra}
     return [{"Namespace": ENV_NAMESPACE, "OptionName": k, "Value": v} for k, v in values.items()]
-
-
-def newest_platform(eb, branch: str = PLATFORM_BRANCH) -> str:
-    """Return the ARN of the newest Ready platform version on `branch` (AWS retires old ones)."""
-    filters = [{"Type": "PlatformBranchName", "Operator": "=", "Values": [branch]},
-               {"Type": "PlatformStatus", "Operator": "=", "Values": ["Ready"]}]
-    found = []
-    for page in eb.get_paginator("list_platform_versions").paginate(Filters=filters):
-        found += page["PlatformSummaryList"]
-    if not found:
-        raise DeployError(f"no Ready platform version on the branch {branch!r} in this region; "
-                          "pass one with --platform (aws elasticbeanstalk list-platform-versions lists them)")
-
-    def key(summary: dict) -> tuple[int, ...]:
-        return tuple(int(part) for part in summary["PlatformVersion"].split(".") if part.isdigit())
-
-    return max(found, key=key)["PlatformArn"]
-
-
-def ensure_role(iam, role: str, service: str, policies: tuple[str, ...], inline: dict | None = None,
-                profile: bool = False, external_id: str | None = None) -> str:
-    """Return the role's name, creating it (trusting `service`, with `policies`) and its instance profile if absent."""
-    statement = {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
-    if external_id:
-        statement["Condition"] = {"StringEquals": {"sts:ExternalId": external_id}}
-    try:
-        iam.get_role(RoleName=role)
-    except iam.exceptions.NoSuchEntityException:
-        iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17",
-                                                                            "Statement": [statement]}),
-                        Description="Created by visual-search's deploy.py for Elastic Beanstalk")
-        print(f"deploy: created IAM role {role}", flush=True)
-    for arn in policies:
-        iam.attach_role_policy(RoleName=role, PolicyArn=arn)  # idempotent
-    if inline:
-        iam.put_role_policy(RoleName=role, PolicyName="visual-search-artifacts", PolicyDocument=json.dumps(inline))
-    if profile:
-        try:
-            existing = iam.get_instance_profile(InstanceProfileName=role)["InstanceProfile"]
-        except iam.exceptions.NoSuchEntityException:
-            existing = iam.create_instance_profile(InstanceProfileName=role)["InstanceProfile"]
-        if role not in {r["RoleName"] for r in existing.get("Roles", [])}:
-            iam.add_role_to_instance_profile(InstanceProfileName=role, RoleName=role)
-    return role
-
-
-def bucket_read_policy(bucket: str) -> dict:
-    """Read access to the artifacts bucket: what an instance needs to fetch and watch its index."""
-    return {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": f"arn:aws:s3:::{bucket}/*"},
-        {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{bucket}"}]}
-
-
-def creation_settings(instance_profile: str, service_role: str, instance_type: str) -> list[dict]:
-    """Settings only a new environment gets from the command line (the rest is in .ebextensions/)."""
-    return [{"Namespace": "aws:autoscaling:launchconfiguration", "OptionName": "IamInstanceProfile",
-             "Value": instance_profile},
-            {"Namespace": "aws:elasticbeanstalk:environment", "OptionName": "ServiceRole", "Value": service_role},
-            {"Namespace": "aws:ec2:instances", "OptionName": "InstanceTypes", "Value": instance_type}]
-
-
-def ensure_version(eb, s3, bucket: str, application: str, bundle: bytes, label: str, wait_s: float,
-                   poll_s: float) -> bool:
-    """Create the application (if new) and version `label` from `bundle` unless it exists; return True if created."""
-    if not eb.describe_applications(ApplicationNames=[application])["Applications"]:
-        eb.create_application(ApplicationName=application, Description="Visual product search")
-    if eb.describe_application_versions(ApplicationName=application, VersionLabels=[label])["ApplicationVersions"]:
-        return False
-    key = f"bundles/{label}.zip"
-    s3.put_object(Bucket=bucket, Key=key, Body=bundle)
-    eb.create_application_version(ApplicationName=application, VersionLabel=label, Process=True,
-                                  SourceBundle={"S3Bucket": bucket, "S3Key": key})
-    deadline = time.monotonic() + wait_s
-    while True:
-        version = eb.describe_application_versions(ApplicationName=application,
-                                                   VersionLabels=[label])["ApplicationVersions"][0]
-        if version["Status"] == "PROCESSED":
-            return True
-        if version["Status"] == "FAILED":
-            raise DeployError(f"Beanstalk could not process the bundle {label} (its .ebextensions/ or Procfile); "
-                              "see the application's events in the console")
-        if time.monotonic() > deadline:
-            raise DeployError(f"the application version {label} was still {version['Status']} after {wait_s:.0f} s")
-        time.sleep(poll_s)
-
-
-def live_environment(eb, application: str, environment: str) -> dict | None:
-    """Return the environment's description, or None when it does not exist (or is terminated)."""
-    found = eb.describe_environments(ApplicationName=application, EnvironmentNames=[environment],
-                                     IncludeDeleted=False)["Environments"]
-    live = [e for e in found if e["Status"] not in ("Terminated", "Terminating")]
-    return live[0] if live else None
-
-
-def current_properties(eb, application: str, environment: str) -> dict[str, str]:
-    """The environment properties an environment runs with now."""
-    settings = eb.describe_configuration_settings(ApplicationName=application,
-                                                  EnvironmentName=environment)["ConfigurationSettings"][0]
-    return {o["OptionName"]: o.get("Value", "") for o in settings.get("OptionSettings", [])
-            if o["Namespace"] == ENV_NAMESPACE}
-
-
-def recent_events(eb, environment: str, since: dt.datetime) -> list[str]:
-    """The environment's events since `since`, oldest first, one line each."""
-    events = eb.describe_events(EnvironmentName=environment, StartTime=since, MaxRecords=EVENTS_SHOWN)["Events"]
-    return [f"  {e['EventDate']:%H:%M:%S} {e['Severity']}: {e['Message']}" for e in reversed(events)]
-
-
-def wait_until_healthy(eb, environment: str, label: str | None, wait_s: float, poll_s: float,
-                       since: dt.datetime | None = None) -> dict:
-    """Poll until Beanstalk says Ready and Green on version `label`, then check the service's /health.
-
-    Raises:
-        DeployError: the environment went Red or did not get there within `wait_s`; the message holds its events.
-    """
-    since = since or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    deadline = time.monotonic() + wait_s
-    state: dict = {}
-    while True:
-        env = eb.describe_environments(EnvironmentNames=[environment])["Environments"][0]
-        state = {"status": env["Status"], "health": env.get("Health"), "version_label": env.get("VersionLabel"),
-                 "cname": env.get("CNAME", "")}
-        print(f"deploy: {environment}: {state['status']}, health {state['health']}, version "
-              f"{state['version_label']}", flush=True)
-        on_version = label is None or state["version_label"] == label
-        if state["status"] == "Ready" and state["health"] == "Green" and on_version:
-            if state["cname"]:
-                url = f"http://{state['cname']}/health"
-                try:
-                    with urllib.request.urlopen(url, timeout=30) as response:
-                        state["service"] = json.loads(response.read())
-                except (OSError, ValueError) as exc:
-                    raise DeployError(f"{environment} is Ready and Green but {url} failed ({exc}); a new environment's "
-                                      f"DNS name can take a minute to resolve: try `curl {url}`") from None
-            return state
-        if state["status"] == "Ready" and state["health"] == "Red":
-            problem = "went Red"
-            break
-        if time.monotonic() > deadline:
-            problem = f"did not become Ready and Green within {wait_s:.0f} s"
-            break
-        time.sleep(poll_s)
-    events = recent_events(eb, environment, since)
-    raise DeployError(f"{environment} {problem} (last: {state['status']}, health {state['health']}, version "
-                      f"{state['version_label']}). Recent events:\n" + "\n".join(events or ["  (none)"]) +
-                      "\nFix what the events name, or roll back with: aws elasticbeanstalk update-environment "
-                      f"--environment-name {environment} --version-label <previous label>; the instances' logs: aws "
-                      f"elasticbeanstalk request-environment-info --environment-name {environment} --info-type tail")
 
 
 def deploy(artifacts_dir: Path, bucket: str, application: str, environment: str, prefix: str = "artifacts",
@@ -329,15 +184,6 @@ def deploy(artifacts_dir: Path, bucket: str, application: str, environment: str,
             result["environment"] = {"action": "updated", "previous_version": existing.get("VersionLabel")}
     result["health"] = wait_until_healthy(eb, environment, label, wait_s, poll_s, since=started)
     return result
-
-
-def wait_until_ready(eb, environment: str, wait_s: float, poll_s: float) -> None:
-    """Wait until an environment is no longer launching or updating."""
-    deadline = time.monotonic() + wait_s
-    while eb.describe_environments(EnvironmentNames=[environment])["Environments"][0]["Status"] != "Ready":
-        if time.monotonic() > deadline:
-            raise DeployError(f"{environment} stayed busy for {wait_s:.0f} s; try again when it is Ready")
-        time.sleep(poll_s)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ from botocore.stub import ANY, Stubber
 
 from benchmarks.common import load_script
 from pipeline import index
+from scripts import beanstalk
 
 deploy = load_script("deploy")
 # What the pipeline needs and the service must not: the bundle installs requirements.txt only.
@@ -243,7 +244,7 @@ def test_an_environment_that_goes_red_fails_with_its_events(aws, demo_index: Pat
         {"EventDate": when, "Severity": "ERROR", "Message": "Instance deployment failed. For details, see "
                                                             "'eb-engine.log'."},
         {"EventDate": when, "Severity": "WARN", "Message": "Environment health has transitioned to Severe."}]},
-        {"EnvironmentName": ENV, "StartTime": ANY, "MaxRecords": deploy.EVENTS_SHOWN})
+        {"EnvironmentName": ENV, "StartTime": ANY, "MaxRecords": beanstalk.EVENTS_SHOWN})
     with pytest.raises(deploy.DeployError) as error:
         run_deploy(clients, demo_index)
     message = str(error.value)
@@ -256,6 +257,6 @@ def test_timeout_names_the_state_and_events(aws) -> None:
     _, stub = aws
     expect_polls(stub, [env("Launching", "Grey", "v1")])
     stub.add_response("describe_events", {"Events": []}, {"EnvironmentName": ENV, "StartTime": ANY,
-                                                          "MaxRecords": deploy.EVENTS_SHOWN})
+                                                          "MaxRecords": beanstalk.EVENTS_SHOWN})
     with pytest.raises(deploy.DeployError, match=r"did not become Ready and Green within 0 s \(last: Launching"):
         deploy.wait_until_healthy(aws[0]["elasticbeanstalk"], ENV, "v1", wait_s=0, poll_s=0)
