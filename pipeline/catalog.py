@@ -37,17 +37,26 @@ def catalog_inputs(layout: Layout) -> tuple[pd.DataFrame, list[str], list[str]]:
     return catalog, catalog["sha256"].tolist(), paths
 
 
-def holdout_split(rows: list[dict], fraction: float, column: str, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Split rows into kept and held out, `fraction` of each label's rows held out (labels with one row stay)."""
+def holdout_rows(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split row numbers into kept and held out, `fraction` of each label's rows held out (labels with one row stay).
+
+    Works on the label array alone (no object per row), so a million-row catalog splits in well under a second.
+    """
     if not 0 < fraction < 1:
         raise ValueError(f"holdout fraction must be between 0 and 1, got {fraction}")
     rng = np.random.default_rng(seed)
-    by_label: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        by_label.setdefault(row.get(column, ""), []).append(i)
-    held: set[int] = set()
-    for label in sorted(by_label):
-        members = by_label[label]
+    _, codes = np.unique(np.asarray(labels), return_inverse=True)
+    order = np.argsort(codes, kind="stable")  # rows of each label together, ascending within it
+    held = []
+    for members in np.split(order, np.flatnonzero(np.diff(codes[order])) + 1):
         n = int(round(len(members) * fraction)) if len(members) > 1 else 0
-        held.update(rng.permutation(members)[: min(n, len(members) - 1)].tolist())
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+        held.append(rng.permutation(members)[: min(n, len(members) - 1)])
+    is_held = np.zeros(len(codes), bool)
+    is_held[np.concatenate(held) if held else []] = True
+    return np.flatnonzero(~is_held), np.flatnonzero(is_held)
+
+
+def holdout_split(rows: list[dict], fraction: float, column: str, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Split rows into kept and held out, `fraction` of each label's rows held out (labels with one row stay)."""
+    kept, held = holdout_rows(np.array([str(row.get(column, "")) for row in rows]), fraction, seed)
+    return [rows[i] for i in kept], [rows[i] for i in held]

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import autoencoder, cli, plots
-from pipeline.catalog import catalog_inputs, holdout_split
+from pipeline.catalog import catalog_inputs, holdout_rows
 from pipeline.encoders import DEFAULT_ENCODER, load_encoder
 from pipeline.export import export
-from pipeline.features import FeatureCache, catalog_features
+from pipeline.feature_cache import FeatureCache
+from pipeline.features import fill_cache
 from pipeline.head import build_head, train_head
 from runtime import storage
 from runtime.layout import AUTOENCODER_CURVES, AUTOENCODER_WEIGHTS, HISTORY, LABELS, TRAINING_CURVES, Layout
@@ -60,14 +61,20 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
         plots.training_curves(ae_history, layout.model / AUTOENCODER_CURVES, "auto-encoder reconstruction")
     backbone = load_encoder(encoder, encoder_weights)
     cache = FeatureCache(layout.features(backbone.fingerprint))
-    features, computed = catalog_features(cache, keys, paths, backbone)
+    computed, failed = fill_cache(cache, keys, paths, backbone)
+    if failed:  # the catalog changed since acquire verified it; train on what can be read
+        readable = ~np.isin(np.asarray(keys), list(failed))
+        catalog = catalog[readable].reset_index(drop=True)
+        keys = catalog["sha256"].tolist()
+        log.warning("finetune: %d image(s) could not be read and were left out of training", len(failed))
     summary = {"encoder": encoder, "encoder_weights": encoder_weights, "encoder_fingerprint": backbone.fingerprint,
-               "products": len(keys), "backbone_images_computed": computed, "feature_dim": backbone.feature_dim}
+               "products": len(keys), "backbone_images_computed": computed, "unreadable_images": len(failed),
+               "feature_dim": backbone.feature_dim}
     if no_finetune:
         _, head = build_head(backbone.feature_dim, None, 0)
         info = {"finetuned": False}
     else:
-        head, info = _train(catalog, features, label_column, dim, val_split, epochs, seed, layout)
+        head, info = _train(catalog, cache, keys, label_column, dim, val_split, epochs, seed, layout)
     summary.update(info)
     export(backbone, head, layout.extractor, info)
     summary["seconds"] = round(time.perf_counter() - started, 1)
@@ -75,8 +82,8 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
     return summary
 
 
-def _train(catalog: pd.DataFrame, features: np.ndarray, label_column: str, dim: int, val_split: float, epochs: int,
-           seed: int, layout: Layout) -> tuple[object, dict]:
+def _train(catalog: pd.DataFrame, cache: FeatureCache, keys: list[str], label_column: str, dim: int,
+           val_split: float, epochs: int, seed: int, layout: Layout) -> tuple[object, dict]:
     """Split, train the head, and write its labels, history and curves."""
     if label_column not in catalog.columns:
         raise ValueError(f"--label-column {label_column!r} is not a catalog column; columns: {list(catalog.columns)}")
@@ -84,11 +91,8 @@ def _train(catalog: pd.DataFrame, features: np.ndarray, label_column: str, dim: 
     if len(classes) < 2:
         raise ValueError(f"--label-column {label_column!r} has {len(classes)} distinct value(s); a classification "
                          "head needs at least two (or use --no-finetune)")
-    rows = [{"row": i, "label": labels[i]} for i in range(len(labels))]
-    fit_rows, val_rows = holdout_split(rows, val_split, "label", seed) if val_split else (rows, [])
-    fit = np.array([r["row"] for r in fit_rows], dtype=int)
-    val = np.array([r["row"] for r in val_rows], dtype=int)
-    head, history = train_head(features, labels, fit, val, dim, epochs=epochs, seed=seed)
+    fit, val = holdout_rows(labels, val_split, seed) if val_split else (np.arange(len(labels)), np.array([], int))
+    head, history = train_head(cache, keys, labels, fit, val, dim, epochs=epochs, seed=seed)
     storage.write_json(layout.model / HISTORY, history)
     storage.write_json(layout.model / LABELS, {"label_column": label_column, "classes": classes.tolist()})
     plots.training_curves(history, layout.model / TRAINING_CURVES,

@@ -21,13 +21,14 @@ from pipeline import cli
 from pipeline.catalog import load_catalog
 from pipeline.thumbnails import build_thumbnails
 from runtime import artifacts, storage
-from runtime.embeddings import load_embeddings
+from runtime.embeddings import iter_shards
 from runtime.layout import (
     EXTRACTOR_CONFIG,
     EXTRACTOR_DIR,
     INDEX_FILE,
     ITEMS_FILE,
     MANIFEST,
+    VECTORIZE_REJECTS_CSV,
     VECTORS_FILE,
     Layout,
     thumbnail_name,
@@ -124,19 +125,22 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
 
     layout = Layout(Path(data_dir))
     catalog = load_catalog(layout)
-    vectors = load_embeddings(data_dir)
+    if not layout.embeddings_summary.is_file():
+        raise FileNotFoundError(f"no embeddings in {layout.embeddings}; run `python -m pipeline vectorize` first")
     extractor_config = storage.read_json(layout.extractor / EXTRACTOR_CONFIG)
     embeddings_summary = storage.read_json(layout.embeddings_summary)
-    if len(vectors) != len(catalog):
-        raise ValueError(f"{len(vectors)} embeddings for {len(catalog)} catalog rows; re-run vectorize")
+    if embeddings_summary["rows"] != len(catalog):
+        raise ValueError(f"{embeddings_summary['rows']} embeddings for {len(catalog)} catalog rows; re-run vectorize")
     if embeddings_summary["export_id"] != extractor_config["export_id"]:
         raise ValueError("the embeddings were made by another extractor than model/extractor; re-run vectorize")
-    n, dim = vectors.shape
     now = datetime.now(UTC)
     version = now.strftime("%Y%m%dT%H%M%S") + f"-{now.microsecond:06d}"
     staging = layout.index / f".tmp-{version}"
     staging.mkdir(parents=True)
     started = time.perf_counter()
+    vectors, readable = _stream_vectors(data_dir, staging / VECTORS_FILE, embeddings_summary)
+    catalog = catalog[readable].reset_index(drop=True)  # dense ids: the readable rows, in catalog order
+    n, dim = vectors.shape
     index = AnnoyIndex(dim, METRIC)
     on_disk = n * dim > ON_DISK_ABOVE
     if on_disk:
@@ -154,7 +158,7 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     chosen, table = (search_k, []) if search_k else tune_search_k(index, vectors, trees, target=target_recall)
     exact_ms = exact_ms_per_query(vectors)
     index.unload()
-    np.save(staging / VECTORS_FILE, vectors.astype(np.float32, copy=False))
+    del vectors  # the memory map of vectors.npy, complete since _stream_vectors flushed it
     images = dict(zip(catalog["sha256"], (layout.catalog / p for p in catalog["image"]), strict=True))
     build_thumbnails(images, layout.thumbs_cache, staging)
     with open(staging / ITEMS_FILE, "w", encoding="utf-8") as fh:
@@ -167,6 +171,7 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         "dim": dim, "metric": METRIC, "n_trees": trees, "search_k": chosen, "target_recall": target_recall,
         "search_k_measurements": table, "exact_ms_per_query": exact_ms,
         "strategy": choose_strategy(table, exact_ms), "rerank": "exact cosine with vectors.npy", "count": n,
+        "unreadable_rows": int((~readable).sum()),
         "categories": int(catalog["category"].nunique()),
         "build_seconds": round(build_s, 2), "index_bytes": (staging / INDEX_FILE).stat().st_size,
         "build_peak_rss_mb": _peak_rss_mb(), "source": _catalog_source(layout),
@@ -179,6 +184,30 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     _prune(layout, keep)
     log.info("index %s: %d items, %d trees, search_k %d, %.1f s", version, n, trees, chosen, build_s)
     return manifest
+
+
+def _stream_vectors(data_dir: Path, path: Path, summary: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Copy the readable rows of every shard into `path` (.npy) one shard at a time; return it memory-mapped (read
+    only) and the readable-row mask of the catalog."""
+    layout = Layout(Path(data_dir))
+    readable = np.ones(summary["rows"], bool)
+    for i in range(summary["shards"]):
+        for missing in storage.read_json(layout.shard_stamp(i)).get("missing", []):
+            readable[missing["row"]] = False
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(int(readable.sum()), summary["dim"]))
+    at = 0
+    for start, vectors, ok in iter_shards(data_dir):
+        if not np.array_equal(ok, readable[start:start + len(ok)]):
+            raise ValueError(f"{layout.embeddings} changed while it was read; re-run index")
+        out[at:at + ok.sum()] = vectors[ok]
+        at += int(ok.sum())
+    out.flush()
+    del out
+    storage.make_readable(path)
+    if len(readable) - readable.sum():
+        log.warning("index: %d catalog row(s) left out: their images could not be read (catalog/%s)",
+                    len(readable) - readable.sum(), VECTORIZE_REJECTS_CSV)
+    return np.load(path, mmap_mode="r"), readable
 
 
 def _catalog_source(layout: Layout) -> str | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 CATALOG_DIR = "catalog"
 CATALOG_CSV = "catalog.csv"
 REJECTS_CSV = "rejects.csv"
+VECTORIZE_REJECTS_CSV = "vectorize_rejects.csv"  # written by vectorize: images it could not read
 QUERIES_CSV = "queries.csv"
 CATALOG_SUMMARY = "summary.json"
 IMAGES_DIR = "images"
@@ -20,8 +21,9 @@ IMAGES_DIR = "images"
 # cache/: kept between runs, safe to delete
 CACHE_DIR = "cache"
 FEATURES_DIR = "features"
-FEATURE_PART = "part-{stamp:020d}-{digest}.npz"
-FEATURE_PARTS = "part-*.npz"
+FEATURE_PART = "part-{digest}.npy"  # float32 [n, F] ...
+FEATURE_KEYS_SUFFIX = ".keys"  # ... and beside it the n image sha256s (64 bytes each), written last
+FEATURE_PARTS = "part-*"
 THUMBS_DIR = "thumbs"  # also inside every index folder
 S3_MIRROR_DIR = "s3"
 KAGGLE_DIR = "kaggle"
@@ -66,7 +68,8 @@ EVAL_QUERIES_DIR = "queries"  # the query source acquired like a catalog: a data
 
 # Every path a run may write under a data dir, as glob patterns (data/README.md lists each one).
 WRITTEN = (
-    f"{CATALOG_DIR}/{CATALOG_CSV}", f"{CATALOG_DIR}/{REJECTS_CSV}", f"{CATALOG_DIR}/{QUERIES_CSV}",
+    f"{CATALOG_DIR}/{CATALOG_CSV}", f"{CATALOG_DIR}/{REJECTS_CSV}", f"{CATALOG_DIR}/{VECTORIZE_REJECTS_CSV}",
+    f"{CATALOG_DIR}/{QUERIES_CSV}",
     f"{CATALOG_DIR}/{CATALOG_SUMMARY}", f"{CATALOG_DIR}/{IMAGES_DIR}/*/*.jpg",
     f"{CACHE_DIR}/{FEATURES_DIR}/*/{FEATURE_PARTS}", f"{CACHE_DIR}/{THUMBS_DIR}/*.jpg",
     f"{CACHE_DIR}/{S3_MIRROR_DIR}/*", f"{CACHE_DIR}/{KAGGLE_DIR}/*",
@@ -104,6 +107,10 @@ class Layout:
     @property
     def rejects_csv(self) -> Path:
         return self.catalog / REJECTS_CSV
+
+    @property
+    def vectorize_rejects_csv(self) -> Path:
+        return self.catalog / VECTORIZE_REJECTS_CSV
 
     @property
     def queries_csv(self) -> Path:

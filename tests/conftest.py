@@ -45,6 +45,19 @@ def tiny_hub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def built(sample_catalog: Path, tiny_hub_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir taken through acquire (20% held out), finetune (hub encoder), vectorize and index."""
+    from pipeline import acquire, finetune, index, vectorize
+
+    data = tmp_path_factory.mktemp("built")
+    acquire.run(f"fashion:{sample_catalog}", data, holdout=0.2)
+    finetune.run(data, encoder=f"hub:{tiny_hub_model}", dim=32, epochs=60)
+    vectorize.run(data, shard_rows=16)
+    index.run(data, trees=8)
+    return data
+
+
+@pytest.fixture(scope="session")
 def demo_index(sample_catalog: Path, tiny_hub_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data dir with an index built from the sample catalog (hub encoder on a local SavedModel); read-only: tests
     that add or prune index versions take `own_index`."""

@@ -25,17 +25,6 @@ REPORT_KEYS = {"precision_at_1", "precision_at_5", "precision_at_10", "map_at_10
                "latency_ms_p50"}
 
 
-@pytest.fixture(scope="module")
-def built(sample_catalog: Path, tiny_hub_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data dir taken through acquire (20% held out), finetune (hub encoder), vectorize and index."""
-    data = tmp_path_factory.mktemp("built")
-    acquire.run(f"fashion:{sample_catalog}", data, holdout=0.2)
-    finetune.run(data, encoder=f"hub:{tiny_hub_model}", dim=32, epochs=60)
-    vectorize.run(data, shard_rows=16)
-    index.run(data, trees=8)
-    return data
-
-
 def test_hub_encoder_loads_a_local_savedmodel(tiny_hub_model: Path) -> None:
     from pipeline.encoders import load_encoder
 
