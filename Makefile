@@ -10,11 +10,11 @@ PORT ?= 8080
 
 .PHONY: demo serve check test lint venv clean
 
-# The project in editable mode with the pipeline's and the tests' extras: nothing needs sys.path edits.
-$(VENV)/.installed: pyproject.toml requirements.txt requirements-pipeline.txt requirements-dev.txt
+# The project in editable mode with the pipeline's, the tests' and Spark's extras: nothing needs sys.path edits.
+$(VENV)/.installed: pyproject.toml requirements.txt requirements-pipeline.txt requirements-dev.txt requirements-spark.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[pipeline,dev]"
+	$(PY) -m pip install --quiet -e ".[pipeline,dev,spark]"
 	touch $@
 
 venv: $(VENV)/.installed

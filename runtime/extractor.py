@@ -29,12 +29,14 @@ log = logging.getLogger(__name__)
 FORMATS = ("savedmodel", "tflite+head")
 
 
-def tflite_runner(path: Path, scale: float = 1 / 255.0) -> Callable[[np.ndarray], np.ndarray]:
-    """Return a function that runs a TFLite image model on a batch, resizing its batch dimension as needed."""
+def tflite_runner(path: Path, scale: float = 1 / 255.0, threads: int | None = None) -> Callable[[np.ndarray],
+                                                                                               np.ndarray]:
+    """Return a function that runs a TFLite image model on a batch, resizing its batch dimension as needed
+    (on `threads` threads, default one per CPU)."""
     tf = tfenv.tensorflow()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice, once per load
-        interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count())
+        interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads or os.cpu_count())
     inp = interpreter.get_input_details()[0]["index"]
     out = interpreter.get_output_details()[0]["index"]
     state = {"batch": None}
@@ -58,13 +60,14 @@ class Extractor:
 
     Args:
         path: an extractor folder (`model/extractor/` of a data dir, `extractor/` of an index folder).
+        threads: threads of a TFLite backbone (default one per CPU; a Spark task takes its share).
 
     Raises:
         FileNotFoundError: the folder holds no extractor.json.
         ValueError: extractor.json names an unknown format.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int | None = None) -> None:
         tf = tfenv.tensorflow()
         self.path = Path(path)
         config_file = self.path / EXTRACTOR_CONFIG
@@ -82,7 +85,7 @@ class Extractor:
         elif fmt == "tflite+head":
             self._model = tf.saved_model.load(str(self.path / EXTRACTOR_HEAD))
             self._head = _concrete(self._model.head)
-            run = tflite_runner(self.path / EXTRACTOR_TFLITE)
+            run = tflite_runner(self.path / EXTRACTOR_TFLITE, threads=threads)
             self._features = run
             self._embed = lambda x: self._head(run(np.asarray(x)))
         else:
@@ -132,6 +135,6 @@ def _concrete(function: Any) -> Any:
     return lambda x: concrete(tf.convert_to_tensor(np.asarray(x), dtype=dtype))
 
 
-def load_extractor(path: Path) -> Extractor:
-    """Load an exported feature extractor folder."""
-    return Extractor(path)
+def load_extractor(path: Path, threads: int | None = None) -> Extractor:
+    """Load an exported feature extractor folder (`threads`: see `Extractor`)."""
+    return Extractor(path, threads)
