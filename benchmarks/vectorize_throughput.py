@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,22 @@ def bare_encoder_rate(encoder: Callable[[np.ndarray], np.ndarray], images: np.nd
     return len(images) / (time.perf_counter() - started)
 
 
+def prepare_data_dir(source: str, data: Path, n: int, encoder_name: str, weights: str | None) -> tuple[Any, Any]:
+    """Acquire `source` into `data`, keep its first `n` distinct images and export the encoder with a raw head.
+
+    Returns:
+        (the encoder, the kept catalog).
+    """
+    layout = Layout(data)
+    acquire.run(source, data)
+    catalog = read_catalog(layout.catalog_csv).drop_duplicates("sha256").head(n)
+    catalog.to_csv(layout.catalog_csv, index=False)
+    encoder = load_encoder(encoder_name, weights)
+    _, raw_head = build_head(encoder.feature_dim, None, 0)
+    export(encoder, raw_head, layout.extractor, {"finetuned": False})
+    return encoder, catalog
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print its table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -51,13 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = args.work_dir or Path(tmp)
         layout = Layout(data)
-        acquire.run(args.source, data)
-        catalog = read_catalog(layout.catalog_csv).drop_duplicates("sha256").head(args.n)
-        catalog.to_csv(layout.catalog_csv, index=False)
+        encoder, catalog = prepare_data_dir(args.source, data, args.n, args.encoder, args.encoder_weights)
         n = len(catalog)
-        encoder = load_encoder(args.encoder, args.encoder_weights)
-        _, raw_head = build_head(encoder.feature_dim, None, 0)
-        export(encoder, raw_head, layout.extractor, {"finetuned": False})
         images = np.stack([decode_image(str(layout.catalog / p)).numpy().astype(np.uint8) for p in catalog["image"]])
 
         bare_before = bare_encoder_rate(encoder, images, args.batch_size)

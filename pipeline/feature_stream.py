@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.feature_cache import FeatureCache
 from runtime import tfenv
 
-WINDOW_BYTES = 256 * 2**20
+WINDOW_BYTES = 64 * 2**20
 
 
 def training_dataset(cache: FeatureCache, keys: Sequence[str], labels: np.ndarray, batch_size: int, seed: int = 0,

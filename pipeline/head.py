@@ -38,12 +38,25 @@ def l2_normalize(x: Any) -> Any:
 
 
 def retrieval_precision(queries: np.ndarray, query_labels: np.ndarray, base: np.ndarray, base_labels: np.ndarray,
-                        k: int = MONITOR_K) -> float:
-    """Mean fraction of each query's k most cosine-similar base rows that share its label (unit vectors)."""
+                        k: int = MONITOR_K, chunk: int = 256) -> float:
+    """Mean fraction of each query's k most cosine-similar base rows that share its label (unit vectors).
+
+    Queries are scored `chunk` at a time, so the similarity matrix never exceeds chunk x len(base).
+    """
     k = min(k, len(base))
-    sims = queries @ base.T
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    return float((base_labels[top] == query_labels[:, None]).mean())
+    hits = 0.0
+    for start in range(0, len(queries), chunk):
+        sims = queries[start:start + chunk] @ base.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        hits += float((base_labels[top] == query_labels[start:start + chunk, None]).sum())
+    return hits / (len(queries) * k)
+
+
+def _embed(head: Any, features: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """The head's embeddings of some features, computed `chunk` rows at a time (predict() would first copy them
+    all into a dataset)."""
+    return np.concatenate([head(features[i:i + chunk], training=False).numpy()
+                           for i in range(0, len(features), chunk)]) if len(features) else np.zeros((0, 0))
 
 
 def _retrieval_stopping(head: Any, fit_x: np.ndarray, fit_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray) -> Any:
@@ -54,8 +67,7 @@ def _retrieval_stopping(head: Any, fit_x: np.ndarray, fit_y: np.ndarray, val_x: 
             self.best, self.best_weights, self.wait = -1.0, None, 0
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            base = head.predict(fit_x, batch_size=4096, verbose=0)
-            score = retrieval_precision(head.predict(val_x, batch_size=4096, verbose=0), val_y, base, fit_y)
+            score = retrieval_precision(_embed(head, val_x), val_y, _embed(head, fit_x), fit_y)
             logs["val_precision_at_5"] = score
             if score > self.best:
                 self.best, self.best_weights, self.wait = score, self.model.get_weights(), 0

@@ -56,12 +56,12 @@ def spark_session(master: str | None) -> Any:
     Local masters bind to 127.0.0.1 with no web UI, and their Python workers use this interpreter and this
     process's AWS settings.
     """
+    from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(APP_NAME).config("spark.python.worker.reuse", "true")
-    if master:
-        builder = builder.master(master)
-    if (master or "local").startswith("local"):
+    master = master or SparkConf().get("spark.master", None) or "local[*]"  # spark-submit sets spark.master
+    builder = SparkSession.builder.appName(APP_NAME).master(master).config("spark.python.worker.reuse", "true")
+    if master.startswith("local"):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = (builder.config("spark.ui.enabled", "false").config("spark.driver.host", "127.0.0.1")
                    .config("spark.driver.bindAddress", "127.0.0.1"))
@@ -69,8 +69,6 @@ def spark_session(master: str | None) -> Any:
             # Local workers are forked by a JVM that may predate this environment (a second job in one
             # process): hand them the driver's AWS settings as they are now.
             builder = builder.config(f"spark.executorEnv.{key}", os.environ[key])
-        if not master:
-            builder = builder.master("local[*]")
     return builder.getOrCreate()
 
 
@@ -85,7 +83,9 @@ def _worker(root: str, threads: int) -> tuple[Extractor, FeatureCache, Path]:
             log.debug("TensorFlow already running in this process; its thread pools stay as they are")
         scratch = Path(tempfile.mkdtemp(prefix="visual-search-task-"))
         if is_s3(root):
-            folder = storage.mirror_s3(f"{root.rstrip('/')}/{MODEL_DIR}/{EXTRACTOR_DIR}", scratch / "extractor")
+            # one copy per node, shared by its workers (boto3 downloads to a temporary name, then renames)
+            folder = storage.mirror_s3(f"{root.rstrip('/')}/{MODEL_DIR}/{EXTRACTOR_DIR}",
+                                       Path(tempfile.gettempdir()) / "visual-search-extractors")
             extractor = load_extractor(folder, threads)
             cache = FeatureCache(scratch / "features")
         else:

@@ -96,3 +96,14 @@ def test_difficulty_sees_intrinsic_dimension_and_contrast() -> None:
     easy, hard = difficulty(low[100:], low[:100]), difficulty(high[100:], high[:100])
     assert easy["lid"] < 6 < 20 < hard["lid"]
     assert easy["relative_contrast"] > hard["relative_contrast"] > 1
+
+
+def test_feature_memory_runs_both_stages_in_fresh_processes_and_prints_their_peaks(tmp_path, capsys) -> None:
+    from benchmarks import feature_memory
+
+    feature_memory.main(["--rows", "3000", "--dim", "64", "--work-dir", str(tmp_path)])
+    row = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("3,000")][0]
+    finetune_mib, vectorize_mib = float(row[2].replace(",", "")), float(row[4].replace(",", ""))
+    assert 100 < finetune_mib < 3072 and 100 < vectorize_mib < 3072
+    summary = (tmp_path / "rows-3000" / "embeddings" / "embeddings.json").read_text()
+    assert '"rows": 3000' in summary and '"backbone_images_computed": 0' in summary  # every feature came from the cache

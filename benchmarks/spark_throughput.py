@@ -1,0 +1,99 @@
+"""Benchmark: vectorize's images/s on the local engine next to Spark, on the same images from an empty cache.
+
+Both engines embed the same `--n` distinct fashion-small images with the same exported extractor (the
+encoder with a raw head) and the same shards, each from an empty feature cache, alternating local and Spark
+`--repeat` times in this one run (the machine is shared and noisy). Spark's figure counts from job
+submission to the last shard (Python workers starting and loading the extractor included); the session's
+own start (the JVM) is printed apart. Spark's per-task overhead is measured on a job of empty tasks.
+
+    python -m benchmarks.spark_throughput                                  # MediaPipe embedder, local[2]
+    python -m benchmarks.spark_throughput --encoder mobilenet-v1-0.25 \\
+        --encoder-weights ../shared/models/mobilenet_2_5_224_tf_no_top.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import SHARED
+from benchmarks.vectorize_throughput import prepare_data_dir
+from pipeline import spark_vectorize, vectorize
+from runtime.layout import Layout
+
+
+def empty(data: Path) -> None:
+    """Forget every embedding and cached feature (the next run starts from an empty cache)."""
+    for folder in (Layout(data).embeddings, Layout(data).cache):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def task_overhead_ms(master: str, tasks: int = 400) -> tuple[float, float, int]:
+    """Return (session start s, ms of wall time per empty task times the slots, slots) for a Spark master."""
+    started = time.perf_counter()
+    spark = spark_vectorize.spark_session(master)
+    session_s = time.perf_counter() - started
+    context = spark.sparkContext
+    try:
+        context.parallelize(range(tasks), tasks).map(lambda x: x).collect()  # start the Python workers
+        started = time.perf_counter()
+        context.parallelize(range(tasks), tasks).map(lambda x: x).collect()
+        wall = time.perf_counter() - started
+        slots = context.defaultParallelism
+        return session_s, 1000 * wall * slots / tasks, slots
+    finally:
+        spark.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print its table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default=f"fashion:{SHARED / 'data' / 'fashion-small'}")
+    parser.add_argument("--encoder", default="mediapipe-embedder")
+    parser.add_argument("--encoder-weights",
+                        default=str(SHARED / "models" / "mobilenet_v3_small_075_224_embedder.tflite"))
+    parser.add_argument("--n", type=int, default=2000, help="catalog images (default 2000)")
+    parser.add_argument("--shard-rows", type=int, default=250, help="rows per shard, i.e. per Spark task (250)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each engine, alternated (default 2)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep the data dir here (default: temporary)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.work_dir or Path(tmp)
+        _, catalog = prepare_data_dir(args.source, data, args.n, args.encoder, args.encoder_weights)
+        n = len(catalog)
+        rates: dict[str, list[float]] = {"local": [], "spark": []}
+        walls: dict[str, list[float]] = {"local": [], "spark": []}
+        for _ in range(args.repeat):
+            for engine in ("local", "spark"):
+                empty(data)
+                started = time.perf_counter()
+                summary = vectorize.run(data, shard_rows=args.shard_rows, batch_size=args.batch_size, engine=engine,
+                                        spark_master=args.master if engine == "spark" else None)
+                walls[engine].append(n / (time.perf_counter() - started))
+                rates[engine].append(n / summary["seconds"])
+                assert summary["backbone_images_computed"] == n, summary
+        session_s, overhead_ms, slots = task_overhead_ms(args.master)
+    local, spark = statistics.mean(rates["local"]), statistics.mean(rates["spark"])
+    cores = os.cpu_count()
+    print(f"\nspark_throughput: {n} distinct images, encoder {args.encoder}, {args.shard_rows} rows per shard "
+          f"({-(-n // args.shard_rows)} tasks), batch {args.batch_size}, {cores} cores, {args.repeat} runs each")
+    print(f"{'measure':52s} {'images/s':>10s}")
+    print(f"{'local engine (one process, all cores)':52s} {local:10.1f}   runs {rates['local']}")
+    print(f"{'spark ' + args.master + ' (submission to last shard)':52s} {spark:10.1f}   runs {rates['spark']}")
+    print(f"{'spark / local':52s} {spark / local:10.2f}x  (goal >= 0.80x)")
+    print(f"{'local, wall incl. loading the extractor':52s} {statistics.mean(walls['local']):10.1f}")
+    print(f"{'spark, wall incl. session start':52s} {statistics.mean(walls['spark']):10.1f}")
+    print(f"{'spark, per executor core (' + str(slots) + ' slots)':52s} {spark / slots:10.1f}")
+    print(f"spark session start {session_s:.1f} s; per-task overhead {overhead_ms:.1f} ms (empty tasks, wall x slots "
+          "/ tasks)")
+
+
+if __name__ == "__main__":
+    main()
