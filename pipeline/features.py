@@ -17,6 +17,7 @@ from runtime.preprocess import decode_image
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 64
+_DECODE: list[Any] = []
 
 
 def image_batches(paths: Sequence[str], batch_size: int = BATCH_SIZE) -> Any:
@@ -26,10 +27,12 @@ def image_batches(paths: Sequence[str], batch_size: int = BATCH_SIZE) -> Any:
     tell the caller which ones are missing.
     """
     tf = tfenv.tensorflow()
+    if not _DECODE:  # traced once per process: each new pipeline then only wraps a call to it
+        _DECODE.append(tf.function(decode_image, input_signature=[tf.TensorSpec([], tf.string)]))
     rows = tf.data.Dataset.range(len(paths))
     files = tf.data.Dataset.from_tensor_slices(list(paths))
     dataset = tf.data.Dataset.zip((rows, files)).map(
-        lambda i, p: (i, decode_image(p)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        lambda i, p: (i, _DECODE[0](p)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

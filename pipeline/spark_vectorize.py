@@ -179,6 +179,7 @@ def _run_job(spark: Any, data_dir: str, layout: Layout, catalog: Any, keys: list
     summary["spark"] = {"master": spark.sparkContext.master, "tasks": len(results),
                         "python_workers": len({r["pid"] for r in results}),
                         "extractor_loads": sum(1 for r in results if r["load_s"]),
+                        "worker_start_s": max((r["load_s"] for r in results), default=0.0),
                         "task_seconds": round(sum(r["seconds"] + r["load_s"] for r in results), 3)}
     storage.write_json(layout.embeddings_summary, summary)
     if is_s3(data_dir):
