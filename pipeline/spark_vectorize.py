@@ -1,7 +1,7 @@
 """vectorize on Apache Spark: one task per embeddings shard, for catalogs too big for one machine (EMR, YARN, local).
 
 The driver plans the shards exactly as the local engine does and submits only those whose stamp is not
-current, so a killed job resumes at the first unfinished shard. Each task runs `vectorize.embed_shard` (the
+current, so a killed job resumes at the first unfinished shard. Each task runs `shards.embed_shard` (the
 local engine's own function, hence the same bytes) and writes its shard, then its stamp, each atomically: a
 retried or speculative attempt rewrites the same bytes, never a mix. An executor's Python worker loads the
 extractor once and keeps it for every later task. The data dir is a local folder every executor can read
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import vectorize
+from pipeline import shards
 from pipeline.catalog import catalog_inputs
 from pipeline.feature_cache import FeatureCache
 from runtime import embeddings, storage, tfenv
@@ -42,7 +42,8 @@ from runtime.layout import (
 log = logging.getLogger(__name__)
 
 APP_NAME = "visual-search vectorize"
-_WORKER: dict[str, Any] = {}  # per Python worker process: the loaded extractor and cache, reused by every task
+# per Python worker process, by (data dir, export id): the loaded extractor and cache, reused by every task
+_WORKER: dict[tuple[str, str], Any] = {}
 
 
 def is_s3(root: str) -> bool:
@@ -72,9 +73,13 @@ def spark_session(master: str | None) -> Any:
     return builder.getOrCreate()
 
 
-def _worker(root: str, threads: int) -> tuple[Extractor, FeatureCache, Path]:
-    """This Python worker's extractor, feature cache and scratch folder, loaded on its first task only."""
-    if root not in _WORKER:
+def _worker(root: str, threads: int, export_id: str) -> tuple[Extractor, FeatureCache, Path]:
+    """This Python worker's extractor, feature cache and scratch folder, loaded on its first task only.
+
+    Raises:
+        ValueError: the extractor found is not the one the driver planned with (finetune ran again meanwhile).
+    """
+    if (root, export_id) not in _WORKER:
         tf = tfenv.tensorflow()
         try:  # a task's share of the executor's cores (only before TensorFlow's first op in this process)
             tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -83,31 +88,35 @@ def _worker(root: str, threads: int) -> tuple[Extractor, FeatureCache, Path]:
             log.debug("TensorFlow already running in this process; its thread pools stay as they are")
         scratch = Path(tempfile.mkdtemp(prefix="visual-search-task-"))
         if is_s3(root):
-            # one copy per node, shared by its workers (boto3 downloads to a temporary name, then renames)
+            # one copy per node and export, shared by its workers (boto3 downloads to a temporary name, then
+            # renames); a new export never reuses an older one's files
             folder = storage.mirror_s3(f"{root.rstrip('/')}/{MODEL_DIR}/{EXTRACTOR_DIR}",
-                                       Path(tempfile.gettempdir()) / "visual-search-extractors")
+                                       Path(tempfile.gettempdir()) / "visual-search-extractors" / export_id)
             extractor = load_extractor(folder, threads)
             cache = FeatureCache(scratch / "features")
         else:
             layout = Layout(Path(root))
             extractor = load_extractor(layout.extractor, threads)
             cache = FeatureCache(layout.features(extractor.fingerprint))
-        _WORKER[root] = (extractor, cache, scratch)
-    return _WORKER[root]
+        if extractor.export_id != export_id:
+            raise ValueError(f"{root}: the extractor is export {extractor.export_id}, the job was planned with "
+                             f"{export_id}; finetune ran during the job: run vectorize again")
+        _WORKER[(root, export_id)] = (extractor, cache, scratch)
+    return _WORKER[(root, export_id)]
 
 
 def embed_task(task: dict) -> dict:
     """Embed one shard on an executor and write it and its stamp; return what it did (runs inside Spark)."""
     started = time.perf_counter()
     root, i, stamp = task["root"], task["shard"], task["stamp"]
-    fresh = root not in _WORKER
-    extractor, cache, scratch = _worker(root, task["threads"])
+    fresh = (root, stamp["export_id"]) not in _WORKER
+    extractor, cache, scratch = _worker(root, task["threads"], stamp["export_id"])
     loaded = time.perf_counter()
     if is_s3(root):
         paths = _fetch_images(root, task["images"], scratch / f"shard-{i}")
     else:
         paths = [str(Path(root) / CATALOG_DIR / image) for image in task["images"]]
-    vectors, stamp, computed = vectorize.embed_shard(extractor, cache, stamp, task["keys"], paths,
+    vectors, stamp, computed = shards.embed_shard(extractor, cache, stamp, task["keys"], paths,
                                                      task["batch_size"])
     if is_s3(root):
         bucket, prefix = storage.split_s3(f"{root.rstrip('/')}/{EMBEDDINGS_DIR}")
@@ -147,7 +156,7 @@ def run(data_dir: str, shard_rows: int, batch_size: int, master: str | None) -> 
         layout = Layout(local)
         catalog, keys, _ = catalog_inputs(layout)
         config = storage.read_json(layout.extractor / "extractor.json")
-        stamps = vectorize.plan(layout, keys, config["export_id"], shard_rows)
+        stamps = shards.plan(layout, keys, config["export_id"], shard_rows)
         todo = [i for i, stamp in enumerate(stamps) if not embeddings.is_current(layout, i, stamp)]
         spark = spark_session(master)
         try:
@@ -174,7 +183,7 @@ def _run_job(spark: Any, data_dir: str, layout: Layout, catalog: Any, keys: list
     if is_s3(data_dir):
         _pull_stamps(data_dir, layout, len(stamps))
     layout.embeddings.mkdir(parents=True, exist_ok=True)
-    summary = vectorize.finish(layout, catalog, config, len(stamps), shard_rows, len(stamps) - len(todo),
+    summary = shards.finish(layout, catalog, config, len(stamps), shard_rows, len(stamps) - len(todo),
                                sum(r["computed"] for r in results), seconds, "spark")
     summary["spark"] = {"master": spark.sparkContext.master, "tasks": len(results),
                         "python_workers": len({r["pid"] for r in results}),

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import spark_vectorize, vectorize
+from pipeline import shards, spark_vectorize, vectorize
 from runtime.layout import Layout
 
 MASTER = "local[2]"
@@ -46,7 +46,7 @@ def fresh(built: Path, where: Path) -> Path:
     return where
 
 
-def shards(data: Path) -> list[np.ndarray]:
+def shard_arrays(data: Path) -> list[np.ndarray]:
     layout = Layout(data)
     n = json.loads(layout.embeddings_summary.read_text())["shards"]
     return [np.load(layout.shard(i)) for i in range(n)]
@@ -70,7 +70,7 @@ def test_spark_local2_equals_the_local_engine_from_an_empty_cache(built: Path, t
     assert summary["spark"]["tasks"] == summary["shards"] == expected["shards"]
     # each Python worker loaded the extractor once and kept it for its later tasks
     assert 1 <= summary["spark"]["extractor_loads"] == summary["spark"]["python_workers"] <= 2
-    assert_same_embeddings(shards(local), shards(spark))
+    assert_same_embeddings(shard_arrays(local), shard_arrays(spark))
     for i in range(summary["shards"]):
         assert (Layout(spark).shard_stamp(i).read_text() == Layout(local).shard_stamp(i).read_text())
     again = vectorize.run(spark, shard_rows=16, batch_size=8, engine="spark", spark_master=MASTER)
@@ -83,7 +83,7 @@ def test_a_task_run_twice_writes_the_same_shard_and_cache_part(built: Path, tmp_
     from pipeline.catalog import catalog_inputs
 
     catalog, keys, _ = catalog_inputs(layout)
-    stamp = vectorize.plan(layout, keys, json.loads((layout.extractor / "extractor.json").read_text())["export_id"],
+    stamp = shards.plan(layout, keys, json.loads((layout.extractor / "extractor.json").read_text())["export_id"],
                            16)[1]
     task = {"root": str(data), "shard": 1, "stamp": stamp, "keys": keys[16:32],
             "images": catalog["image"].tolist()[16:32], "batch_size": 8, "threads": 1}
@@ -116,7 +116,7 @@ def test_a_killed_spark_job_resumes_at_the_first_unfinished_shard(built: Path, t
         "shards_kept"]
     reference = fresh(built, tmp_path / "reference")
     vectorize.run(reference, shard_rows=2, batch_size=2)
-    assert_same_embeddings(shards(reference), shards(data))
+    assert_same_embeddings(shard_arrays(reference), shard_arrays(data))
 
 
 def test_spark_on_an_s3_data_dir(built: Path, tmp_path: Path, s3_server: str) -> None:
@@ -142,7 +142,7 @@ def test_spark_on_an_s3_data_dir(built: Path, tmp_path: Path, s3_server: str) ->
     assert broken.name.removesuffix(".jpg") in rejects.decode()
     (Layout(source).catalog / broken.relative_to(source / "catalog")).write_bytes(b"not an image")
     vectorize.run(source, shard_rows=16, batch_size=8)
-    assert_same_embeddings(shards(source), shards(down))
+    assert_same_embeddings(shard_arrays(source), shard_arrays(down))
     again = vectorize.run("s3://shop/catalogs/spring", shard_rows=16, batch_size=8, engine="spark",
                           spark_master=MASTER)
     assert again["shards_kept"] == again["shards"]
@@ -153,3 +153,11 @@ def test_the_local_engine_refuses_an_s3_data_dir_and_unknown_engines_are_named()
         vectorize.run("s3://shop/catalogs/spring")
     with pytest.raises(ValueError, match="unknown engine 'dask'.*local.*spark"):
         vectorize.run("data", engine="dask")
+
+
+def test_a_worker_refuses_an_extractor_other_than_the_one_the_job_was_planned_with(built: Path, tmp_path: Path
+                                                                                   ) -> None:
+    data = fresh(built, tmp_path / "data")
+    with pytest.raises(ValueError, match="finetune ran during the job: run vectorize again"):
+        spark_vectorize._worker(str(data), 1, "an-older-export")
+    assert not spark_vectorize._WORKER
