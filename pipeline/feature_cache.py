@@ -87,6 +87,11 @@ class FeatureCache:
             at = np.minimum(np.searchsorted(seg_keys, wanted), len(seg_keys) - 1)
             hit = (parts < 0) & (seg_keys[at] == wanted)
             parts[hit], rows[hit] = seg_parts[at[hit]], seg_rows[at[hit]]
+        for part in np.unique(parts[parts >= 0]):
+            if not self.parts[part].is_file():  # deleted since this cache was opened ("safe to delete")
+                log.warning("feature cache part %s was deleted; its rows will be computed again", self.parts[part])
+                gone = parts == part
+                parts[gone], rows[gone] = -1, -1
         return parts, rows
 
     def __contains__(self, key: str) -> bool:

@@ -165,15 +165,21 @@ def run(data_dir: str, shard_rows: int, batch_size: int, master: str | None) -> 
             spark.stop()
 
 
+def make_tasks(data_dir: str, stamps: list[dict], todo: list[int], keys: list[str], images: list[str],
+               batch_size: int, threads: int) -> list[dict]:
+    """One task per shard to embed: its stamp, its rows' keys and images, and where to write."""
+    root = str(data_dir) if is_s3(data_dir) else str(Path(data_dir).resolve())
+    return [{"root": root, "shard": i, "stamp": stamps[i], "keys": keys[slice(*stamps[i]["rows"])],
+             "images": images[slice(*stamps[i]["rows"])], "batch_size": batch_size, "threads": threads}
+            for i in todo]
+
+
 def _run_job(spark: Any, data_dir: str, layout: Layout, catalog: Any, keys: list[str], config: dict,
              stamps: list[dict], todo: list[int], shard_rows: int, batch_size: int) -> dict:
     """Submit the shards still to do as one task each, then write the report and summary as the local engine does."""
     threads = int(spark.conf.get("spark.task.cpus", "1"))
     images = catalog["image"].tolist()
-    tasks = [{"root": str(data_dir) if is_s3(data_dir) else str(Path(data_dir).resolve()), "shard": i,
-              "stamp": stamps[i], "keys": keys[slice(*stamps[i]["rows"])],
-              "images": images[slice(*stamps[i]["rows"])], "batch_size": batch_size, "threads": threads}
-             for i in todo]
+    tasks = make_tasks(data_dir, stamps, todo, keys, images, batch_size, threads)
     log.info("spark (%s): %d of %d shards to embed, %d kept", spark.sparkContext.master, len(todo), len(stamps),
              len(stamps) - len(todo))
     started = time.perf_counter()

@@ -119,3 +119,14 @@ def test_vectorize_skips_an_unreadable_image_records_it_and_the_index_leaves_it_
     assert found.status_code == 200, found.get_json()
     assert found.get_json()["results"][0]["product_id"] == catalog["product_id"][broken + 1]
     assert client.get(f"/api/products/{catalog['product_id'][broken]}/similar").status_code == 404
+
+
+def test_a_part_deleted_while_the_cache_is_open_is_computed_again_not_an_error(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path)
+    part = cache.add(keys_of(4), np.ones((4, 3), np.float32))
+    cache.add(keys_of(2, offset=50), np.zeros((2, 3), np.float32))
+    part.unlink()  # cache/ is safe to delete, also under a running job's feet
+    assert cache.count_missing(keys_of(4) + keys_of(2, offset=50)) == 4
+    assert np.array_equal(cache.get(keys_of(2, offset=50)), np.zeros((2, 3), np.float32))
+    cache.add(keys_of(4), np.full((4, 3), 2, np.float32))  # what compute_missing does next
+    assert np.array_equal(cache.get(keys_of(4)), np.full((4, 3), 2, np.float32))
