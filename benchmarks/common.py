@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import json
 import os
@@ -49,7 +50,7 @@ def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
 
 def timed(url: str, body: bytes | None = None, content_type: str | None = None,
           timeout: float = 60) -> tuple[float, int]:
-    """Send one request; return (seconds, HTTP status), status 0 when the connection failed."""
+    """Send one request; return (seconds, HTTP status), status 0 when the connection failed or was cut mid-answer."""
     request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type} if content_type else {})
     started = time.perf_counter()
     try:
@@ -58,7 +59,7 @@ def timed(url: str, body: bytes | None = None, content_type: str | None = None,
             status = response.status
     except urllib.error.HTTPError as exc:
         status = exc.code
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException):  # IncompleteRead: a worker killed mid-answer
         status = 0
     return time.perf_counter() - started, status
 
