@@ -31,7 +31,7 @@ from benchmarks.vectorize_throughput import prepare_data_dir
 from pipeline import shards, spark_vectorize, vectorize
 from pipeline.catalog import catalog_inputs
 from runtime import storage
-from runtime.layout import Layout
+from runtime.layout import EXTRACTOR_CONFIG, Layout
 
 
 def empty(data: Path) -> None:
@@ -65,7 +65,7 @@ def warm_rate(data: Path, master: str, shard_rows: int, batch_size: int) -> floa
     """
     layout = Layout(data)
     catalog, keys, _ = catalog_inputs(layout)
-    export_id = storage.read_json(layout.extractor / "extractor.json")["export_id"]
+    export_id = storage.read_json(layout.extractor / EXTRACTOR_CONFIG)["export_id"]
     stamps = shards.plan(layout, keys, export_id, shard_rows)
     spark = spark_vectorize.spark_session(master)
     try:

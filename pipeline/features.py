@@ -67,10 +67,11 @@ def compute_missing(cache: FeatureCache, keys: Sequence[str], paths: Sequence[st
     for key, path in zip(keys, paths, strict=True):
         if key not in todo:
             todo[key] = path
-    uncached = np.flatnonzero(cache.locate(list(todo))[0] < 0)
+    unique_keys = list(todo)
+    uncached = np.flatnonzero(cache.locate(unique_keys)[0] < 0)
     if not len(uncached):
         return 0, {}
-    todo_keys = [list(todo)[i] for i in uncached]
+    todo_keys = [unique_keys[i] for i in uncached]
     todo_paths = [todo[k] for k in todo_keys]
     done_keys, done_features = [], []
     for rows, images in image_batches(todo_paths, batch_size):

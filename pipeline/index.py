@@ -189,18 +189,19 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
 def _stream_vectors(data_dir: Path, path: Path, summary: dict) -> tuple[np.ndarray, np.ndarray]:
     """Copy the readable rows of every shard into `path` (.npy) one shard at a time; return it memory-mapped (read
     only) and the readable-row mask of the catalog."""
-    layout = Layout(Path(data_dir))
     readable = np.ones(summary["rows"], bool)
-    for i in range(summary["shards"]):
-        for missing in storage.read_json(layout.shard_stamp(i)).get("missing", []):
-            readable[missing["row"]] = False
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(int(readable.sum()), summary["dim"]))
+    n = summary["rows"] - summary.get("unreadable", 0)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, summary["dim"]))
     at = 0
     for start, vectors, ok in iter_shards(data_dir):
-        if not np.array_equal(ok, readable[start:start + len(ok)]):
-            raise ValueError(f"{layout.embeddings} changed while it was read; re-run index")
+        readable[start:start + len(ok)] = ok
+        if at + ok.sum() > n:
+            break
         out[at:at + ok.sum()] = vectors[ok]
         at += int(ok.sum())
+    if readable.sum() != n:  # a shard's `missing` disagrees with the summary: vectorize did not finish cleanly
+        raise ValueError(f"{Layout(Path(data_dir)).embeddings}: {int(readable.sum())} readable rows in the shards, "
+                         f"{n} in embeddings.json; re-run vectorize")
     out.flush()
     del out
     storage.make_readable(path)

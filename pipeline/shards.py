@@ -53,7 +53,7 @@ def finish(layout: Layout, catalog: pd.DataFrame, extractor_config: dict, n_shar
            computed: int, seconds: float, engine: str) -> dict:
     """Delete shards past the catalog's end, write the unreadable images' report and the summary."""
     for stale in sorted(layout.embeddings.glob(SHARD_FILES)):
-        if int(stale.stem.split("-")[1]) >= n_shards:
+        if embeddings.shard_number(stale.name) >= n_shards:
             stale.unlink()
     missing = [m for i in range(n_shards) for m in storage.read_json(layout.shard_stamp(i)).get("missing", [])]
     rejects = [{"row": m["row"], "product_id": catalog["product_id"].iat[m["row"]],

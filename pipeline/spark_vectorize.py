@@ -12,7 +12,6 @@ executor's local scratch (a rerun skips finished shards by their stamps instead)
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -31,6 +30,7 @@ from runtime.layout import (
     CATALOG_DIR,
     EMBEDDINGS_DIR,
     EMBEDDINGS_SUMMARY,
+    EXTRACTOR_CONFIG,
     EXTRACTOR_DIR,
     MODEL_DIR,
     SHARD,
@@ -116,14 +116,12 @@ def embed_task(task: dict) -> dict:
         paths = _fetch_images(root, task["images"], scratch / f"shard-{i}")
     else:
         paths = [str(Path(root) / CATALOG_DIR / image) for image in task["images"]]
-    vectors, stamp, computed = shards.embed_shard(extractor, cache, stamp, task["keys"], paths,
-                                                     task["batch_size"])
+    vectors, stamp, computed = shards.embed_shard(extractor, cache, stamp, task["keys"], paths, task["batch_size"])
     if is_s3(root):
         bucket, prefix = storage.split_s3(f"{root.rstrip('/')}/{EMBEDDINGS_DIR}")
         client = storage.s3_client()
         client.put_object(Bucket=bucket, Key=f"{prefix}/{SHARD.format(index=i)}", Body=embeddings.shard_bytes(vectors))
-        client.put_object(Bucket=bucket, Key=f"{prefix}/{SHARD_STAMP.format(index=i)}",
-                          Body=(json.dumps(stamp, indent=2) + "\n").encode())
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{SHARD_STAMP.format(index=i)}", Body=storage.json_bytes(stamp))
         for path in paths:
             Path(path).unlink(missing_ok=True)
     else:
@@ -155,7 +153,7 @@ def run(data_dir: str, shard_rows: int, batch_size: int, master: str | None) -> 
         local = _driver_view(data_dir, Path(tmp)) if is_s3(data_dir) else Path(data_dir)
         layout = Layout(local)
         catalog, keys, _ = catalog_inputs(layout)
-        config = storage.read_json(layout.extractor / "extractor.json")
+        config = storage.read_json(layout.extractor / EXTRACTOR_CONFIG)
         stamps = shards.plan(layout, keys, config["export_id"], shard_rows)
         todo = [i for i, stamp in enumerate(stamps) if not embeddings.is_current(layout, i, stamp)]
         spark = spark_session(master)
@@ -190,7 +188,7 @@ def _run_job(spark: Any, data_dir: str, layout: Layout, catalog: Any, keys: list
         _pull_stamps(data_dir, layout, len(stamps))
     layout.embeddings.mkdir(parents=True, exist_ok=True)
     summary = shards.finish(layout, catalog, config, len(stamps), shard_rows, len(stamps) - len(todo),
-                               sum(r["computed"] for r in results), seconds, "spark")
+                            sum(r["computed"] for r in results), seconds, "spark")
     summary["spark"] = {"master": spark.sparkContext.master, "tasks": len(results),
                         "python_workers": len({r["pid"] for r in results}),
                         "extractor_loads": sum(1 for r in results if r["load_s"]),
@@ -208,7 +206,7 @@ def _driver_view(root: str, tmp: Path) -> Path:
     bucket, prefix = storage.split_s3(root.rstrip("/"))
     layout = Layout(tmp)
     wanted = {f"{CATALOG_DIR}/{CATALOG_CSV}": layout.catalog_csv,
-              f"{MODEL_DIR}/{EXTRACTOR_DIR}/extractor.json": layout.extractor / "extractor.json"}
+              f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_CONFIG}": layout.extractor / EXTRACTOR_CONFIG}
     for rel, target in wanted.items():
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -242,5 +240,5 @@ def _push_results(root: str, layout: Layout, n_shards: int) -> None:
     client.upload_file(str(layout.vectorize_rejects_csv), bucket, f"{prefix}/{CATALOG_DIR}/{VECTORIZE_REJECTS_CSV}")
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/{EMBEDDINGS_DIR}/part-")
     for obj in (o for page in pages for o in page.get("Contents", [])):
-        if int(obj["Key"].rsplit("/", 1)[-1].split("-")[1].split(".")[0]) >= n_shards:
+        if embeddings.shard_number(obj["Key"]) >= n_shards:
             client.delete_object(Bucket=bucket, Key=obj["Key"])

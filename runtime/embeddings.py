@@ -23,6 +23,11 @@ def shard_stamp(i: int, start: int, keys: list[str], export_id: str) -> dict:
             "export_id": export_id}
 
 
+def shard_number(name: str) -> int:
+    """The shard a file of `embeddings/` belongs to (`part-00012.npy` and `part-00012.json` -> 12)."""
+    return int(name.rsplit("/", 1)[-1].split("-")[1].split(".")[0])
+
+
 def matches(written: dict | None, stamp: dict) -> bool:
     """Whether a written stamp was made from what `stamp` describes (what it found, such as `missing`, aside)."""
     return written is not None and all(written.get(key) == value for key, value in stamp.items())

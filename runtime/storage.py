@@ -75,9 +75,14 @@ def link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link_or_copy)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """The bytes `write_json` writes: pretty-printed JSON with a trailing newline."""
+    return (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode()
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically, pretty-printed, with a trailing newline."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 def read_json(path: Path) -> Any:
