@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline import cli
 from pipeline.catalog import holdout_split
-from pipeline.ingest import ingest, reason_kind, write_tables
+from pipeline.ingest import ingest, merge_products, reason_kind, write_tables
 from pipeline.sources import SOURCE_HELP, read_source
 from runtime import imaging, storage
 from runtime.layout import CATALOG_SUMMARY, Layout
@@ -44,6 +44,8 @@ def run(source: str, data_dir: Path, category_column: str | None = None, max_sid
     """
     layout = Layout(Path(data_dir))
     records, rejects = read_source(source, layout.cache, category_column)
+    records, repeated, conflicts = merge_products(records)
+    rejects += repeated
     n_input = len(records) + len(rejects)
     log.info("%s: %d rows, %d rejected before decoding", source, n_input, len(rejects))
     staging = layout.root / f".{layout.catalog.name}.tmp-{os.getpid()}"
@@ -55,11 +57,13 @@ def run(source: str, data_dir: Path, category_column: str | None = None, max_sid
     if holdout:
         accepted, queries = holdout_split(accepted, holdout, holdout_column, seed)
     assert len(accepted) + len(queries) + len(rejects) == n_input, "a row was lost between source and catalog"
-    write_tables(staging, accepted, rejects, queries)
+    write_tables(staging, accepted, rejects, queries, conflicts)
     reasons = Counter(reason_kind(r.reason) for r in rejects)
     summary = {
         "source": source, "input_rows": n_input, "accepted": len(accepted), "held_out": len(queries),
-        "rejected": len(rejects), "duplicates": sum(1 for r in accepted + queries if r["duplicate_of"]),
+        "rejected": len(rejects), "products": len({r["product_id"] for r in accepted}),
+        "held_out_products": len({r["product_id"] for r in queries}), "metadata_conflicts": len(conflicts),
+        "duplicates": sum(1 for r in accepted + queries if r["duplicate_of"]),
         "categories": len({r["category"] for r in accepted}), "reject_reasons": dict(reasons.most_common()),
     }
     storage.write_json(staging / CATALOG_SUMMARY, summary)
@@ -93,11 +97,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def describe(summary: dict, options: dict) -> str:
     """What the command line prints after a run."""
-    lines = [f"acquire: {summary['input_rows']} rows -> {summary['accepted']} accepted, "
-             f"{summary['held_out']} held out as queries, {summary['rejected']} rejected, "
-             f"{summary['duplicates']} exact duplicates flagged"]
+    lines = [f"acquire: {summary['input_rows']} images -> {summary['accepted']} accepted "
+             f"({summary['products']} products), {summary['held_out']} held out as queries, "
+             f"{summary['rejected']} rejected, {summary['duplicates']} exact duplicates flagged"]
     lines += [f"  rejected: {count:6d}  {reason}" for reason, count in summary["reject_reasons"].items()]
     lines.append(f"  details: {Layout(options['data_dir']).rejects_csv}")
+    if summary["metadata_conflicts"]:
+        lines.append(f"  {summary['metadata_conflicts']} product metadata values differed between a product's rows "
+                     f"(the first row's kept): {Layout(options['data_dir']).conflicts_csv}")
     return "\n".join(lines)
 
 

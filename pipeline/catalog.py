@@ -57,6 +57,18 @@ def holdout_rows(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np
 
 
 def holdout_split(rows: list[dict], fraction: float, column: str, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Split rows into kept and held out, `fraction` of each label's rows held out (labels with one row stay)."""
-    kept, held = holdout_rows(np.array([str(row.get(column, "")) for row in rows]), fraction, seed)
-    return [rows[i] for i in kept], [rows[i] for i in held]
+    """Split catalog rows into kept and held out, `fraction` of each label's products held out (labels with one
+    product stay); the images of one product (rows with its product_id) all fall on the same side."""
+    number: dict[str, int] = {}
+    labels, product_of = [], []
+    for row in rows:
+        key = str(row.get("product_id", len(number)))
+        if key not in number:
+            number[key] = len(labels)
+            labels.append(str(row.get(column, "")))
+        product_of.append(number[key])
+    _, held = holdout_rows(np.array(labels), fraction, seed)
+    is_held = np.zeros(len(labels), bool)
+    is_held[held] = True
+    return ([r for r, p in zip(rows, product_of, strict=True) if not is_held[p]],
+            [r for r, p in zip(rows, product_of, strict=True) if is_held[p]])

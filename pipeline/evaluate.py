@@ -1,4 +1,7 @@
-"""Stage 5, evaluate: retrieval quality (precision, mAP, ANN recall) and query latency of an index, with pictures."""
+"""Stage 5, evaluate: retrieval quality (precision, mAP, ANN recall) and query latency of an index, with pictures.
+
+Results are products, as the service returns them: precision@k counts the k best products whose label matches.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from runtime import artifacts, storage
 from runtime.extractor import Extractor, load_extractor
 from runtime.layout import EXTRACTOR_DIR, VECTORS_FILE, Layout, report_details, report_grid
 from runtime.preprocess import decode_image
-from runtime.topk import exact_top_k
+from runtime.products import Hit, ProductSearch, flatten
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,11 @@ def run(data_dir: Path, queries: str, index: Path | None = None, label_column: s
     layout = Layout(Path(data_dir))
     folder = artifacts.resolve_index(index or layout.root)
     manifest = artifacts.verify(folder)
-    annoy_index = artifacts.load_annoy(folder, manifest, prefault=True)
     items = artifacts.read_items(folder)
+    search = ProductSearch(np.load(folder / VECTORS_FILE, mmap_mode="r"),
+                           *flatten([image["id"] for image in item["images"]] for item in items),
+                           artifacts.load_annoy(folder, manifest, prefault=True), int(manifest["search_k"]),
+                           int(manifest["n_trees"]), exact=False, scoring=manifest["scoring"])
     extractor = load_extractor(folder / EXTRACTOR_DIR)
     labels = np.array([_label(item, label_column) for item in items])
     report = Path(report or layout.report)
@@ -78,13 +84,13 @@ def run(data_dir: Path, queries: str, index: Path | None = None, label_column: s
         raise ValueError(f"--label-column {label_column!r} is not a column of the queries; "
                          f"columns: {list(qcat.columns)}")
     qpaths = [str(work.catalog / p) for p in qcat["image"]]
-    found, qvectors, latencies = _query(extractor, annoy_index, qpaths, k + 1, manifest["search_k"])
-    # A query that is itself in the index must not count finding itself.
-    self_ids = np.array([next((i for i in f if items[i]["product_id"] == q), -1)
-                         for f, q in zip(found, qcat["product_id"], strict=True)])
-    found = [[i for i in f if i != s][:k] for f, s in zip(found, self_ids, strict=True)]
-    vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
-    exact = exact_top_k(vectors, qvectors, k, exclude=self_ids)
+    # A query that is itself in the index (same product id) must not count finding itself.
+    number = {item["product_id"]: i for i, item in enumerate(items)}
+    self_ids = np.array([number.get(q, -1) for q in qcat["product_id"]])
+    hits, qvectors, latencies = _query(extractor, search, qpaths, k, self_ids)
+    found = [[h.product for h in row] for row in hits]
+    exact = [[h.product for h in search.search(v, k, exclude=s if s >= 0 else None, exact=True)]
+             for v, s in zip(qvectors, self_ids, strict=True)]
     qlabels = qcat[label_column].to_numpy()
     result = _score(found, exact, labels, qlabels, self_ids)
     result["latency_ms_p50"] = round(1000 * float(np.median(latencies)), 3) if latencies else None
@@ -97,7 +103,8 @@ def run(data_dir: Path, queries: str, index: Path | None = None, label_column: s
                          "then exact (ann_recall_at_10 is what Annoy alone would give)",
         "latency_ms_p99": round(1000 * float(np.percentile(latencies, 99)), 3) if latencies else None,
         "query_rows_rejected": n_rejected})
-    _grid(report_grid(report), folder, items, labels, qpaths, qlabels, found)
+    thumbs = [[search_thumb(items[h.product], h.image) for h in row] for row in hits]
+    _grid(report_grid(report), folder, thumbs, [[labels[i] for i in f] for f in found], qpaths, qlabels)
     log.info("evaluate: %s", result)
     return result
 
@@ -114,22 +121,28 @@ def _acquire_queries(queries: str, work: Layout) -> tuple[Any, int]:
     return read_catalog(work.catalog_csv), len(rejects) + len(failed)
 
 
-def _query(extractor: Extractor, annoy_index: Any, paths: list[str], n: int, search_k: int
-           ) -> tuple[list, np.ndarray, list]:
-    """Embed and look up each query alone, as the service would, timing decode + embedding + lookup."""
+def _query(extractor: Extractor, search: ProductSearch, paths: list[str], k: int, self_ids: np.ndarray
+           ) -> tuple[list[list[Hit]], np.ndarray, list[float]]:
+    """Embed and look up each query alone through Annoy, as the service would, timing decode + embedding + search."""
     found, vectors, latencies = [], [], []
-    for path in tqdm(paths, desc="evaluate", unit="query", disable=None):
+    for path, own in tqdm(zip(paths, self_ids, strict=True), desc="evaluate", unit="query", disable=None,
+                          total=len(paths)):
         started = time.perf_counter()
         vector = extractor.embed(decode_image(path)[None].numpy())[0]
-        found.append(annoy_index.get_nns_by_vector(vector, n, search_k=search_k))
+        found.append(search.search(vector, k, exclude=int(own) if own >= 0 else None, exact=False))
         latencies.append(time.perf_counter() - started)
         vectors.append(vector)
     return found, np.array(vectors, dtype=np.float32).reshape(len(paths), -1), latencies
 
 
-def _score(found: list[list[int]], exact: np.ndarray, labels: np.ndarray, qlabels: np.ndarray,
+def search_thumb(item: dict, image: int) -> str:
+    """The thumbnail of the product image that matched."""
+    return next(i["thumbnail"] for i in item["images"] if i["id"] == image)
+
+
+def _score(found: list[list[int]], exact: list[list[int]], labels: np.ndarray, qlabels: np.ndarray,
            self_ids: np.ndarray) -> dict:
-    """Precision@1/5/10, mAP@10 and the ANN's recall@10 against exact search."""
+    """Precision@1/5/10, mAP@10 over the products found, and the ANN's recall@10 against exact search."""
     n_label = dict(zip(*np.unique(labels, return_counts=True), strict=True))
     rel = [[bool(labels[i] == q) for i in f] for f, q in zip(found, qlabels, strict=True)]
     n_relevant = [int(n_label.get(q, 0)) - int(s >= 0) for q, s in zip(qlabels, self_ids, strict=True)]
@@ -138,19 +151,19 @@ def _score(found: list[list[int]], exact: np.ndarray, labels: np.ndarray, qlabel
         "precision_at_5": _mean([sum(r[:5]) / 5 for r in rel]),
         "precision_at_10": _mean([sum(r[:10]) / 10 for r in rel]),
         "map_at_10": _mean([average_precision(r, n, 10) for r, n in zip(rel, n_relevant, strict=True)]),
-        "ann_recall_at_10": _mean([len(set(f[:10]) & set(e[:10].tolist())) / min(10, len(e))
-                                   for f, e in zip(found, exact, strict=True)]),
+        "ann_recall_at_10": _mean([len(set(f[:10]) & set(e[:10])) / min(10, len(e))
+                                   for f, e in zip(found, exact, strict=True) if e]),
         "n_queries": len(found),
     }
 
 
-def _grid(path: Path, folder: Path, items: list[dict], labels: np.ndarray, qpaths: list[str],
-          qlabels: np.ndarray, found: list[list[int]]) -> None:
-    """Draw a few random queries with their top results, framed by correctness."""
+def _grid(path: Path, folder: Path, thumbs: list[list[str]], found_labels: list[list[str]], qpaths: list[str],
+          qlabels: np.ndarray) -> None:
+    """Draw a few random queries with their top products (the image that matched), framed by correctness."""
     rows = []
     for q in np.random.default_rng(0).permutation(len(qpaths))[:GRID_QUERIES]:
-        results = [(str(folder / items[i]["thumbnail"]), str(labels[i]), bool(labels[i] == qlabels[q]))
-                   for i in found[q][:GRID_RESULTS]]
+        results = [(str(folder / t), str(label), bool(label == qlabels[q]))
+                   for t, label in zip(thumbs[q][:GRID_RESULTS], found_labels[q][:GRID_RESULTS], strict=True)]
         rows.append(((qpaths[q], str(qlabels[q])), results))
     plots.results_grid(rows, path)
 

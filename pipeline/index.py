@@ -33,6 +33,7 @@ from runtime.layout import (
     Layout,
     thumbnail_name,
 )
+from runtime.products import DEFAULT_SCORING, SCORINGS
 from runtime.topk import exact_top_k
 
 if TYPE_CHECKING:
@@ -98,17 +99,25 @@ def choose_strategy(table: list[dict], exact_ms: float) -> str:
 
 
 def _items(catalog: pd.DataFrame) -> Iterator[str]:
-    """One JSON line per dense id: the product's id, name, category, image, thumbnail and the rest as metadata."""
+    """One JSON line per product, in order of first appearance: its id, name, category, first image and thumbnail,
+    every image (dense image id, path, thumbnail) and the rest of its first row as metadata."""
+    import pandas as pd
+
     meta_columns = [c for c in catalog.columns if c not in ITEM_COLUMNS + INTERNAL_COLUMNS]
-    for i, row in enumerate(catalog.itertuples(index=False)):
-        values = dict(zip(catalog.columns, row, strict=True))
-        item = {"id": i, **{c: values[c] for c in ITEM_COLUMNS}, "thumbnail": thumbnail_name(values["sha256"]),
+    codes, _ = pd.factorize(catalog["product_id"], sort=False)
+    order = np.argsort(codes, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1) if len(order) else []
+    images, hashes = catalog["image"].tolist(), catalog["sha256"].tolist()
+    for p, rows in enumerate(groups):
+        values = dict(zip(catalog.columns, catalog.iloc[int(rows[0])], strict=True))
+        item = {"id": p, **{c: values[c] for c in ITEM_COLUMNS}, "thumbnail": thumbnail_name(values["sha256"]),
+                "images": [{"id": int(r), "image": images[r], "thumbnail": thumbnail_name(hashes[r])} for r in rows],
                 "metadata": {c: values[c] for c in meta_columns if values[c] != ""}}
         yield json.dumps(item, ensure_ascii=False)
 
 
 def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
-        target_recall: float = TARGET_RECALL, keep: int = KEEP_VERSIONS) -> dict:
+        target_recall: float = TARGET_RECALL, keep: int = KEEP_VERSIONS, scoring: str = DEFAULT_SCORING) -> dict:
     """Build a new index version from the embeddings and make it current.
 
     Args:
@@ -117,12 +126,16 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         search_k: nodes inspected per query; None measures the smallest reaching `target_recall`.
         target_recall: recall@10 against exact search that the measured search_k must reach.
         keep: index versions to keep (older ones are deleted).
+        scoring: how a product's images' similarities make its score (max, mean or mix), for the service and
+            evaluate.
 
     Returns:
         The manifest of the new version.
     """
     from annoy import AnnoyIndex
 
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     layout = Layout(Path(data_dir))
     catalog = load_catalog(layout)
     if not layout.embeddings_summary.is_file():
@@ -171,6 +184,7 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         "dim": dim, "metric": METRIC, "n_trees": trees, "search_k": chosen, "target_recall": target_recall,
         "search_k_measurements": table, "exact_ms_per_query": exact_ms,
         "strategy": choose_strategy(table, exact_ms), "rerank": "exact cosine with vectors.npy", "count": n,
+        "products": int(catalog["product_id"].nunique()), "scoring": scoring,
         "unreadable_rows": int((~readable).sum()),
         "categories": int(catalog["category"].nunique()),
         "build_seconds": round(build_s, 2), "index_bytes": (staging / INDEX_FILE).stat().st_size,
@@ -251,17 +265,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-recall", type=float, default=TARGET_RECALL,
                         help=f"recall@10 the measured search_k must reach (default {TARGET_RECALL})")
     parser.add_argument("--keep", type=int, default=KEEP_VERSIONS, help=f"index versions to keep ({KEEP_VERSIONS})")
+    parser.add_argument("--scoring", choices=SCORINGS, default=DEFAULT_SCORING,
+                        help=f"a product's score from its images' similarities (default {DEFAULT_SCORING})")
 
 
 def describe(summary: dict, options: dict) -> str:
     """What the command line prints after a run."""
     m = summary
     measured = m["search_k_measurements"][-1] if m["search_k_measurements"] else {}
-    return (f"index: {m['count']} items ({m['dim']}-d, {m['encoder']}), {m['n_trees']} trees, search_k "
-            f"{m['search_k']} (recall@10 {measured.get('recall_at_10', 'not measured')}, "
-            f"{measured.get('ms_per_query', '?')} ms; exact scan {m['exact_ms_per_query']} ms: serves by "
-            f"{m['strategy']}), built in {m['build_seconds']} s, index file {m['index_bytes'] / 2**20:.1f} MiB, "
-            f"peak memory {m['build_peak_rss_mb']} MiB -> {Layout(options['data_dir']).index / m['version']}")
+    return (f"index: {m['products']} products, {m['count']} images ({m['dim']}-d, {m['encoder']}), "
+            f"{m['n_trees']} trees, search_k {m['search_k']} (recall@10 "
+            f"{measured.get('recall_at_10', 'not measured')}, {measured.get('ms_per_query', '?')} ms; exact scan "
+            f"{m['exact_ms_per_query']} ms: serves by {m['strategy']}), built in {m['build_seconds']} s, index file "
+            f"{m['index_bytes'] / 2**20:.1f} MiB, peak memory {m['build_peak_rss_mb']} MiB -> "
+            f"{Layout(options['data_dir']).index / m['version']}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -60,14 +60,15 @@ def describe(summary: dict, options: dict) -> str:
     """What the command line prints after a run: one line per stage."""
     a, m, layout = summary["acquire"], summary["index"], Layout(options["data_dir"])
     reasons = ", ".join(f"{v} {k}" for k, v in a["reject_reasons"].items()) or "none"
-    lines = [f"acquire:   {a['input_rows']} rows -> {a['accepted']} products, {a['held_out']} held out, "
+    lines = [f"acquire:   {a['input_rows']} images -> {a['accepted']} accepted ({a['products']} products), "
+             f"{a['held_out']} held out, "
              f"{a['rejected']} rejected ({reasons}), {a['duplicates']} duplicates flagged",
              f"finetune:  {summary['finetune']['encoder']}, {summary['finetune']['backbone_images_computed']} "
              "backbone passes",
              f"vectorize: {summary['vectorize']['rows']} embeddings, "
              f"{summary['vectorize']['backbone_images_computed']} new passes",
-             f"index:     {m['count']} items, {m['dim']}-d, {m['n_trees']} trees, search_k {m['search_k']} -> "
-             f"{layout.index / m['version']}"]
+             f"index:     {m['products']} products ({m['count']} images), {m['dim']}-d, {m['n_trees']} trees, "
+             f"search_k {m['search_k']} -> {layout.index / m['version']}"]
     if "evaluate" in summary:
         e = summary["evaluate"]
         lines.append(f"evaluate:  {e['n_queries']} queries: precision@1 {e['precision_at_1']}, "

@@ -7,9 +7,10 @@ import logging
 import os
 import re
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.grocery import read_grocery
+from pipeline.records import Record, Reject, SourceError
 from runtime import storage
 from runtime.layout import KAGGLE_DIR, S3_MIRROR_DIR
 
@@ -17,35 +18,13 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 FOOD11_NAME = re.compile(r"^(\d+)_(\d+)$")
-KINDS = ("fashion", "folders", "csv", "kaggle")
-CSV_REQUIRED = ("id", "image", "name", "category")
-SOURCE_HELP = "fashion:DIR | folders:DIR | csv:FILE | kaggle:OWNER/DATASET; DIR and FILE may be s3://bucket/prefix"
+KINDS = ("fashion", "folders", "csv", "grocery", "kaggle")
+CSV_REQUIRED = ("id", "name", "category")  # and an image column: `image`, `images` or both
+IMAGES_SEPARATOR = "|"  # a manifest's `images` column lists several images of one product
+SOURCE_HELP = ("fashion:DIR | folders:DIR | csv:FILE | grocery:DIR | kaggle:OWNER/DATASET; DIR and FILE may be "
+               "s3://bucket/prefix")
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 DOWNLOAD_TIMEOUT_S = 20.0
-
-
-class SourceError(ValueError):
-    """A source that cannot be read at all (as opposed to one bad row in it)."""
-
-
-@dataclass
-class Record:
-    """One product row of a source: where its image is and what is known about it."""
-
-    product_id: str
-    name: str
-    category: str
-    image: str  # a local path, an http(s) URL or an s3:// URI
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Reject:
-    """One input row that cannot become a product, with the reason."""
-
-    product_id: str
-    source: str
-    reason: str
 
 
 def parse_source(spec: str) -> tuple[str, str]:
@@ -67,13 +46,14 @@ def read_source(spec: str, cache_dir: Path, category_column: str | None = None) 
     """Read every product row of a source.
 
     Args:
-        spec: `fashion:DIR`, `folders:DIR`, `csv:FILE` or `kaggle:OWNER/DATASET`; DIR and FILE may be
-            `s3://bucket/prefix`, which is mirrored into `cache_dir` first.
+        spec: `fashion:DIR`, `folders:DIR`, `csv:FILE`, `grocery:DIR` or `kaggle:OWNER/DATASET`; DIR and FILE
+            may be `s3://bucket/prefix`, which is mirrored into `cache_dir` first.
         cache_dir: where remote sources are downloaded to.
         category_column: the metadata column that names a product's category (fashion: articleType).
 
     Returns:
-        The readable records, and the rows rejected before any image was opened.
+        The readable records (one per image: a product with several images has several records with its
+        product id), and the rows rejected before any image was opened.
 
     Raises:
         SourceError: the source does not exist or lacks what its layout requires.
@@ -100,6 +80,8 @@ def read_source(spec: str, cache_dir: Path, category_column: str | None = None) 
         return read_folders(local)
     if kind == "csv":
         return read_csv_manifest(local, category_column or "category")
+    if kind == "grocery":
+        return read_grocery(local, category_column)
     raise SourceError(f"unknown source kind {kind!r}; expected one of {KINDS}")
 
 
@@ -140,7 +122,7 @@ def read_fashion(root: Path, category_column: str = "articleType") -> tuple[list
                 rejects.append(Reject(pid, where, f"image missing: no images/{pid}.jpg"))
                 continue
             name = meta.get("productDisplayName") or pid
-            records.append(Record(pid, name, meta[category_column], str(on_disk[pid]), meta))
+            records.append(Record(pid, name, meta[category_column], str(on_disk[pid]), meta, where))
     for stem in sorted(set(on_disk) - seen):
         rejects.append(Reject(stem, str(on_disk[stem]), "image has no row in styles.csv"))
     return records, rejects
@@ -167,36 +149,42 @@ def read_folders(root: Path) -> tuple[list[Record], list[Reject]]:
         else:
             category = "uncategorized"
         meta = {"path": str(rel)}
-        records.append(Record(pid, path.stem.replace("_", " ").replace("-", " "), category, str(path), meta))
+        records.append(Record(pid, path.stem.replace("_", " ").replace("-", " "), category, str(path), meta,
+                              str(rel)))
     return records, rejects
 
 
 def read_csv_manifest(path: Path, category_column: str = "category") -> tuple[list[Record], list[Reject]]:
-    """Read a CSV manifest with at least id, image, name and category columns; the rest is metadata."""
+    """Read a CSV manifest: id, name, category and an image column; the other columns are metadata.
+
+    A product may have several images: its id repeated on several rows (one image each), or several images in
+    one row's `images` column, separated by `|`. Relative image paths are relative to the manifest.
+    """
     if not path.is_file():
         raise SourceError(f"csv manifest not found: {path}")
     with open(path, newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
         missing = [c for c in CSV_REQUIRED if c not in header and not (c == "category" and category_column in header)]
+        if "image" not in header and "images" not in header:
+            missing.append("image (or images)")
         if missing:
             raise SourceError(f"{path} lacks required column(s) {missing}; it has {header}")
-        records, rejects, seen = [], [], set()
+        records, rejects = [], []
         for line_no, row in enumerate(reader, start=2):
             where = f"{path.name}:{line_no}"
             pid = (row.get("id") or "").strip()
-            image = (row.get("image") or "").strip()
-            if not pid or not image:
+            images = [(row.get("image") or "").strip()]
+            images += [p.strip() for p in (row.get("images") or "").split(IMAGES_SEPARATOR)]
+            images = list(dict.fromkeys(p for p in images if p))  # in order, each once
+            if not pid or not images:
                 rejects.append(Reject(pid, where, "row lacks an id or an image"))
                 continue
-            if pid in seen:
-                rejects.append(Reject(pid, where, "duplicate product id"))
-                continue
-            seen.add(pid)
-            if not re.match(r"^(https?|s3)://", image):
-                image = str((path.parent / image).resolve())
-            meta = {k: (v or "").strip() for k, v in row.items() if k is not None}
-            records.append(Record(pid, meta.get("name") or pid, meta.get(category_column, ""), image, meta))
+            meta = {k: (v or "").strip() for k, v in row.items() if k is not None and k != "images"}
+            for given in images:
+                image = given if re.match(r"^(https?|s3)://", given) else str((path.parent / given).resolve())
+                records.append(Record(pid, meta.get("name") or pid, meta.get(category_column, ""), image,
+                                      {**meta, "image": given}, where))
     return records, rejects
 
 

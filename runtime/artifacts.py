@@ -12,7 +12,7 @@ from runtime.layout import CURRENT, INDEX_DIR, INDEX_FILE, ITEMS_FILE, MANIFEST,
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: items.jsonl has a line per product, listing its images
 
 
 class ArtifactError(ValueError):
@@ -70,7 +70,7 @@ def verify(folder: Path, check_hashes: bool = True) -> dict:
 
 
 def read_items(folder: Path) -> list[dict]:
-    """Return the item maps: entry i describes Annoy item i (product id, name, category, image, metadata)."""
+    """Return the products: entry i describes product i (product id, name, category, images, metadata)."""
     with open(Path(folder) / ITEMS_FILE, encoding="utf-8") as fh:
         items = [json.loads(line) for line in fh if line.strip()]
     for i, item in enumerate(items):

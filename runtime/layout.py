@@ -15,6 +15,7 @@ CATALOG_CSV = "catalog.csv"
 REJECTS_CSV = "rejects.csv"
 VECTORIZE_REJECTS_CSV = "vectorize_rejects.csv"  # written by vectorize: images it could not read
 QUERIES_CSV = "queries.csv"
+CONFLICTS_CSV = "conflicts.csv"  # product metadata that differed between the rows of one product
 CATALOG_SUMMARY = "summary.json"
 IMAGES_DIR = "images"
 
@@ -69,7 +70,7 @@ EVAL_QUERIES_DIR = "queries"  # the query source acquired like a catalog: a data
 # Every path a run may write under a data dir, as glob patterns (data/README.md lists each one).
 WRITTEN = (
     f"{CATALOG_DIR}/{CATALOG_CSV}", f"{CATALOG_DIR}/{REJECTS_CSV}", f"{CATALOG_DIR}/{VECTORIZE_REJECTS_CSV}",
-    f"{CATALOG_DIR}/{QUERIES_CSV}",
+    f"{CATALOG_DIR}/{QUERIES_CSV}", f"{CATALOG_DIR}/{CONFLICTS_CSV}",
     f"{CATALOG_DIR}/{CATALOG_SUMMARY}", f"{CATALOG_DIR}/{IMAGES_DIR}/*/*.jpg",
     f"{CACHE_DIR}/{FEATURES_DIR}/*/{FEATURE_PARTS}", f"{CACHE_DIR}/{THUMBS_DIR}/*.jpg",
     f"{CACHE_DIR}/{S3_MIRROR_DIR}/*", f"{CACHE_DIR}/{KAGGLE_DIR}/*",
@@ -115,6 +116,10 @@ class Layout:
     @property
     def queries_csv(self) -> Path:
         return self.catalog / QUERIES_CSV
+
+    @property
+    def conflicts_csv(self) -> Path:
+        return self.catalog / CONFLICTS_CSV
 
     @property
     def catalog_summary(self) -> Path:

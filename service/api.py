@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 
 from service import metrics
 from service.errors import APIError
-from service.searcher import Searcher, UnknownProduct
+from service.searcher import Match, Searcher, UnknownProduct
 from service.state import get_searcher
 from service.uploads import decode, image_bytes, request_json
 
@@ -52,24 +52,27 @@ def parse_filters(body: dict, searcher: Searcher) -> dict[str, list[str]]:
     return {c: v for c, v in filters.items() if v}
 
 
-def image_url(item: dict) -> str:
-    """The URL of a product's web-sized image: IMAGE_BASE_URL when set, else this service's /images/."""
+def image_url(item: dict, position: int = 0) -> str:
+    """The URL of one of a product's web-sized images: IMAGE_BASE_URL when set, else this service's /images/."""
     base = current_app.config["IMAGE_BASE_URL"]
     if base:
-        return f"{base.rstrip('/')}/{item['thumbnail']}"
+        return f"{base.rstrip('/')}/{item['images'][position]['thumbnail']}"
+    if position:
+        return url_for("web.product_image", product_id=item["product_id"], n=position)
     return url_for("web.product_image", product_id=item["product_id"])
 
 
-def product_json(item: dict) -> dict:
-    """A product as the API shows it."""
+def product_json(item: dict, matched: int = 0) -> dict:
+    """A product as the API shows it: `image_url` is its matched (else first) image, `images` all of them."""
     return {"product_id": item["product_id"], "name": item["name"], "category": item["category"],
-            "metadata": item["metadata"], "image_url": image_url(item)}
+            "metadata": item["metadata"], "image_url": image_url(item, matched),
+            "images": [image_url(item, n) for n in range(len(item["images"]))]}
 
 
-def results_json(results: list) -> list[dict]:
-    """Ranked results: rank, product fields and cosine similarity."""
-    return [{"rank": rank, **product_json(item), "score": round(score, 5)}
-            for rank, (item, score) in enumerate(results, start=1)]
+def results_json(results: list[Match]) -> list[dict]:
+    """Ranked products: rank, product fields, score, and which of its images matched best (its index in `images`)."""
+    return [{"rank": rank, **product_json(m.item, m.image), "matched_image": m.image, "score": round(m.score, 5)}
+            for rank, m in enumerate(results, start=1)]
 
 
 @bp.post("/search")

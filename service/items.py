@@ -19,7 +19,10 @@ from runtime.artifacts import ArtifactError
 
 
 class ItemStore(Sequence):
-    """Entry i is the dict of Annoy item i (id, product_id, name, category, image, thumbnail, metadata).
+    """Entry i is the dict of product i (id, product_id, name, category, image, thumbnail, images, metadata).
+
+    `image_counts` and `image_ids` list each product's images (dense image ids: rows of the Annoy index and
+    vectors.npy), product after product.
 
     Args:
         path: an index folder's `items.jsonl` (line i describes item i).
@@ -43,14 +46,19 @@ class ItemStore(Sequence):
         """One pass over every line: check ids, and collect product ids and each column's values."""
         product_ids: list[bytes] = []
         groups: dict[str, dict[str, array]] = {"category": {}}
+        counts, image_ids = array("i"), array("i")
         for i in range(len(self)):
             item = self[i]
             if item["id"] != i:
                 raise ArtifactError(f"{self.path}: line {i + 1} has id {item['id']}, expected {i}")
             product_ids.append(str(item["product_id"]).encode())
+            counts.append(len(item["images"]))
+            image_ids.extend(image["id"] for image in item["images"])
             groups["category"].setdefault(str(item["category"]), array("i")).append(i)
             for column, value in item["metadata"].items():
                 groups.setdefault(column, {}).setdefault(str(value), array("i")).append(i)
+        self.image_counts = np.frombuffer(counts, np.int32).copy()
+        self.image_ids = np.frombuffer(image_ids, np.int32).copy()
         pids = np.array(product_ids, dtype=bytes) if product_ids else np.empty(0, "S1")
         self._pid_order = np.argsort(pids, kind="stable")
         self._pids = pids[self._pid_order]
@@ -90,6 +98,6 @@ class ItemStore(Sequence):
 
     def nbytes(self) -> int:
         """Private memory of the numpy tables (the mapped file itself is shared page cache)."""
-        tables = [self._starts, self._ends, self._pids, self._pid_order]
+        tables = [self._starts, self._ends, self._pids, self._pid_order, self.image_counts, self.image_ids]
         tables += [a for values in self.ids_by_value.values() for a in values.values()]
         return sum(a.nbytes for a in tables)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,12 +15,11 @@ from runtime import artifacts
 from runtime.extractor import load_extractor
 from runtime.layout import EXTRACTOR_DIR, ITEMS_FILE, VECTORS_FILE
 from runtime.preprocess import prepare_array
-from runtime.topk import exact_top_k
+from runtime.products import Hit, ProductSearch
 from service.items import ItemStore
 
 log = logging.getLogger(__name__)
 
-EXACT_FILTER_BELOW = 2_000  # a filter matching fewer products is answered by an exact scan of just those
 FACET_MAX_VALUES = 200  # columns with more distinct values are filterable but not listed as facets
 
 
@@ -32,8 +31,16 @@ class UnknownFilter(ValueError):
     """A filter on a column that the index does not have."""
 
 
+class Match(NamedTuple):
+    """One result: the product's item, its score, and the position in `item["images"]` of its best image."""
+
+    item: dict
+    score: float
+    image: int
+
+
 class Searcher:
-    """Everything one index version needs to answer queries: extractor, Annoy index, vectors, item maps.
+    """Everything one index version needs to answer queries: extractor, Annoy index, vectors, product maps.
 
     Args:
         folder: an index version folder (or anything `runtime.artifacts.resolve_index` accepts).
@@ -47,15 +54,25 @@ class Searcher:
         self.index = artifacts.load_annoy(self.folder, self.manifest, prefault=True)
         self.items = ItemStore(self.folder / ITEMS_FILE)
         self.vectors = np.load(self.folder / VECTORS_FILE, mmap_mode="r")
-        if self.vectors.shape != (len(self.items), self.manifest["dim"]):
+        if self.vectors.shape != (self.manifest["count"], self.manifest["dim"]):
             raise artifacts.ArtifactError(f"{self.folder}: vectors.npy has shape {self.vectors.shape}, expected "
-                                          f"({len(self.items)}, {self.manifest['dim']})")
+                                          f"({self.manifest['count']}, {self.manifest['dim']})")
+        self.products = ProductSearch(self.vectors, self.items.image_counts, self.items.image_ids, self.index,
+                                      int(self.manifest["search_k"]), int(self.manifest["n_trees"]),
+                                      exact=self.manifest.get("strategy", "annoy") == "exact",  # measured at build
+                                      scoring=self.manifest["scoring"])
         self.extractor = load_extractor(self.folder / EXTRACTOR_DIR)
         self.columns = self.items.columns
-        self.search_k = int(self.manifest["search_k"])
-        self.n_trees = int(self.manifest["n_trees"])
-        self.exact = self.manifest.get("strategy", "annoy") == "exact"  # measured by the index stage
         self.load_seconds = time.perf_counter() - started
+
+    @property
+    def exact(self) -> bool:
+        """Whether every query scans all vectors instead of asking Annoy (the manifest's measured strategy)."""
+        return self.products.exact
+
+    @exact.setter
+    def exact(self, value: bool) -> None:
+        self.products.exact = value
 
     @property
     def version(self) -> str:
@@ -79,7 +96,7 @@ class Searcher:
             raise UnknownProduct(product_id) from None
 
     def allowed(self, filters: dict[str, list[str]]) -> np.ndarray:
-        """Return a boolean mask of the items matching every column's filter (any of its values)."""
+        """Return a boolean mask of the products matching every column's filter (any of its values)."""
         mask = np.ones(len(self.items), dtype=bool)
         for column, values in filters.items():
             if column not in self.columns:
@@ -102,61 +119,32 @@ class Searcher:
         return out
 
     def search(self, vector: np.ndarray, k: int, filters: dict[str, list[str]] | None = None,
-               exclude: int | None = None) -> list[tuple[dict, float]]:
-        """Return up to k (item, cosine similarity) pairs, best first.
+               exclude: int | None = None) -> list[Match]:
+        """Return up to k products, best first, each at most once, with the image of each that matched best.
 
-        A catalog small enough that scanning every vector beat Annoy when the index was built (the manifest's
-        `strategy`) is always scanned exactly. Otherwise, with filters, exactly k matching items come back
-        whenever at least k exist: a narrow filter is answered by an exact scan of its matches; a broad one
-        by an Annoy query that over-fetches by the inverse of the filter's share of the catalog and widens
-        until it has k matches (falling back to the exact scan). Candidates are always re-ranked by their
-        exact cosine similarity.
+        The Annoy index and the vectors hold one row per image; a product's score comes from all its images
+        (`runtime.products`, the manifest's `scoring`). A catalog small enough that scanning every vector beat
+        Annoy when the index was built (the manifest's `strategy`) is always scanned exactly. Otherwise, with
+        filters, exactly k matching products come back whenever at least k exist: a narrow filter is answered by
+        an exact scan of its products' images; a broad one by an Annoy query that over-fetches by the inverse of
+        the filter's share of the catalog and widens until it has k products (falling back to the exact scan).
 
         Args:
             vector: the query's unit vector.
-            k: results wanted.
+            k: products wanted.
             filters: column -> accepted values (values of one column are alternatives; columns all apply).
-            exclude: an item id never to return (the product a "more like this" query starts from).
+            exclude: a product never to return (the one a "more like this" query starts from).
         """
         mask = self.allowed(filters) if filters else None
-        if mask is not None and exclude is not None:
-            mask[exclude] = False
-        if mask is None:
-            n_allowed = len(self.items) - (exclude is not None)
-        else:
-            n_allowed = int(mask.sum())
-        wanted = min(k, n_allowed)
-        if wanted == 0:
-            return []
-        if mask is not None and (self.exact or n_allowed <= EXACT_FILTER_BELOW):
-            return self._rank(np.flatnonzero(mask), vector, wanted)
-        if self.exact:
-            return self._scan(vector, wanted, exclude)
-        share = n_allowed / len(self.items)
-        n = math.ceil(wanted / share * (1.5 if mask is not None else 1)) + (exclude is not None)
-        while True:
-            ids = self.index.get_nns_by_vector(vector, n, search_k=max(self.search_k, n * self.n_trees))
-            matches = [i for i in ids if (mask is None or mask[i]) and i != exclude]
-            if len(matches) >= wanted:
-                return self._rank(np.array(matches), vector, wanted)
-            if n >= len(self.items):
-                everything = np.ones(len(self.items), dtype=bool) if mask is None else mask
-                if exclude is not None:
-                    everything[exclude] = False
-                return self._rank(np.flatnonzero(everything), vector, wanted)
-            n = min(len(self.items), n * 4)
+        return [self._match(hit) for hit in self.products.search(vector, k, mask, exclude)]
 
-    def _scan(self, vector: np.ndarray, k: int, exclude: int | None) -> list[tuple[dict, float]]:
-        ids = exact_top_k(self.vectors, vector[None], k, None if exclude is None else np.array([exclude]))[0]
-        return self._rank(ids, vector, k)
+    def _match(self, hit: Hit) -> Match:
+        item = self.items[hit.product]
+        position = next(i for i, image in enumerate(item["images"]) if image["id"] == hit.image)
+        return Match(item, hit.score, position)
 
-    def _rank(self, ids: np.ndarray, vector: np.ndarray, k: int) -> list[tuple[dict, float]]:
-        ids = np.sort(ids)  # ascending reads of the memory-mapped vectors
-        scores = np.asarray(self.vectors[ids] @ vector)
-        top = np.argsort(-scores, kind="stable")[:k]
-        return [(self.items[int(ids[i])], float(scores[i])) for i in top]
-
-    def similar(self, product_id: str, k: int, filters: dict[str, list[str]] | None = None) -> list[tuple[dict, float]]:
-        """Return the products most similar to a catalog product, by its stored vector (no encoder pass)."""
+    def similar(self, product_id: str, k: int, filters: dict[str, list[str]] | None = None) -> list[Match]:
+        """Return the products most similar to a catalog product, by its stored vectors (no encoder pass): the query
+        is the normalised mean of its images' vectors."""
         item = self.product(product_id)
-        return self.search(np.asarray(self.vectors[item["id"]]), k, filters, exclude=item["id"])
+        return self.search(self.products.product_vector(item["id"]), k, filters, exclude=item["id"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, send_file, send_from_directory
+from flask import Blueprint, current_app, request, send_file, send_from_directory
 
 from service.errors import APIError
 from service.searcher import UnknownProduct
@@ -19,10 +19,15 @@ def index():  # noqa: ANN201
 
 @bp.get("/images/<path:product_id>")
 def product_image(product_id: str):  # noqa: ANN201
-    """A product's web-sized image, found through the item map: no request path reaches the filesystem."""
+    """A product's web-sized image (`?n=` picks one of its images, from 0), found through the product map: no
+    request path reaches the filesystem."""
     searcher = get_searcher()
     try:
         item = searcher.product(product_id)
     except UnknownProduct:
         raise APIError(404, "unknown_product", f"no product with id {product_id!r} in this index") from None
-    return send_file(searcher.folder / item["thumbnail"], mimetype="image/jpeg", max_age=86400)
+    raw = request.args.get("n", "0")
+    if not raw.isdigit() or int(raw) >= len(item["images"]):
+        raise APIError(404, "unknown_image", f"product {product_id!r} has images n=0..{len(item['images']) - 1}, "
+                                             f"not n={raw!r}")
+    return send_file(searcher.folder / item["images"][int(raw)]["thumbnail"], mimetype="image/jpeg", max_age=86400)

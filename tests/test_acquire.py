@@ -121,12 +121,13 @@ def test_csv_manifest_with_local_paths_and_http_urls(tmp_path: Path) -> None:
     reasons = {r["id"]: r["reason"] for r in rows(layout.rejects_csv)}
     assert reasons["c"].startswith("not an image")
     assert reasons["d"].startswith("image unreadable") and "404" in reasons["d"]
+    assert reasons["a"].startswith("image listed twice for this product")  # the fifth row
     assert summary["input_rows"] == 5 and summary["rejected"] == 3
 
 
 def test_csv_manifest_without_required_columns_is_refused(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("id,picture,title\n1,a.jpg,x\n")
-    with pytest.raises(SourceError, match=r"lacks required column\(s\) \['image', 'name', 'category'\]"):
+    with pytest.raises(SourceError, match=r"lacks required column\(s\) \['name', 'category', 'image \(or images\)'\]"):
         acquire.run(f"csv:{tmp_path / 'm.csv'}", tmp_path / "data")
 
 

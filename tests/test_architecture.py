@@ -109,7 +109,7 @@ def test_the_project_has_no_import_cycle() -> None:
 def test_service_imports_only_the_runtime_layer_and_stages_only_their_helpers() -> None:
     graph = import_graph(ROOT)
     assert layer_violations(graph) == []
-    assert "runtime.extractor" in graph["service.searcher"] and "runtime.topk" in graph["service.searcher"]
+    assert "runtime.extractor" in graph["service.searcher"] and "runtime.products" in graph["service.searcher"]
     for stage in STAGES:
         assert any(t.startswith("runtime.") for t in graph[f"pipeline.{stage}"]), stage
 

@@ -69,7 +69,7 @@ def test_synthetic_data_dir_goes_through_the_index_stage_and_the_searcher(demo_i
     assert len(list((searcher.folder / "thumbs").iterdir())) <= 5  # one thumbnail per distinct image
     for exact in (True, False):
         searcher.exact = exact
-        found = [item["id"] for item, _ in searcher.similar("S0000007", 10)]
+        found = [m.item["id"] for m in searcher.similar("S0000007", 10)]
         vectors = np.load(searcher.folder / "vectors.npy")
         truth = exact_truth(vectors, vectors[7:8], 11)[0][1:].tolist()
         assert len(set(found) & set(truth)) >= 9

@@ -40,7 +40,7 @@ def test_run_end_to_end_from_the_command_line(sample_catalog: Path, tiny_hub_mod
     done = cli_run("-m", "pipeline", "run", "--source", f"fashion:{sample_catalog}", "--data-dir", str(data),
                    "--encoder", f"hub:{tiny_hub_model}", "--label-column", "category", "--eval-split", "0.2")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "acquire:   80 rows -> " in done.stdout and "evaluate:  " in done.stdout
+    assert "acquire:   80 images -> " in done.stdout and "evaluate:  " in done.stdout
     manifest = json.loads((data / "index" / "current" / "manifest.json").read_text())
     assert manifest["encoder"] == f"hub:{tiny_hub_model}"
     report = json.loads((data / "eval" / "report.json").read_text())

@@ -18,14 +18,15 @@ def write(path: Path, items: list[dict], blank_lines: bool = False) -> Path:
     return path
 
 
-def item(i: int, product_id: str, category: str, **metadata: str) -> dict:
+def item(i: int, product_id: str, category: str, images: tuple[int, ...] | None = None, **metadata: str) -> dict:
     return {"id": i, "product_id": product_id, "name": f"n{i}", "category": category, "image": "",
-            "thumbnail": "", "metadata": metadata}
+            "thumbnail": "", "images": [{"id": j, "image": "", "thumbnail": ""} for j in images or (i,)],
+            "metadata": metadata}
 
 
 def test_items_are_parsed_on_demand_and_indexed_by_product_and_value(tmp_path: Path) -> None:
-    items = [item(0, "0042", "Shirts", colour="Blue"), item(1, "é-7", "Shoes"),
-             item(2, "10", "Shirts", colour="Red", season="Fall"), item(3, "9", "Shoes", colour="Blue")]
+    items = [item(0, "0042", "Shirts", (0, 4), colour="Blue"), item(1, "é-7", "Shoes"),
+             item(2, "10", "Shirts", colour="Red", season="Fall"), item(3, "9", "Shoes", (3, 5), colour="Blue")]
     store = ItemStore(write(tmp_path / "items.jsonl", items, blank_lines=True))
     assert len(store) == 4 and list(store) == items and store[-1] == items[3]
     assert [store.lookup(p) for p in ("0042", "é-7", "10", "9")] == [0, 1, 2, 3]
@@ -38,6 +39,7 @@ def test_items_are_parsed_on_demand_and_indexed_by_product_and_value(tmp_path: P
     assert by_colour == {"Blue": [0, 3], "Red": [2], "": [1]}  # no value is the value ''
     season = store.ids_by_value["season"]
     assert season["Fall"].tolist() == [2] and season[""].tolist() == [0, 1, 3]
+    assert store.image_counts.tolist() == [2, 1, 1, 2] and store.image_ids.tolist() == [0, 4, 1, 2, 3, 5]
     assert store.nbytes() < 1000
 
 
@@ -54,7 +56,7 @@ def test_a_large_store_keeps_a_few_bytes_per_product(tmp_path: Path) -> None:
     n = 20_000
     items = [item(i, f"P{i:06d}", f"c{i % 37}", colour=f"k{i % 5}", gender="W" if i % 2 else "M") for i in range(n)]
     store = ItemStore(write(tmp_path / "items.jsonl", items))
-    assert store.nbytes() / n <= 43  # offsets 16 + product id 7 + order 8 + 3 columns x 4 (a dict: ~1 KB)
+    assert store.nbytes() / n <= 51  # offsets 16 + product id 7 + order 8 + 3 columns x 4 + images 8 (a dict: ~1 KB)
     rng = np.random.default_rng(0)
     for i in rng.integers(0, n, 50).tolist():
         assert store[store.lookup(f"P{i:06d}")] == items[i]

@@ -14,8 +14,8 @@ from PIL import Image
 
 from benchmarks.common import free_port
 from pipeline import index
+from runtime import products as products_module
 from service import create_app
-from service import searcher as searcher_module
 
 TOKEN = "test-admin-token"
 
@@ -55,7 +55,8 @@ def test_search_by_uploaded_photo(client, demo_index: Path) -> None:
     assert [r["rank"] for r in results] == [1, 2, 3, 4, 5]
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0.99  # the catalog's own photo comes first
-    assert set(results[0]) == {"rank", "product_id", "name", "category", "score", "metadata", "image_url"}
+    assert set(results[0]) == {"rank", "product_id", "name", "category", "score", "metadata", "image_url", "images",
+                               "matched_image"}
     assert results[0]["image_url"] == f"/images/{results[0]['product_id']}"
     assert set(body["timings_ms"]) == {"decode", "embed", "search"}
 
@@ -79,8 +80,8 @@ def test_search_by_base64_and_by_url(client, tmp_path: Path) -> None:
 def test_filters_return_exactly_k_whenever_k_match(client, app, monkeypatch, force_annoy: bool) -> None:
     searcher = app.extensions["visual_search"].get()
     if force_annoy:
-        monkeypatch.setattr(searcher_module, "EXACT_FILTER_BELOW", 0)
-        monkeypatch.setattr(searcher, "exact", False)
+        monkeypatch.setattr(products_module, "EXACT_FILTER_BELOW", 0)
+        monkeypatch.setattr(searcher.products, "exact", False)
     counts: dict[str, int] = {}
     for item in searcher.items:
         counts[item["category"]] = counts.get(item["category"], 0) + 1
@@ -103,7 +104,7 @@ def test_filters_return_exactly_k_whenever_k_match(client, app, monkeypatch, for
 @pytest.mark.parametrize("exact", [True, False], ids=["exact-scan", "annoy"])
 def test_more_like_this_uses_the_stored_vector(client, app, monkeypatch, exact: bool) -> None:
     searcher = app.extensions["visual_search"].get()
-    monkeypatch.setattr(searcher, "exact", exact)
+    monkeypatch.setattr(searcher.products, "exact", exact)
     product_id = searcher.items[7]["product_id"]
     seen = searcher.extractor.images_seen
     body = client.get(f"/api/products/{product_id}/similar?k=6").get_json()

@@ -1,4 +1,4 @@
-// The shopper's page: send a photo to /api/search, show the results, click one for "more like this".
+// The shopper's page: send a photo to /api/search, show the products found, click one for "more like this".
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -19,11 +19,13 @@ function render(results) {
   const grid = $("results");
   grid.replaceChildren();
   for (const r of results) {
-    const card = document.createElement("button");
+    const card = document.createElement("article");
     card.className = "card";
-    card.type = "button";
     card.dataset.productId = r.product_id;
-    card.title = `More like ${r.name}`;
+    const open = document.createElement("button");
+    open.className = "open";
+    open.type = "button";
+    open.title = `More like ${r.name}`;
     const img = document.createElement("img");
     img.src = r.image_url;
     img.alt = r.name;
@@ -37,10 +39,38 @@ function render(results) {
     score.className = "score";
     score.textContent = `${r.category} · ${(r.score * 100).toFixed(1)}% match`;
     meta.append(name, score);
-    card.append(img, meta);
-    card.addEventListener("click", () => moreLike(r.product_id, r.name));
+    open.append(img, meta);
+    open.addEventListener("click", () => moreLike(r.product_id, r.name));
+    card.append(open);
+    if (r.images && r.images.length > 1) card.append(flipper(r, img));
     grid.append(card);
   }
+}
+
+// A product with several photos opens on the one that matched; the arrows flip through the others.
+function flipper(r, img) {
+  const n = r.images.length;
+  let at = r.matched_image || 0;
+  const bar = document.createElement("div");
+  bar.className = "flip";
+  const prev = document.createElement("button");
+  const next = document.createElement("button");
+  const count = document.createElement("span");
+  count.className = "count";
+  prev.type = next.type = "button";
+  prev.textContent = "‹";
+  next.textContent = "›";
+  prev.setAttribute("aria-label", `Previous photo of ${r.name}`);
+  next.setAttribute("aria-label", `Next photo of ${r.name}`);
+  const show = () => {
+    img.src = r.images[at];
+    count.textContent = `photo ${at + 1}/${n}${at === r.matched_image ? " · matched" : ""}`;
+  };
+  prev.addEventListener("click", () => { at = (at + n - 1) % n; show(); });
+  next.addEventListener("click", () => { at = (at + 1) % n; show(); });
+  show();
+  bar.append(prev, count, next);
+  return bar;
 }
 
 async function call(url, options) {

@@ -1,0 +1,156 @@
+"""Search that answers products, not images: a product's images are scored together and it is returned once.
+
+The Annoy index and `vectors.npy` hold one row per image (dense image ids); `items.jsonl` holds one line per
+product, listing its image ids. A query's nearest images name candidate products; every image of each candidate
+is scored exactly, and a product's score is its images' maximum, mean or their mix (`SCORINGS`).
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.artifacts import ArtifactError
+
+SCORINGS = ("max", "mean", "mix")
+DEFAULT_SCORING = "max"  # README "Several images per product": max beat mean and mix on grocery (val photos)
+EXACT_FILTER_BELOW = 2_000  # a filter matching fewer products is answered by an exact scan of their images
+WIDEN = 4  # each Annoy retry fetches this many times more images
+GATHER_BELOW = 1_000  # fewer candidate products: their images are gathered product by product
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One ranked product: its dense product number, its score and the id of its best-matching image."""
+
+    product: int
+    score: float
+    image: int
+
+
+def flatten(image_lists: Iterable[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Return (image count per product, all image ids in product order) from each product's image ids."""
+    counts, flat = array("i"), array("i")
+    for ids in image_lists:
+        counts.append(len(ids))
+        flat.extend(ids)
+    return np.frombuffer(counts, np.int32).copy(), np.frombuffer(flat, np.int32).copy()
+
+
+def image_table(counts: np.ndarray, flat: np.ndarray, n_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (image -> product [N], offsets [P + 1] into `flat`) from each product's image count and the ids.
+
+    Raises:
+        ArtifactError: an image id out of range, listed twice, or not listed at all.
+    """
+    offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    if len(flat) != n_images or offsets[-1] != n_images or (n_images and (flat.min() < 0 or flat.max() >= n_images)):
+        raise ArtifactError(f"the products list {len(flat)} image ids for {n_images} images, or ids out of range")
+    image_product = np.full(n_images, -1, np.int32)
+    image_product[flat] = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+    if n_images and (image_product < 0).any():
+        raise ArtifactError("an image id is listed by two products and another by none")
+    return image_product, offsets
+
+
+def aggregate(image_ids: np.ndarray, scores: np.ndarray, image_product: np.ndarray, scoring: str
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Score products from their images' scores; return (products, scores, best image ids), best product first.
+
+    For `mean` and `mix`, `image_ids` must hold every image of each product it touches.
+    """
+    products = image_product[image_ids]
+    order = np.lexsort((-scores, products))  # by product, best image first within it
+    products, scores, image_ids = products[order], scores[order], image_ids[order]
+    starts = np.flatnonzero(np.concatenate([[True], products[1:] != products[:-1]])) if len(products) else order
+    best = scores[starts]
+    if scoring == "max":
+        value = best
+    elif scoring in ("mean", "mix"):
+        mean = np.add.reduceat(scores, starts) / np.diff(np.append(starts, len(scores))) if len(starts) else best
+        value = mean if scoring == "mean" else (best + mean) / 2
+    else:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    rank = np.argsort(-value, kind="stable")
+    return products[starts][rank], value[rank], image_ids[starts][rank]
+
+
+class ProductSearch:
+    """Rank products for a query vector over per-image vectors and an Annoy index of the same rows.
+
+    Args:
+        vectors: unit vectors, one row per image [N, dim] (a memory map is fine).
+        counts: each product's number of images; flat: their image ids, product after product (`flatten`).
+        annoy: the Annoy index over the N images (None: always exact).
+        search_k: Annoy's nodes per query; n_trees: its trees (a wider query inspects n * n_trees nodes).
+        exact: scan every image instead of asking Annoy (the index stage measured it faster).
+        scoring: how a product's image scores combine, one of `SCORINGS`.
+    """
+
+    def __init__(self, vectors: np.ndarray, counts: np.ndarray, flat: np.ndarray, annoy: Any = None,
+                 search_k: int = -1, n_trees: int = 1, exact: bool = False, scoring: str = DEFAULT_SCORING) -> None:
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+        self.vectors, self.annoy, self.search_k, self.n_trees = vectors, annoy, search_k, n_trees
+        self.exact, self.scoring = exact or annoy is None, scoring
+        self.image_product, self.offsets = image_table(counts, flat, len(vectors))
+        self.images = flat
+        self.n_products = len(self.offsets) - 1
+
+    def images_of(self, products: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Every image id of the given products."""
+        parts = [self.images[self.offsets[p]:self.offsets[p + 1]] for p in products]
+        return np.concatenate(parts) if parts else np.empty(0, np.int32)
+
+    def product_vector(self, product: int) -> np.ndarray:
+        """A product's query vector: the normalised mean of its images' vectors ("more like this")."""
+        mean = np.asarray(self.vectors[np.sort(self.images_of([product]))], np.float32).mean(axis=0)
+        return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+    def search(self, vector: np.ndarray, k: int, mask: np.ndarray | None = None, exclude: int | None = None,
+               exact: bool | None = None) -> list[Hit]:
+        """Return up to k products, best first, each once; exactly k whenever k products are allowed.
+
+        Args:
+            vector: the query's unit vector.
+            k: products wanted.
+            mask: boolean per product: those allowed (a metadata filter); None allows all.
+            exclude: a product never to return (the one a "more like this" query starts from).
+            exact: force (True) or forbid (False) the exact scan; None: as measured at build, or for a narrow mask.
+        """
+        allowed = np.ones(self.n_products, bool) if mask is None else mask.copy()
+        if exclude is not None:
+            allowed[exclude] = False
+        n_allowed = int(allowed.sum())
+        wanted = min(k, n_allowed)
+        if wanted == 0:
+            return []
+        narrow = mask is not None and n_allowed <= EXACT_FILTER_BELOW
+        if exact or (exact is None and (self.exact or narrow)):
+            return self._rank(np.flatnonzero(allowed), vector, wanted)
+        n_images = len(self.vectors)
+        n = math.ceil(wanted * n_images / n_allowed * (1.5 if mask is not None else 1)) + (exclude is not None)
+        while True:
+            ids = self.annoy.get_nns_by_vector(vector, n, search_k=max(self.search_k, n * self.n_trees))
+            products = np.unique(self.image_product[np.asarray(ids, np.int64)])
+            products = products[allowed[products]]
+            if len(products) >= wanted or n >= n_images:
+                return self._rank(products if len(products) >= wanted else np.flatnonzero(allowed), vector, wanted)
+            n = min(n_images, n * WIDEN)
+
+    def _rank(self, products: np.ndarray, vector: np.ndarray, k: int) -> list[Hit]:
+        """Score every image of `products` exactly and return the k best products."""
+        if len(products) > GATHER_BELOW:  # many products: one pass over the image -> product map
+            chosen = np.zeros(self.n_products, bool)
+            chosen[products] = True
+            ids = np.flatnonzero(chosen[self.image_product])
+        else:
+            ids = np.sort(self.images_of(products))  # ascending reads of the memory-mapped vectors
+        scores = np.asarray(self.vectors[ids] @ vector, np.float32)
+        found, values, best = aggregate(ids, scores, self.image_product, self.scoring)
+        return [Hit(int(p), float(s), int(i)) for p, s, i in zip(found[:k], values[:k], best[:k], strict=True)]
