@@ -18,6 +18,7 @@ from pipeline.export import export
 from pipeline.feature_cache import FeatureCache
 from pipeline.features import fill_cache
 from pipeline.head import build_head, train_head
+from pipeline.sources import default_label
 from runtime import storage
 from runtime.layout import AUTOENCODER_CURVES, AUTOENCODER_WEIGHTS, HISTORY, LABELS, TRAINING_CURVES, Layout
 
@@ -30,7 +31,7 @@ DEFAULT_DIM = 256
 
 
 def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
-        label_column: str = "category", dim: int = DEFAULT_DIM, no_finetune: bool = False, val_split: float = 0.1,
+        label_column: str | None = None, dim: int = DEFAULT_DIM, no_finetune: bool = False, val_split: float = 0.1,
         epochs: int = 100, ae_epochs: int = 15, seed: int = 0) -> dict:
     """Compute (or reuse) backbone features for the catalog, train the head on them, export the extractor.
 
@@ -38,7 +39,8 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
         data_dir: the data directory; reads `catalog/`, writes `model/` and `cache/features/`.
         encoder: backbone name (see `pipeline.encoders.load_encoder`).
         encoder_weights: the backbone's weights file where it takes one.
-        label_column: catalog column the classification layer learns.
+        label_column: catalog column the classification layer learns (default: the source's, see
+            `pipeline.sources.default_label`: `name` for grocery, else `category`).
         dim: length of the feature-vector layer (the embedding).
         no_finetune: keep the raw backbone features (only L2-normalised) instead of training a head.
         val_split: fraction of products held out for early stopping.
@@ -54,6 +56,9 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
     """
     layout = Layout(Path(data_dir))
     catalog, keys, paths = catalog_inputs(layout)
+    if label_column is None:
+        source = storage.read_json(layout.catalog_summary).get("source") if layout.catalog_summary.is_file() else None
+        label_column = default_label(source)
     started = time.perf_counter()
     if encoder == "autoencoder" and encoder_weights is None:
         encoder_weights = str(layout.model / AUTOENCODER_WEIGHTS)
@@ -113,7 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bit-m-r50x3 (default) | bit-m-r50x1 | hub:HANDLE_OR_PATH | mobilenet-v1-0.25 | "
                              "mediapipe-embedder | autoencoder")
     parser.add_argument("--encoder-weights", default=None, help="weights file (.h5, .tflite, .weights.h5)")
-    parser.add_argument("--label-column", default="category", help="catalog column to classify (default category)")
+    parser.add_argument("--label-column", default=None,
+                        help="catalog column to classify (default: name for a grocery: catalog, else category)")
     parser.add_argument("--dim", type=int, default=DEFAULT_DIM, help=f"feature-vector length (default {DEFAULT_DIM})")
     parser.add_argument("--no-finetune", action="store_true", help="keep raw backbone features")
     parser.add_argument("--val-split", type=float, default=0.1, help="held out for early stopping (default 0.1)")

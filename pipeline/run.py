@@ -9,36 +9,41 @@ from pathlib import Path
 
 from pipeline import acquire, cli, evaluate, finetune, index, vectorize
 from pipeline.encoders import DEFAULT_ENCODER
-from pipeline.sources import SOURCE_HELP
+from pipeline.sources import SOURCE_HELP, default_label
 from runtime.layout import Layout, report_grid
 
 log = logging.getLogger(__name__)
 
 
 def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
-        label_column: str = "category", eval_split: float = 0.0, dim: int = finetune.DEFAULT_DIM,
-        no_finetune: bool = False, trees: int = index.DEFAULT_TREES, category_column: str | None = None) -> dict:
+        label_column: str | None = None, eval_split: float = 0.0, dim: int = finetune.DEFAULT_DIM,
+        no_finetune: bool = False, trees: int = index.DEFAULT_TREES, category_column: str | None = None,
+        queries: str | None = None) -> dict:
     """Run every stage on one source and return each stage's summary.
 
     Args:
         source: any acquire source.
         data_dir: the data directory all stages share.
         encoder: backbone name; encoder_weights: its weights file where it takes one.
-        label_column: what the head learns and what evaluation counts as a correct result.
-        eval_split: fraction of the catalog held out as queries (0: no evaluation).
+        label_column: what the head learns and what evaluation counts as a correct result (default: the
+            source's, `pipeline.sources.default_label`: `name`, the product itself, for grocery; else category).
+        eval_split: fraction of the catalog's products held out as queries.
+        queries: a query source to evaluate with instead of a held-out split (grocery: its val.txt photos).
         dim: embedding length; no_finetune: keep raw backbone features.
         trees: Annoy trees.
         category_column: the source column that names the category.
     """
     layout = Layout(Path(data_dir))
+    label_column = label_column or default_label(source)
     summaries = {"acquire": acquire.run(source, data_dir, category_column=category_column, holdout=eval_split,
                                         holdout_column=label_column)}
     summaries["finetune"] = finetune.run(data_dir, encoder=encoder, encoder_weights=encoder_weights,
                                          label_column=label_column, dim=dim, no_finetune=no_finetune)
     summaries["vectorize"] = vectorize.run(data_dir)
     summaries["index"] = index.run(data_dir, trees=trees)
-    if eval_split:
-        summaries["evaluate"] = evaluate.run(data_dir, f"csv:{layout.queries_csv}", label_column=label_column)
+    if queries or eval_split:
+        summaries["evaluate"] = evaluate.run(data_dir, queries or f"csv:{layout.queries_csv}",
+                                             label_column=label_column)
     return summaries
 
 
@@ -49,8 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--category-column", default=None, help="source column naming the category")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="backbone (see `python -m pipeline finetune -h`)")
     parser.add_argument("--encoder-weights", default=None, help="the backbone's weights file")
-    parser.add_argument("--label-column", default="category", help="column the head learns and evaluation checks")
-    parser.add_argument("--eval-split", type=float, default=0.0, help="fraction held out as evaluation queries")
+    parser.add_argument("--label-column", default=None,
+                        help="column the head learns and evaluation checks (default: name for grocery, else category)")
+    parser.add_argument("--eval-split", type=float, default=0.0, help="fraction of products held out as queries")
+    parser.add_argument("--queries", default=None,
+                        help="evaluate with this query source instead of a held-out split (grocery: the val.txt "
+                             "photos, written by `python -m scripts.grocery_queries`)")
     parser.add_argument("--dim", type=int, default=finetune.DEFAULT_DIM, help="embedding length")
     parser.add_argument("--no-finetune", action="store_true", help="keep raw backbone features")
     parser.add_argument("--trees", type=int, default=index.DEFAULT_TREES, help="Annoy trees")

@@ -23,6 +23,7 @@ CSV_REQUIRED = ("id", "name", "category")  # and an image column: `image`, `imag
 IMAGES_SEPARATOR = "|"  # a manifest's `images` column lists several images of one product
 SOURCE_HELP = ("fashion:DIR | folders:DIR | csv:FILE | grocery:DIR | kaggle:OWNER/DATASET; DIR and FILE may be "
                "s3://bucket/prefix")
+DEFAULT_LABELS = {"grocery": "name"}  # what the head learns by default: the product itself (README, grocery table)
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 DOWNLOAD_TIMEOUT_S = 20.0
 
@@ -40,6 +41,15 @@ def parse_source(spec: str) -> tuple[str, str]:
         return ("fashion" if (Path(spec) / "styles.csv").exists() else "folders"), spec
     raise SourceError(f"unknown source {spec!r}: use one of {', '.join(k + ':...' for k in KINDS)} "
                       "(a location may be an s3://bucket/prefix)")
+
+
+def default_label(spec: str | None) -> str:
+    """The catalog column the head learns by default for a source: `name` (the product) for grocery, else category."""
+    try:
+        kind = parse_source(spec)[0] if spec else ""
+    except SourceError:
+        kind = ""
+    return DEFAULT_LABELS.get(kind, "category")
 
 
 def read_source(spec: str, cache_dir: Path, category_column: str | None = None) -> tuple[list[Record], list[Reject]]:
