@@ -4,7 +4,8 @@
     python -m benchmarks.quality_levers --dataset grocery   # grocery: val.txt shelf photos vs the grocery: catalog
 
 Backbone features of the catalog and of the queries (and of their mirror images) are computed once; each lever
-then trains a head on them in memory, exactly as finetune does (same split, early stopping on held-out catalog
+then trains a head on them in memory (or, for `head+qe`, expands each query with its 3 nearest catalog
+images), exactly as finetune does (same split, early stopping on held-out catalog
 rows, seed 0), embeds catalog and queries, and scores products as the service does (`runtime.products`, scoring
 `mix`). Fashion prints precision@5 of articleType; grocery prints product precision@1 (the first product is the
 one on the photo). Minutes of head training and query-time cost are printed beside each.
@@ -32,10 +33,13 @@ from runtime.preprocess import decode_image
 from runtime.products import ProductSearch, flatten
 
 MODELS = SHARED / "models"
+QE_IMAGES = 3
 ENCODERS = {"mediapipe": ("mediapipe-embedder", MODELS / "mobilenet_v3_small_075_224_embedder.tflite"),
             "mobilenet": ("mobilenet-v1-0.25", MODELS / "mobilenet_2_5_224_tf_no_top.h5")}
-LEVERS = ("raw", "head", "head+flip-tta", "head+flip-train", "head+flip-both", "cosface", "proxy-anchor",
-          "concat", "concat+flip-both")
+LEVERS = ("raw", "head", "head+qe", "head+flip-tta", "head+flip-train", "head+flip-both", "cosface", "proxy-anchor",
+          "concat", "concat+flip-both", "mobilenet-head", "mobilenet-backbone")
+BACKBONE_EPOCHS = 8
+BACKBONE_LR = 3e-4
 
 
 def features(encoder: str, paths: list[str], flip: bool, batch: int = 64) -> np.ndarray:
@@ -98,6 +102,53 @@ def embed(model: Any, x: np.ndarray, x_flip: np.ndarray | None = None) -> np.nda
     return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 
+def pixels(paths: list[str]) -> np.ndarray:
+    """Decoded 224x224 uint8 images."""
+    return np.stack([decode_image(p).numpy().astype(np.uint8) for p in paths])
+
+
+def train_backbone(images: np.ndarray, y: np.ndarray, fit: np.ndarray, val: np.ndarray, dim: int = 256) -> Any:
+    """Fine-tune MobileNet v1 0.25 itself with finetune's head on top, on augmented images (random crop-zoom, flip,
+    contrast); keep the epoch whose held-out rows retrieve the training rows best (precision@5). Returns a model
+    from 0..255 images to unit embeddings."""
+    keras = tfenv.keras()
+    keras.utils.set_random_seed(0)
+    backbone = keras.applications.MobileNet(alpha=0.25, include_top=False, input_shape=(224, 224, 3),
+                                            weights=str(ENCODERS["mobilenet"][1]), pooling="avg")
+    inputs = keras.Input((224, 224, 3))
+    x = keras.layers.RandomFlip("horizontal")(inputs)
+    x = keras.layers.RandomZoom((-0.2, 0.0))(x)
+    x = keras.layers.RandomContrast(0.2)(x)
+    x = backbone(keras.layers.Rescaling(1 / 127.5, offset=-1)(x))
+    x = keras.layers.Dense(dim)(keras.layers.Dropout(head.DROPOUT)(x))
+    embedding = keras.layers.Lambda(head.l2_normalize)(x)
+    centres = keras.layers.Dense(int(y.max()) + 1, use_bias=False, kernel_constraint=keras.constraints.UnitNorm(axis=0))
+    logits = keras.layers.Lambda(lambda z: z * head.SCALE)(centres(embedding))
+    model = keras.Model(inputs, logits)
+    model.compile(optimizer=keras.optimizers.Adam(BACKBONE_LR),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    embed_model = keras.Model(inputs, embedding)
+    best, best_weights = -1.0, None
+    for epoch in range(BACKBONE_EPOCHS):
+        model.fit(images[fit], y[fit], batch_size=32, epochs=1, verbose=0, shuffle=True)
+        score = head.retrieval_precision(embed_model.predict(images[val], batch_size=64, verbose=0), y[val],
+                                         embed_model.predict(images[fit], batch_size=64, verbose=0), y[fit])
+        print(f"  backbone epoch {epoch + 1}: held-out precision@5 {score:.4f}", flush=True)
+        if score > best:
+            best, best_weights = score, model.get_weights()
+    model.set_weights(best_weights)
+    return embed_model
+
+
+def expand(queries: np.ndarray, base: np.ndarray, n: int = QE_IMAGES) -> np.ndarray:
+    """Query expansion: each query plus its n nearest catalog images, weighted by similarity, renormalised."""
+    sims = queries @ base.T
+    top = np.argpartition(-sims, n, axis=1)[:, :n]
+    weights = np.take_along_axis(sims, top, axis=1)
+    expanded = queries + (base[top] * weights[..., None]).sum(axis=1)
+    return expanded / np.linalg.norm(expanded, axis=1, keepdims=True)
+
+
 def score(dataset: str, base: np.ndarray, queries: np.ndarray, catalog: Any, qcat: Any) -> tuple[float, float]:
     """(quality, ms per query): fashion p@5 of articleType, grocery product p@1; products scored by `mix`."""
     _, codes = np.unique(catalog["product_id"].to_numpy(), return_inverse=True)
@@ -158,15 +209,25 @@ def main(argv: list[str] | None = None) -> None:
         for lever in args.levers:
             started = time.perf_counter()
             x, xf = (cat, cat_flip) if lever.startswith("concat") else (mp, mp_flip)
+            if lever == "mobilenet-head":
+                x = feats["mobilenet", False]
             if lever == "raw":
                 base, queries = x
+            elif lever == "mobilenet-backbone":
+                images = pixels(paths)
+                model = train_backbone(images, y, fit, val)
+                base = model.predict(images, batch_size=64, verbose=0)
+                queries = model.predict(pixels(qpaths), batch_size=64, verbose=0)
             else:
                 loss = lever if lever in ("cosface", "proxy-anchor") else "softmax"
                 extra = (xf[0][fit], y[fit]) if lever.endswith(("flip-train", "flip-both")) else None
                 model = train(x[0], y, fit, val, loss, extra)
                 tta = lever.endswith(("flip-tta", "flip-both"))
+                xf = (None, None) if not tta else xf
                 base = embed(model, x[0], xf[0] if tta else None)
                 queries = embed(model, x[1], xf[1] if tta else None)
+                if lever.endswith("qe"):
+                    queries = expand(queries, base)
             seconds = time.perf_counter() - started
             quality, ms = score(args.dataset, base, queries, catalog, qcat)
             rows.append((lever, quality, seconds, ms))

@@ -53,7 +53,8 @@ class Encoder:
         return np.asarray(self._fn(images), dtype=np.float32)
 
 
-def _keras_encoder(name: str, fingerprint: str, model: Any) -> Encoder:
+def keras_encoder(name: str, fingerprint: str, model: Any) -> Encoder:
+    """Wrap a Keras model over 0..255 images as an Encoder (its features computed by one traced tf.function)."""
     tf = tfenv.tensorflow()
     fn = tf.function(lambda x: model(x, training=False),
                      input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32)])
@@ -104,7 +105,7 @@ def load_encoder(name: str, weights: str | Path | None = None) -> Encoder:
         local = Path(handle)
         fingerprint = f"hub-{storage.sha256_tree(local)[:16]}" if local.exists() else \
             f"hub-{storage.sha256_bytes(handle.encode())[:16]}"
-        return _keras_encoder(name, fingerprint, _hub_model(handle))
+        return keras_encoder(name, fingerprint, _hub_model(handle))
     if name == "mobilenet-v1-0.25":
         keras = tfenv.keras()
         source = str(weights) if weights else "imagenet"
@@ -115,7 +116,7 @@ def load_encoder(name: str, weights: str | Path | None = None) -> Encoder:
         scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)  # mobilenet.preprocess_input
         model = keras.Model(inputs, base(scaled, training=False), name="mobilenet_backbone")
         tag = storage.sha256_file(Path(weights))[:16] if weights else "imagenet"
-        return _keras_encoder(name, f"mobilenet-v1-0.25-{tag}", model)
+        return keras_encoder(name, f"mobilenet-v1-0.25-{tag}", model)
     if name == "mediapipe-embedder":
         if weights is None:
             raise ValueError("mediapipe-embedder needs --encoder-weights FILE.tflite (MediaPipe image embedder, "
@@ -129,6 +130,6 @@ def load_encoder(name: str, weights: str | Path | None = None) -> Encoder:
             raise ValueError("autoencoder needs its trained weights (--encoder-weights FILE.weights.h5); "
                              "`python -m pipeline finetune --encoder autoencoder` trains them on the catalog")
         model = autoencoder.load_encoder_model(Path(weights))
-        return _keras_encoder(name, f"autoencoder-{storage.sha256_file(Path(weights))[:16]}", model)
+        return keras_encoder(name, f"autoencoder-{storage.sha256_file(Path(weights))[:16]}", model)
     raise ValueError(f"unknown encoder {name!r}; expected one of {', '.join(NAMED)}, hub:HANDLE_OR_PATH "
                      "or a SavedModel folder")

@@ -110,8 +110,8 @@ def build_head(feature_dim: int, dim: int | None, n_classes: int) -> tuple[Any, 
 
 def train_head(cache: FeatureCache, keys: Sequence[str], labels: np.ndarray, train_rows: np.ndarray,
                val_rows: np.ndarray, dim: int, epochs: int = 100, batch_size: int = 128,
-               seed: int = 0) -> tuple[Any, dict]:
-    """Train the head on features streamed from the cache and return (embedding model, history).
+               seed: int = 0) -> tuple[Any, Any, dict]:
+    """Train the head on features streamed from the cache; return (classifier, embedding model, history).
 
     Memory is bounded whatever the catalog's size: training batches stream out of the cache (see
     `pipeline.feature_stream`), and early stopping measures precision@5 of at most MONITOR_VAL_ROWS held-out
@@ -149,4 +149,4 @@ def train_head(cache: FeatureCache, keys: Sequence[str], labels: np.ndarray, tra
     best = int(np.argmax(monitored)) if monitored else len(hist["loss"]) - 1
     log.info("head trained %d epochs (best %d): train acc %.3f%s", len(hist["loss"]), best + 1,
              hist["accuracy"][best], f", val precision@5 {monitored[best]:.3f}" if monitored else "")
-    return head, hist
+    return train_model, head, hist

@@ -108,8 +108,9 @@ def _items(catalog: pd.DataFrame) -> Iterator[str]:
     order = np.argsort(codes, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1) if len(order) else []
     images, hashes = catalog["image"].tolist(), catalog["sha256"].tolist()
-    for p, rows in enumerate(groups):
-        values = dict(zip(catalog.columns, catalog.iloc[int(rows[0])], strict=True))
+    firsts = catalog.iloc[[int(rows[0]) for rows in groups]]  # one take, then a cheap tuple per product
+    for p, (rows, row) in enumerate(zip(groups, firsts.itertuples(index=False), strict=True)):
+        values = dict(zip(catalog.columns, row, strict=True))
         item = {"id": p, **{c: values[c] for c in ITEM_COLUMNS}, "thumbnail": thumbnail_name(values["sha256"]),
                 "images": [{"id": int(r), "image": images[r], "thumbnail": thumbnail_name(hashes[r])} for r in rows],
                 "metadata": {c: values[c] for c in meta_columns if values[c] != ""}}

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
         label_column: str | None = None, eval_split: float = 0.0, dim: int = finetune.DEFAULT_DIM,
         no_finetune: bool = False, trees: int = index.DEFAULT_TREES, category_column: str | None = None,
-        queries: str | None = None) -> dict:
+        queries: str | None = None, backbone_epochs: int | None = None) -> dict:
     """Run every stage on one source and return each stage's summary.
 
     Args:
@@ -29,6 +29,7 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
             source's, `pipeline.sources.default_label`: `name`, the product itself, for grocery; else category).
         eval_split: fraction of the catalog's products held out as queries.
         queries: a query source to evaluate with instead of a held-out split (grocery: its val.txt photos).
+        backbone_epochs: epochs of training the backbone itself after the head (None: the encoder's default).
         dim: embedding length; no_finetune: keep raw backbone features.
         trees: Annoy trees.
         category_column: the source column that names the category.
@@ -38,7 +39,8 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
     summaries = {"acquire": acquire.run(source, data_dir, category_column=category_column, holdout=eval_split,
                                         holdout_column=label_column)}
     summaries["finetune"] = finetune.run(data_dir, encoder=encoder, encoder_weights=encoder_weights,
-                                         label_column=label_column, dim=dim, no_finetune=no_finetune)
+                                         label_column=label_column, dim=dim, no_finetune=no_finetune,
+                                         backbone_epochs=backbone_epochs)
     summaries["vectorize"] = vectorize.run(data_dir)
     summaries["index"] = index.run(data_dir, trees=trees)
     if queries or eval_split:
@@ -63,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=finetune.DEFAULT_DIM, help="embedding length")
     parser.add_argument("--no-finetune", action="store_true", help="keep raw backbone features")
     parser.add_argument("--trees", type=int, default=index.DEFAULT_TREES, help="Annoy trees")
+    parser.add_argument("--backbone-epochs", type=int, default=None,
+                        help="epochs of training the backbone itself after the head (default: the encoder's: "
+                             f"{finetune.BACKBONE_EPOCHS}, else 0)")
 
 
 def describe(summary: dict, options: dict) -> str:

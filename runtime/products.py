@@ -21,6 +21,7 @@ SCORINGS = ("max", "mean", "mix")
 DEFAULT_SCORING = "mix"  # README "Several images per product": best on grocery's val photos (max 0.65, mix 0.70)
 EXACT_FILTER_BELOW = 2_000  # a filter matching fewer products is answered by an exact scan of their images
 WIDEN = 4  # each Annoy retry fetches this many times more images
+MULTI_IMAGE_OVERFETCH = 2  # with several images per product, Annoy is first asked for twice the images
 GATHER_BELOW = 1_000  # fewer candidate products: their images are gathered product by product
 
 
@@ -134,7 +135,8 @@ class ProductSearch:
         if exact or (exact is None and (self.exact or narrow)):
             return self._rank(np.flatnonzero(allowed), vector, wanted)
         n_images = len(self.vectors)
-        n = math.ceil(wanted * n_images / n_allowed * (1.5 if mask is not None else 1)) + (exclude is not None)
+        spread = MULTI_IMAGE_OVERFETCH if n_images > self.n_products else 1  # mix and mean look past the best image
+        n = math.ceil(wanted * n_images / n_allowed * (1.5 if mask is not None else 1) * spread) + (exclude is not None)
         while True:
             ids = self.annoy.get_nns_by_vector(vector, n, search_k=max(self.search_k, n * self.n_trees))
             products = np.unique(self.image_product[np.asarray(ids, np.int64)])

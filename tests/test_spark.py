@@ -104,7 +104,10 @@ def test_a_killed_spark_job_resumes_at_the_first_unfinished_shard(built: Path, t
     layout = Layout(data)
     command = [sys.executable, "-m", "pipeline", "vectorize", "--data-dir", str(data), "--engine", "spark",
                "--spark-master", "local[1]", "--shard-rows", "2", "--batch-size", "2"]
-    job = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A killed JVM cannot delete its scratch folders: keep them in tmp_path, not /tmp.
+    env = {**os.environ, "SPARK_LOCAL_DIRS": str(tmp_path / "spark-local")}
+    job = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=env)
     deadline = time.monotonic() + 180
     while not list(layout.embeddings.glob("part-*.json")) and time.monotonic() < deadline and job.poll() is None:
         time.sleep(0.05)
