@@ -2,8 +2,8 @@
 
 The head is first trained on cached features (`pipeline.head`); this step then unfreezes the backbone and trains
 backbone + head together for a few epochs at a small learning rate, on images streamed from the catalog with
-random crop-zoom, horizontal flip and contrast. Batch normalisation stays in inference mode (the backbone is
-called with `training=False`), so small CPU batches do not disturb its statistics. The epoch whose held-out
+random crop-zoom, horizontal flip and contrast. Batch normalisation trains too: keeping it frozen gave
+MobileNet on fashion precision@5 0.826 instead of 0.866 (README, "Quality levers"). The epoch whose held-out
 images retrieve the training images best (precision@5) is kept. The tuned backbone gets a new fingerprint, so
 its features are never mixed with the frozen backbone's in the feature cache.
 """
@@ -74,7 +74,7 @@ def tune_backbone(encoder: Encoder, train_model: Any, head: Any, paths: Sequence
     x = keras.layers.RandomFlip("horizontal", seed=seed)(inputs)
     x = keras.layers.RandomZoom((-ZOOM, 0.0), seed=seed)(x)
     x = keras.layers.RandomContrast(CONTRAST, seed=seed)(x)
-    logits = train_model(backbone(x, training=False))
+    logits = train_model(backbone(x))  # training follows fit(): batch normalisation adapts to the catalog
     model = keras.Model(inputs, logits, name="backbone_and_head")
     model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

@@ -114,7 +114,8 @@ def load_encoder(name: str, weights: str | Path | None = None) -> Encoder:
         base.trainable = False
         inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="images")
         scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)  # mobilenet.preprocess_input
-        model = keras.Model(inputs, base(scaled, training=False), name="mobilenet_backbone")
+        # No training flag inside: callers pass training=False, and finetune --backbone-epochs trains it (BN too).
+        model = keras.Model(inputs, base(scaled), name="mobilenet_backbone")
         tag = storage.sha256_file(Path(weights))[:16] if weights else "imagenet"
         return keras_encoder(name, f"mobilenet-v1-0.25-{tag}", model)
     if name == "mediapipe-embedder":

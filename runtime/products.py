@@ -124,26 +124,37 @@ class ProductSearch:
             exclude: a product never to return (the one a "more like this" query starts from).
             exact: force (True) or forbid (False) the exact scan; None: as measured at build, or for a narrow mask.
         """
-        allowed = np.ones(self.n_products, bool) if mask is None else mask.copy()
-        if exclude is not None:
-            allowed[exclude] = False
-        n_allowed = int(allowed.sum())
+        allowed = None  # every product: no per-query array of the catalog's size on the hot path
+        n_allowed = self.n_products - (exclude is not None)
+        if mask is not None:
+            allowed = mask.copy()
+            if exclude is not None:
+                allowed[exclude] = False
+            n_allowed = int(allowed.sum())
         wanted = min(k, n_allowed)
         if wanted == 0:
             return []
         narrow = mask is not None and n_allowed <= EXACT_FILTER_BELOW
         if exact or (exact is None and (self.exact or narrow)):
-            return self._rank(np.flatnonzero(allowed), vector, wanted)
+            return self._rank(self._allowed(allowed, exclude), vector, wanted)
         n_images = len(self.vectors)
         spread = MULTI_IMAGE_OVERFETCH if n_images > self.n_products else 1  # mix and mean look past the best image
         n = math.ceil(wanted * n_images / n_allowed * (1.5 if mask is not None else 1) * spread) + (exclude is not None)
         while True:
             ids = self.annoy.get_nns_by_vector(vector, n, search_k=max(self.search_k, n * self.n_trees))
             products = np.unique(self.image_product[np.asarray(ids, np.int64)])
-            products = products[allowed[products]]
+            products = products[allowed[products]] if allowed is not None else products[products != exclude]
             if len(products) >= wanted or n >= n_images:
-                return self._rank(products if len(products) >= wanted else np.flatnonzero(allowed), vector, wanted)
+                return self._rank(products if len(products) >= wanted else self._allowed(allowed, exclude), vector,
+                                  wanted)
             n = min(n_images, n * WIDEN)
+
+    def _allowed(self, allowed: np.ndarray | None, exclude: int | None) -> np.ndarray:
+        """The allowed product numbers: the mask's, or every product but `exclude`."""
+        if allowed is not None:
+            return np.flatnonzero(allowed)
+        everything = np.arange(self.n_products)
+        return everything if exclude is None else np.delete(everything, exclude)
 
     def _rank(self, products: np.ndarray, vector: np.ndarray, k: int) -> list[Hit]:
         """Score every image of `products` exactly and return the k best products."""

@@ -1,8 +1,8 @@
 """Retrieval quality on the real catalog in ../shared/data/fashion-small (8,000 photos; label articleType).
 
 10% of the catalog is held out as queries against the other 90%. The fine-tuned head must beat the same
-encoder's raw features and reach the agreed floors: precision@5 >= 0.83 (MediaPipe embedder) and >= 0.78
-(MobileNet v1 0.25).
+encoder's raw features and reach the agreed floors: precision@5 >= 0.83 (MediaPipe embedder) and >= 0.84
+(MobileNet v1 0.25, whose backbone finetune trains by default).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tests.conftest import shared_path
 
 CASES = [
     ("mediapipe-embedder", ("models", "mobilenet_v3_small_075_224_embedder.tflite"), 0.83),
-    ("mobilenet-v1-0.25", ("models", "mobilenet_2_5_224_tf_no_top.h5"), 0.78),
+    ("mobilenet-v1-0.25", ("models", "mobilenet_2_5_224_tf_no_top.h5"), 0.84),  # backbone trained: 0.863 measured
 ]
 
 
@@ -38,9 +38,13 @@ def test_finetuned_head_beats_raw_features_on_fashion_small(encoder: str, weight
     assert acquired["accepted"] + acquired["held_out"] == 8_000 and acquired["duplicates"] >= 50
     tuned = summaries["evaluate"]
     assert tuned["n_queries"] == acquired["held_out"] > 700
-    # One backbone pass per catalog image for the whole pipeline (exact duplicates share theirs).
+    # One backbone pass per catalog image for finetune (exact duplicates share theirs); vectorize reuses those
+    # features, unless finetune trained the backbone itself (MobileNet by default), whose features are new.
     assert summaries["finetune"]["backbone_images_computed"] <= acquired["accepted"]
-    assert summaries["vectorize"]["backbone_images_computed"] == 0
+    tuned_backbone = summaries["finetune"].get("backbone_epochs", 0) > 0
+    assert tuned_backbone == (encoder == "mobilenet-v1-0.25")
+    computed, rows = summaries["vectorize"]["backbone_images_computed"], summaries["vectorize"]["rows"]
+    assert rows * 0.95 < computed <= rows if tuned_backbone else computed == 0
 
     finetune.run(tmp_path, encoder=encoder, encoder_weights=weights_file, label_column="articleType", no_finetune=True)
     vectorize.run(tmp_path)
