@@ -5,7 +5,9 @@
 
 Backbone features of the catalog and of the queries (and of their mirror images) are computed once; each lever
 then trains a head on them in memory (or, for `head+qe`, expands each query with its 3 nearest catalog
-images), exactly as finetune does (same split, early stopping on held-out catalog
+images; `head+centres` re-ranks with the classifier's class centres; `multicrop` pools six views per image
+as `finetune --multicrop 0.5` does; `head+crop-train` adds random crops' features as training rows), exactly as
+finetune does (same split, early stopping on held-out catalog
 rows, seed 0), embeds catalog and queries, and scores products as the service does (`runtime.products`, scoring
 `mix`). Fashion prints precision@5 of articleType; grocery prints product precision@1 (the first product is the
 one on the photo). Minutes of head training and query-time cost are printed beside each.
@@ -25,7 +27,7 @@ import numpy as np
 from benchmarks.common import SHARED
 from pipeline import acquire, head
 from pipeline.catalog import holdout_rows, read_catalog
-from pipeline.encoders import load_encoder
+from pipeline.encoders import load_encoder, with_multicrop
 from pipeline.grocery import queries_manifest
 from runtime import tfenv
 from runtime.layout import Layout
@@ -36,22 +38,51 @@ MODELS = SHARED / "models"
 QE_IMAGES = 3
 ENCODERS = {"mediapipe": ("mediapipe-embedder", MODELS / "mobilenet_v3_small_075_224_embedder.tflite"),
             "mobilenet": ("mobilenet-v1-0.25", MODELS / "mobilenet_2_5_224_tf_no_top.h5")}
-LEVERS = ("raw", "head", "head+qe", "head+flip-tta", "head+flip-train", "head+flip-both", "cosface", "proxy-anchor",
-          "concat", "concat+flip-both", "mobilenet-head", "mobilenet-backbone")
+LEVERS = ("raw", "head", "head+qe", "head+flip-tta", "head+flip-train", "head+flip-both", "head+crop-train",
+          "head+centres", "cosface", "proxy-anchor", "concat", "concat+flip-both", "multicrop", "multicrop+centres",
+          "mobilenet-head", "mobilenet-backbone")
+MULTICROP = 0.5  # finetune --multicrop: the whole image and five crops of half its side (runtime.views)
+CROP_VIEWS = 4  # head+crop-train: random crops per catalog image, as extra training rows
+CENTRE_WEIGHT = 0.5  # head+centres: a product's score + this x the query's cosine to its label's class centre
 BACKBONE_EPOCHS = 8
 BACKBONE_LR = 3e-4
 
 
-def features(encoder: str, paths: list[str], flip: bool, batch: int = 64) -> np.ndarray:
-    """Backbone features of images (mirrored when `flip`), L2-normalised."""
+def features(encoder: str, paths: list[str], flip: bool, batch: int = 64, multicrop: float = 0.0) -> np.ndarray:
+    """Backbone features of images (mirrored when `flip`, pooled over multi-crop views when `multicrop`),
+    L2-normalised."""
     name, weights = ENCODERS[encoder]
-    backbone = load_encoder(name, str(weights))
+    backbone = with_multicrop(load_encoder(name, str(weights)), multicrop)
     out = []
     for i in range(0, len(paths), batch):
-        x = np.stack([decode_image(p).numpy() for p in paths[i:i + batch]])
+        x = np.stack([decode_image(p, backbone.input_size).numpy() for p in paths[i:i + batch]])
         out.append(backbone(x[:, :, ::-1] if flip else x))
     f = np.concatenate(out)
     return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+
+def crop_features(paths: list[str], views: int = CROP_VIEWS, seed: int = 0) -> np.ndarray:
+    """MediaPipe features [views, N, F] of random crops (35-100% of the area, aspect 3:4-4:3, random flip and
+    contrast), L2-normalised: the frozen backbone's analogue of training on augmented images."""
+    tf = tfenv.tensorflow()
+    name, weights = ENCODERS["mediapipe"]
+    backbone = load_encoder(name, str(weights))
+    rng = np.random.default_rng(seed)
+    images = [decode_image(p).numpy() for p in paths]
+
+    def crop(image: np.ndarray) -> np.ndarray:
+        side = image.shape[0]
+        area, aspect = rng.uniform(0.35, 1.0), np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        h = min(side, int(round(side * np.sqrt(area / aspect))))
+        w = min(side, int(round(side * np.sqrt(area * aspect))))
+        top, left = rng.integers(0, side - h + 1), rng.integers(0, side - w + 1)
+        view = image[top:top + h, left:left + w][:, ::-1 if rng.random() < 0.5 else 1]
+        view = tf.image.resize(view[None].astype(np.float32), [side, side], antialias=True)[0].numpy()
+        return np.clip((view - view.mean()) * rng.uniform(0.75, 1.25) + view.mean() * rng.uniform(0.8, 1.2), 0, 255)
+
+    out = np.stack([np.concatenate([backbone(np.stack([crop(im) for im in images[i:i + 64]]))
+                                    for i in range(0, len(images), 64)]) for _ in range(views)])
+    return out / np.linalg.norm(out, axis=2, keepdims=True)
 
 
 def margin_loss(kind: str, n_classes: int) -> Any:
@@ -77,7 +108,8 @@ def margin_loss(kind: str, n_classes: int) -> Any:
 
 def train(x: np.ndarray, y: np.ndarray, fit: np.ndarray, val: np.ndarray, loss: str = "softmax",
           extra: tuple[np.ndarray, np.ndarray] | None = None, dim: int = 256) -> Any:
-    """Train finetune's head (or its variant with another loss) on rows `fit`, stopping on rows `val`."""
+    """Train finetune's head (or its variant with another loss) on rows `fit`, stopping on rows `val`; the
+    returned embedding model carries the unit class centres [dim, classes] as `centres`."""
     keras = tfenv.keras()
     keras.utils.set_random_seed(0)
     n_classes = int(y.max()) + 1
@@ -91,6 +123,8 @@ def train(x: np.ndarray, y: np.ndarray, fit: np.ndarray, val: np.ndarray, loss: 
         fx, fy = np.concatenate([fx, extra[0]]), np.concatenate([fy, extra[1]])
     stop = head._retrieval_stopping(embed, x[fit], y[fit], x[val], y[val])  # noqa: SLF001 - finetune's own rule
     train_model.fit(fx, fy, batch_size=128, epochs=100, callbacks=[stop], verbose=0, shuffle=True)
+    centres = train_model.get_layer("class_centres").get_weights()[0]
+    embed.centres = centres / np.linalg.norm(centres, axis=0, keepdims=True)
     return embed
 
 
@@ -149,8 +183,13 @@ def expand(queries: np.ndarray, base: np.ndarray, n: int = QE_IMAGES) -> np.ndar
     return expanded / np.linalg.norm(expanded, axis=1, keepdims=True)
 
 
-def score(dataset: str, base: np.ndarray, queries: np.ndarray, catalog: Any, qcat: Any) -> tuple[float, float]:
-    """(quality, ms per query): fashion p@5 of articleType, grocery product p@1; products scored by `mix`."""
+def score(dataset: str, base: np.ndarray, queries: np.ndarray, catalog: Any, qcat: Any,
+          centres: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float]:
+    """(quality, ms per query): fashion p@5 of articleType, grocery product p@1; products scored by `mix`.
+
+    With `centres` (unit class centres [dim, C], each image's class [N]), every product's score also gets
+    CENTRE_WEIGHT x the query's cosine to its class's centre (the head's classifier re-ranking the results).
+    """
     _, codes = np.unique(catalog["product_id"].to_numpy(), return_inverse=True)
     order = np.argsort(codes, kind="stable")
     lists = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
@@ -159,8 +198,17 @@ def score(dataset: str, base: np.ndarray, queries: np.ndarray, catalog: Any, qca
     product_label = np.array([catalog[label].iloc[int(rows[0])] for rows in lists])
     k = 5 if dataset == "fashion" else 1
     started = time.perf_counter()
-    hits = [[product_label[h.product] == want for h in search.search(q.astype(np.float32), k)]
-            for q, want in zip(queries, qcat[label], strict=True)]
+    if centres is None:
+        hits = [[product_label[h.product] == want for h in search.search(q.astype(np.float32), k)]
+                for q, want in zip(queries, qcat[label], strict=True)]
+    else:  # re-rank a wide candidate list exactly: product score + weight x cosine to its class centre
+        product_class = np.array([centres[1][int(rows[0])] for rows in lists])
+        hits = []
+        for q, want in zip(queries, qcat[label], strict=True):
+            found = search.search(q.astype(np.float32), 50)
+            boost = (q @ centres[0])[product_class[[h.product for h in found]]]
+            ranked = np.argsort(-(np.array([h.score for h in found]) + CENTRE_WEIGHT * boost), kind="stable")[:k]
+            hits.append([product_label[found[i].product] == want for i in ranked])
     ms = 1000 * (time.perf_counter() - started) / len(queries)
     return float(np.mean([sum(h) / k for h in hits])), ms
 
@@ -192,25 +240,29 @@ def main(argv: list[str] | None = None) -> None:
             label = "name"
         paths = [str(layout.catalog / p) for p in catalog["image"]]
         feats = {}
-        for encoder in ("mediapipe", "mobilenet"):
-            for flip in (False, True):
-                cached = work / f"{encoder}-{int(flip)}.npz"
-                if not cached.is_file():
-                    np.savez(cached, base=features(encoder, paths, flip), queries=features(encoder, qpaths, flip))
-                with np.load(cached) as f:
-                    feats[encoder, flip] = (f["base"], f["queries"])
+        for encoder, flip, multicrop in (("mediapipe", False, 0.0), ("mediapipe", True, 0.0), ("mobilenet", False, 0.0),
+                                         ("mobilenet", True, 0.0), ("mediapipe", False, MULTICROP)):
+            cached = work / f"{encoder}-{int(flip)}{f'-multicrop{multicrop:g}' if multicrop else ''}.npz"
+            if not cached.is_file():
+                np.savez(cached, base=features(encoder, paths, flip, multicrop=multicrop),
+                         queries=features(encoder, qpaths, flip, multicrop=multicrop))
+            with np.load(cached) as f:
+                feats[encoder, flip, multicrop] = (f["base"], f["queries"])
         _, y = np.unique(catalog[label].to_numpy(), return_inverse=True)
         fit, val = holdout_rows(y, 0.1, 0)
-        mp, mp_flip = feats["mediapipe", False], feats["mediapipe", True]
-        cat = tuple(np.concatenate([a, b], axis=1) for a, b in zip(mp, feats["mobilenet", False], strict=True))
-        cat_flip = tuple(np.concatenate([a, b], axis=1) for a, b in zip(mp_flip, feats["mobilenet", True],
+        mp, mp_flip = feats["mediapipe", False, 0.0], feats["mediapipe", True, 0.0]
+        cat = tuple(np.concatenate([a, b], axis=1) for a, b in zip(mp, feats["mobilenet", False, 0.0], strict=True))
+        cat_flip = tuple(np.concatenate([a, b], axis=1) for a, b in zip(mp_flip, feats["mobilenet", True, 0.0],
                                                                          strict=True))
         rows = []
         for lever in args.levers:
             started = time.perf_counter()
             x, xf = (cat, cat_flip) if lever.startswith("concat") else (mp, mp_flip)
             if lever == "mobilenet-head":
-                x = feats["mobilenet", False]
+                x = feats["mobilenet", False, 0.0]
+            if lever.startswith("multicrop"):
+                x = feats["mediapipe", False, MULTICROP]
+            centres = None
             if lever == "raw":
                 base, queries = x
             elif lever == "mobilenet-backbone":
@@ -221,7 +273,12 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 loss = lever if lever in ("cosface", "proxy-anchor") else "softmax"
                 extra = (xf[0][fit], y[fit]) if lever.endswith(("flip-train", "flip-both")) else None
+                if lever == "head+crop-train":
+                    crops = crop_features(paths)[:, fit]
+                    extra = (crops.reshape(-1, crops.shape[-1]), np.tile(y[fit], len(crops)))
                 model = train(x[0], y, fit, val, loss, extra)
+                if lever.endswith("centres"):
+                    centres = (model.centres, y)
                 tta = lever.endswith(("flip-tta", "flip-both"))
                 xf = (None, None) if not tta else xf
                 base = embed(model, x[0], xf[0] if tta else None)
@@ -229,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
                 if lever.endswith("qe"):
                     queries = expand(queries, base)
             seconds = time.perf_counter() - started
-            quality, ms = score(args.dataset, base, queries, catalog, qcat)
+            quality, ms = score(args.dataset, base, queries, catalog, qcat, centres)
             rows.append((lever, quality, seconds, ms))
             print(f"{lever:20s} {quality:.4f}  head {seconds:6.1f} s  search {ms:.2f} ms/query", flush=True)
     measure = "precision@5 (articleType)" if args.dataset == "fashion" else "product precision@1"

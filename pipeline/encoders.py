@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import autoencoder
-from runtime import storage, tfenv
+from runtime import storage, tfenv, views
 from runtime.extractor import tflite_runner
 from runtime.preprocess import INPUT_SIZE
 
@@ -37,6 +37,8 @@ class Encoder:
         keras_model: the backbone as a Keras model over 0..255 images (TF-graph backbones), else None.
         tflite_path: the .tflite file (TFLite backbones), else None.
         images_seen: images passed through the backbone so far (the benchmark counts passes with it).
+        multicrop: share of the side of each multi-crop view (`runtime.views`), 0 for the whole image only.
+        input_size: side of the images it takes (INPUT_SIZE, or larger for multi-crop views).
     """
 
     name: str
@@ -45,10 +47,12 @@ class Encoder:
     keras_model: Any = None
     tflite_path: Path | None = None
     images_seen: int = 0
+    multicrop: float = 0.0
+    input_size: int = INPUT_SIZE
     _fn: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Return float32 features [B, feature_dim] for images [B, 224, 224, 3] of 0..255 values (uint8 or float)."""
+        """Return float32 features [B, feature_dim] for images [B, S, S, 3] (S: `input_size`) of 0..255 values."""
         self.images_seen += len(images)
         return np.asarray(self._fn(images), dtype=np.float32)
 
@@ -61,6 +65,25 @@ def keras_encoder(name: str, fingerprint: str, model: Any) -> Encoder:
     dim = int(fn(tf.zeros([1, INPUT_SIZE, INPUT_SIZE, 3])).shape[-1])
     return Encoder(name, fingerprint, dim, keras_model=model,
                    _fn=lambda x: fn(tf.convert_to_tensor(np.asarray(x, np.float32))).numpy())
+
+
+def with_multicrop(encoder: Encoder, fraction: float) -> Encoder:
+    """Return the encoder whose features are the mean over an image's multi-crop views (`runtime.views`).
+
+    The backbone itself (Keras model or TFLite file, exported as it is) is unchanged; the fingerprint says
+    which views were pooled, so the feature cache never mixes pooled and single-view features.
+
+    Raises:
+        ValueError: a fraction outside (0, 1), or an encoder that already pools views.
+    """
+    views.check_fraction(fraction)
+    if not fraction:
+        return encoder
+    if encoder.multicrop:
+        raise ValueError(f"encoder {encoder.name!r} already pools multi-crop views ({encoder.multicrop})")
+    return Encoder(encoder.name, f"{encoder.fingerprint}-multicrop{fraction:g}", encoder.feature_dim,
+                   keras_model=encoder.keras_model, tflite_path=encoder.tflite_path, multicrop=fraction,
+                   input_size=views.input_size(fraction), _fn=views.multicrop(encoder._fn, fraction))
 
 
 def _hub_model(handle: str) -> Any:

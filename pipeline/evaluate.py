@@ -128,7 +128,7 @@ def _query(extractor: Extractor, search: ProductSearch, paths: list[str], k: int
     for path, own in tqdm(zip(paths, self_ids, strict=True), desc="evaluate", unit="query", disable=None,
                           total=len(paths)):
         started = time.perf_counter()
-        vector = extractor.embed(decode_image(path)[None].numpy())[0]
+        vector = extractor.embed(decode_image(path, extractor.input_size)[None].numpy())[0]
         found.append(search.search(vector, k, exclude=int(own) if own >= 0 else None, exact=False))
         latencies.append(time.perf_counter() - started)
         vectors.append(vector)

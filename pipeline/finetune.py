@@ -14,12 +14,12 @@ import numpy as np
 from pipeline import autoencoder, cli, plots
 from pipeline.backbone_tuning import tune_backbone
 from pipeline.catalog import catalog_inputs, holdout_rows
-from pipeline.encoders import DEFAULT_ENCODER, load_encoder
+from pipeline.encoders import DEFAULT_ENCODER, load_encoder, with_multicrop
 from pipeline.export import export
 from pipeline.feature_cache import FeatureCache
 from pipeline.features import fill_cache
 from pipeline.head import build_head, train_head
-from pipeline.sources import default_label
+from pipeline.sources import default_label, default_multicrop
 from runtime import storage
 from runtime.layout import AUTOENCODER_CURVES, AUTOENCODER_WEIGHTS, HISTORY, LABELS, TRAINING_CURVES, Layout
 
@@ -36,7 +36,8 @@ BACKBONE_EPOCHS = {"mobilenet-v1-0.25": 8}
 
 def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
         label_column: str | None = None, dim: int = DEFAULT_DIM, no_finetune: bool = False, val_split: float = 0.1,
-        epochs: int = 100, ae_epochs: int = 15, seed: int = 0, backbone_epochs: int | None = None) -> dict:
+        epochs: int = 100, ae_epochs: int = 15, seed: int = 0, backbone_epochs: int | None = None,
+        multicrop: float | None = None) -> dict:
     """Compute (or reuse) backbone features for the catalog, train the head on them, export the extractor.
 
     Args:
@@ -54,24 +55,29 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
         backbone_epochs: epochs of training the backbone itself with the head, on augmented images, after the
             head (`pipeline.backbone_tuning`); None: the encoder's default (`BACKBONE_EPOCHS`: 8 for
             mobilenet-v1-0.25, else 0). A TFLite backbone cannot be trained.
+        multicrop: pool the backbone's features over the whole image and five crops of this share of the side
+            (`runtime.views`; six backbone passes per image, in vectorize and per query too); 0 turns it off;
+            None: the source's default (`pipeline.sources.default_multicrop`: 0.5 for grocery, else 0).
 
     Returns:
         The summary written to `model/finetune.json`.
 
     Raises:
-        ValueError: an unknown label column, fewer than two classes, or an encoder that cannot be loaded.
+        ValueError: an unknown label column, fewer than two classes, an encoder that cannot be loaded, or a
+            multi-crop fraction outside [0, 1).
     """
     layout = Layout(Path(data_dir))
     catalog, keys, paths = catalog_inputs(layout)
-    if label_column is None:
-        source = storage.read_json(layout.catalog_summary).get("source") if layout.catalog_summary.is_file() else None
-        label_column = default_label(source)
+    source = storage.read_json(layout.catalog_summary).get("source") if layout.catalog_summary.is_file() else None
+    label_column = default_label(source) if label_column is None else label_column
+    multicrop = default_multicrop(source) if multicrop is None else multicrop
     started = time.perf_counter()
     if encoder == "autoencoder" and encoder_weights is None:
         encoder_weights = str(layout.model / AUTOENCODER_WEIGHTS)
         ae_history = autoencoder.train(paths, Path(encoder_weights), epochs=ae_epochs, seed=seed)
         plots.training_curves(ae_history, layout.model / AUTOENCODER_CURVES, "auto-encoder reconstruction")
-    backbone = load_encoder(encoder, encoder_weights)
+    single_view = load_encoder(encoder, encoder_weights)
+    backbone = with_multicrop(single_view, multicrop)
     cache = FeatureCache(layout.features(backbone.fingerprint))
     computed, failed = fill_cache(cache, keys, paths, backbone)
     if failed:  # the catalog changed since acquire verified it; train on what can be read
@@ -82,7 +88,7 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
         log.warning("finetune: %d image(s) could not be read and were left out of training", len(failed))
     summary = {"encoder": encoder, "encoder_weights": encoder_weights, "encoder_fingerprint": backbone.fingerprint,
                "products": len(keys), "backbone_images_computed": computed, "unreadable_images": len(failed),
-               "feature_dim": backbone.feature_dim}
+               "feature_dim": backbone.feature_dim, "multicrop": multicrop}
     backbone_epochs = BACKBONE_EPOCHS.get(encoder, 0) if backbone_epochs is None else backbone_epochs
     if backbone_epochs and not no_finetune and backbone.keras_model is None:
         raise ValueError(f"--backbone-epochs {backbone_epochs}: encoder {encoder!r} cannot be fine-tuned (a TFLite "
@@ -94,8 +100,9 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
         classifier, head, info, (labels, fit, val) = _train(catalog, cache, keys, label_column, dim, val_split,
                                                             epochs, seed, layout)
         if backbone_epochs:
-            backbone, tuning = tune_backbone(backbone, classifier, head, paths, labels, fit, val, backbone_epochs,
-                                             seed)
+            tuned, tuning = tune_backbone(single_view, classifier, head, paths, labels, fit, val, backbone_epochs,
+                                          seed)  # on whole images; the tuned backbone then pools views as before
+            backbone = with_multicrop(tuned, multicrop)
             monitored = tuning["val_precision_at_5"]
             info.update({"backbone_epochs": backbone_epochs, "backbone_history": tuning,
                          "backbone_val_precision_at_5": max(monitored) if monitored else None})
@@ -149,6 +156,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone-epochs", type=int, default=None,
                         help="epochs of training the backbone itself, on augmented images, after the head (default: "
                              f"{BACKBONE_EPOCHS} per encoder, else 0; a TFLite backbone cannot be trained)")
+    parser.add_argument("--multicrop", type=float, default=None,
+                        help="pool features over the whole image and 5 crops of this share of the side (6 backbone "
+                             "passes per image; 0: off; default 0.5 for a grocery: catalog, else 0)")
 
 
 def describe(summary: dict, options: dict) -> str:

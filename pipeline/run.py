@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
         label_column: str | None = None, eval_split: float = 0.0, dim: int = finetune.DEFAULT_DIM,
         no_finetune: bool = False, trees: int = index.DEFAULT_TREES, category_column: str | None = None,
-        queries: str | None = None, backbone_epochs: int | None = None) -> dict:
+        queries: str | None = None, backbone_epochs: int | None = None, multicrop: float | None = None) -> dict:
     """Run every stage on one source and return each stage's summary.
 
     Args:
@@ -30,6 +30,8 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
         eval_split: fraction of the catalog's products held out as queries.
         queries: a query source to evaluate with instead of a held-out split (grocery: its val.txt photos).
         backbone_epochs: epochs of training the backbone itself after the head (None: the encoder's default).
+        multicrop: pool features over multi-crop views of this share of the side (None: the source's default,
+            0.5 for grocery, else 0; 0: off).
         dim: embedding length; no_finetune: keep raw backbone features.
         trees: Annoy trees.
         category_column: the source column that names the category.
@@ -40,7 +42,7 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
                                         holdout_column=label_column)}
     summaries["finetune"] = finetune.run(data_dir, encoder=encoder, encoder_weights=encoder_weights,
                                          label_column=label_column, dim=dim, no_finetune=no_finetune,
-                                         backbone_epochs=backbone_epochs)
+                                         backbone_epochs=backbone_epochs, multicrop=multicrop)
     summaries["vectorize"] = vectorize.run(data_dir)
     summaries["index"] = index.run(data_dir, trees=trees)
     if queries or eval_split:
@@ -68,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone-epochs", type=int, default=None,
                         help="epochs of training the backbone itself after the head (default: the encoder's: "
                              f"{finetune.BACKBONE_EPOCHS}, else 0)")
+    parser.add_argument("--multicrop", type=float, default=None,
+                        help="pool features over the whole image and 5 crops of this share of the side (default 0.5 "
+                             "for grocery, else 0: off)")
 
 
 def describe(summary: dict, options: dict) -> str:

@@ -33,7 +33,8 @@ def embed_shard(extractor: Extractor, cache: FeatureCache, stamp: dict, keys: li
     Returns:
         (vectors [rows, dim], the stamp with `missing` filled in, backbone passes run).
     """
-    computed, failed = compute_missing(cache, keys, paths, extractor.features, batch_size, bar)
+    computed, failed = compute_missing(cache, keys, paths, extractor.features, batch_size, bar,
+                                        extractor.input_size)
     readable = np.array([k not in failed for k in keys], bool)
     vectors = np.full((len(keys), extractor.dim), np.nan, np.float32)
     if readable.any():

@@ -24,6 +24,8 @@ IMAGES_SEPARATOR = "|"  # a manifest's `images` column lists several images of o
 SOURCE_HELP = ("fashion:DIR | folders:DIR | csv:FILE | grocery:DIR | kaggle:OWNER/DATASET; DIR and FILE may be "
                "s3://bucket/prefix")
 DEFAULT_LABELS = {"grocery": "name"}  # what the head learns by default: the product itself (README, grocery table)
+# multi-crop views by default (runtime.views): shelf photos whose details tell products apart (README, quality levers)
+DEFAULT_MULTICROP = {"grocery": 0.5}
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 DOWNLOAD_TIMEOUT_S = 20.0
 
@@ -50,6 +52,15 @@ def default_label(spec: str | None) -> str:
     except SourceError:
         kind = ""
     return DEFAULT_LABELS.get(kind, "category")
+
+
+def default_multicrop(spec: str | None) -> float:
+    """The multi-crop fraction finetune uses by default for a source: 0.5 for grocery, else 0 (whole image only)."""
+    try:
+        kind = parse_source(spec)[0] if spec else ""
+    except SourceError:
+        kind = ""
+    return DEFAULT_MULTICROP.get(kind, 0.0)
 
 
 def read_source(spec: str, cache_dir: Path, category_column: str | None = None) -> tuple[list[Record], list[Reject]]:
