@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
                         default=str(SHARED / "models" / "mobilenet_v3_small_075_224_embedder.tflite"))
     parser.add_argument("--labels", nargs="+", default=list(LABELS), choices=LABELS)
     parser.add_argument("--scorings", nargs="+", default=list(SCORINGS), choices=SCORINGS)
+    parser.add_argument("--multicrop", type=float, default=None,
+                        help="finetune --multicrop (default: the grocery source's, 0.5; 0: whole images only)")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the data dirs here (default: temporary)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
             shutil.copytree(base / "catalog", data / "catalog")
             started = time.perf_counter()
             tuned = finetune.run(data, encoder=args.encoder, encoder_weights=args.encoder_weights or None,
-                                 label_column="category" if label == "none" else label, no_finetune=label == "none")
+                                 label_column="category" if label == "none" else label, no_finetune=label == "none",
+                                 multicrop=args.multicrop)
             finetune_s = time.perf_counter() - started
             vectorize.run(data)
             for scoring in args.scorings:
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
                                       report=data / "eval" / f"{scoring}.json", work_dir=work / "queries")
                 rows.append((label, scoring, report, finetune_s, tuned.get("best_val_precision_at_5")))
     print(f"\ngrocery_quality: {acquired['accepted']} catalog images, {acquired['products']} products, "
-          f"{n_queries} shelf photos (val.txt) as queries, encoder {args.encoder}, label column name")
+          f"{n_queries} shelf photos (val.txt) as queries, encoder {args.encoder}, multicrop "
+          f"{tuned['multicrop']}, label column name")
     print(f"{'head label':10s} {'scoring':8s} {'product p@1':>12s} {'p@5':>7s} {'mAP@10':>7s} {'query ms':>9s} "
           f"{'finetune s':>11s}")
     for label, scoring, r, seconds, _ in rows:

@@ -3,14 +3,16 @@
     python -m benchmarks.quality_levers --dataset fashion   # fashion-small, 10% of products held out (articleType)
     python -m benchmarks.quality_levers --dataset grocery   # grocery: val.txt shelf photos vs the grocery: catalog
 
-Backbone features of the catalog and of the queries (and of their mirror images) are computed once; each lever
-then trains a head on them in memory (or, for `head+qe`, expands each query with its 3 nearest catalog
-images; `head+centres` re-ranks with the classifier's class centres; `multicrop` pools six views per image
-as `finetune --multicrop 0.5` does; `head+crop-train` adds random crops' features as training rows), exactly as
-finetune does (same split, early stopping on held-out catalog
-rows, seed 0), embeds catalog and queries, and scores products as the service does (`runtime.products`, scoring
-`mix`). Fashion prints precision@5 of articleType; grocery prints product precision@1 (the first product is the
-one on the photo). Minutes of head training and query-time cost are printed beside each.
+Backbone features of the catalog and of the queries (and of their mirror images, and pooled over multi-crop
+views) are computed once; each lever then trains a head on them in memory exactly as finetune does (same split,
+early stopping on held-out catalog rows), `--seeds` times (the mean is printed with its spread), embeds catalog
+and queries, and scores products as the service does (`runtime.products`, scoring `mix`). Variants: `head+qe`
+expands each query with its 3 nearest catalog images; `head+centres` re-ranks with the classifier's class
+centres; `head+crop-train` adds random crops' features as training rows; `multicrop` pools six views per image as
+`finetune --multicrop 0.5` does; `mediapipe+tuned-mobilenet` trains a head on MediaPipe's features concatenated
+with the embedding of MobileNet trained with its own head (`mobilenet-backbone`). Fashion prints precision@5 of
+articleType; grocery prints product precision@1 (the first product is the one on the photo). Seconds of head
+training and query-time cost are printed beside each.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ ENCODERS = {"mediapipe": ("mediapipe-embedder", MODELS / "mobilenet_v3_small_075
             "mobilenet": ("mobilenet-v1-0.25", MODELS / "mobilenet_2_5_224_tf_no_top.h5")}
 LEVERS = ("raw", "head", "head+qe", "head+flip-tta", "head+flip-train", "head+flip-both", "head+crop-train",
           "head+centres", "cosface", "proxy-anchor", "concat", "concat+flip-both", "multicrop", "multicrop+centres",
-          "mobilenet-head", "mobilenet-backbone")
+          "mobilenet-head", "mobilenet-backbone", "mediapipe+tuned-mobilenet")
 MULTICROP = 0.5  # finetune --multicrop: the whole image and five crops of half its side (runtime.views)
 CROP_VIEWS = 4  # head+crop-train: random crops per catalog image, as extra training rows
 CENTRE_WEIGHT = 0.5  # head+centres: a product's score + this x the query's cosine to its label's class centre
@@ -107,11 +109,11 @@ def margin_loss(kind: str, n_classes: int) -> Any:
 
 
 def train(x: np.ndarray, y: np.ndarray, fit: np.ndarray, val: np.ndarray, loss: str = "softmax",
-          extra: tuple[np.ndarray, np.ndarray] | None = None, dim: int = 256) -> Any:
+          extra: tuple[np.ndarray, np.ndarray] | None = None, dim: int = 256, seed: int = 0) -> Any:
     """Train finetune's head (or its variant with another loss) on rows `fit`, stopping on rows `val`; the
     returned embedding model carries the unit class centres [dim, classes] as `centres`."""
     keras = tfenv.keras()
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     n_classes = int(y.max()) + 1
     train_model, embed = head.build_head(x.shape[1], dim, n_classes)
     if loss != "softmax":
@@ -174,6 +176,20 @@ def train_backbone(images: np.ndarray, y: np.ndarray, fit: np.ndarray, val: np.n
     return embed_model
 
 
+def tuned_mobilenet(work: Path, paths: list[str], qpaths: list[str], y: np.ndarray, fit: np.ndarray,
+                    val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (catalog, queries) of MobileNet v1 0.25 trained with its head (`train_backbone`), computed once
+    per work dir (two levers use them)."""
+    cached = work / "mobilenet-tuned.npz"
+    if not cached.is_file():
+        images = pixels(paths)
+        model = train_backbone(images, y, fit, val)
+        np.savez(cached, base=model.predict(images, batch_size=64, verbose=0),
+                 queries=model.predict(pixels(qpaths), batch_size=64, verbose=0))
+    with np.load(cached) as f:
+        return f["base"], f["queries"]
+
+
 def expand(queries: np.ndarray, base: np.ndarray, n: int = QE_IMAGES) -> np.ndarray:
     """Query expansion: each query plus its n nearest catalog images, weighted by similarity, renormalised."""
     sims = queries @ base.T
@@ -219,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", choices=("fashion", "grocery"), required=True)
     parser.add_argument("--levers", nargs="+", choices=LEVERS, default=list(LEVERS))
     parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="head trainings per lever (seeds 0..N-1; same split): the mean and its spread")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
@@ -262,38 +280,43 @@ def main(argv: list[str] | None = None) -> None:
                 x = feats["mobilenet", False, 0.0]
             if lever.startswith("multicrop"):
                 x = feats["mediapipe", False, MULTICROP]
-            centres = None
-            if lever == "raw":
-                base, queries = x
-            elif lever == "mobilenet-backbone":
-                images = pixels(paths)
-                model = train_backbone(images, y, fit, val)
-                base = model.predict(images, batch_size=64, verbose=0)
-                queries = model.predict(pixels(qpaths), batch_size=64, verbose=0)
-            else:
-                loss = lever if lever in ("cosface", "proxy-anchor") else "softmax"
-                extra = (xf[0][fit], y[fit]) if lever.endswith(("flip-train", "flip-both")) else None
-                if lever == "head+crop-train":
-                    crops = crop_features(paths)[:, fit]
-                    extra = (crops.reshape(-1, crops.shape[-1]), np.tile(y[fit], len(crops)))
-                model = train(x[0], y, fit, val, loss, extra)
-                if lever.endswith("centres"):
-                    centres = (model.centres, y)
-                tta = lever.endswith(("flip-tta", "flip-both"))
-                xf = (None, None) if not tta else xf
-                base = embed(model, x[0], xf[0] if tta else None)
-                queries = embed(model, x[1], xf[1] if tta else None)
-                if lever.endswith("qe"):
-                    queries = expand(queries, base)
-            seconds = time.perf_counter() - started
-            quality, ms = score(args.dataset, base, queries, catalog, qcat, centres)
-            rows.append((lever, quality, seconds, ms))
-            print(f"{lever:20s} {quality:.4f}  head {seconds:6.1f} s  search {ms:.2f} ms/query", flush=True)
+            qualities, ms = [], 0.0
+            crops = crop_features(paths)[:, fit] if lever == "head+crop-train" else None
+            # one figure for levers without a trained head (raw) or too slow to repeat (backbone training)
+            if lever == "mediapipe+tuned-mobilenet":  # a head on MediaPipe's features + the tuned MobileNet's embedding
+                tuned = tuned_mobilenet(work, paths, qpaths, y, fit, val)
+                x = tuple(np.concatenate([a, b], axis=1) for a, b in zip(mp, tuned, strict=True))
+            for seed in range(1 if lever in ("raw", "mobilenet-backbone") else args.seeds):
+                centres = None
+                if lever == "raw":
+                    base, queries = x
+                elif lever == "mobilenet-backbone":
+                    base, queries = tuned_mobilenet(work, paths, qpaths, y, fit, val)
+                else:
+                    loss = lever if lever in ("cosface", "proxy-anchor") else "softmax"
+                    extra = (xf[0][fit], y[fit]) if lever.endswith(("flip-train", "flip-both")) else None
+                    if crops is not None:
+                        extra = (crops.reshape(-1, crops.shape[-1]), np.tile(y[fit], len(crops)))
+                    model = train(x[0], y, fit, val, loss, extra, seed=seed)
+                    if lever.endswith("centres"):
+                        centres = (model.centres, y)
+                    tta = lever.endswith(("flip-tta", "flip-both"))
+                    base = embed(model, x[0], xf[0] if tta else None)
+                    queries = embed(model, x[1], xf[1] if tta else None)
+                    if lever.endswith("qe"):
+                        queries = expand(queries, base)
+                quality, ms = score(args.dataset, base, queries, catalog, qcat, centres)
+                qualities.append(quality)
+            seconds = (time.perf_counter() - started) / len(qualities)
+            rows.append((lever, float(np.mean(qualities)), float(np.std(qualities)), seconds, ms))
+            print(f"{lever:20s} {np.mean(qualities):.4f} (sd {np.std(qualities):.4f}, {len(qualities)} seeds: "
+                  f"{' '.join(f'{v:.3f}' for v in qualities)})  head {seconds:6.1f} s  search {ms:.2f} ms/query",
+                  flush=True)
     measure = "precision@5 (articleType)" if args.dataset == "fashion" else "product precision@1"
     print(f"\nquality_levers: {args.dataset}, {len(catalog)} catalog images, {len(qcat)} queries, MediaPipe "
           f"embedder (concat: + MobileNet v1 0.25), scoring mix; {measure}")
-    for lever, quality, seconds, ms in rows:
-        print(f"| {lever} | {quality:.3f} | {seconds / 60:.1f} min | {ms:.2f} ms |")
+    for lever, quality, sd, seconds, ms in rows:
+        print(f"| {lever} | {quality:.3f} ± {sd:.3f} | {seconds / 60:.1f} min | {ms:.2f} ms |")
 
 
 if __name__ == "__main__":
