@@ -5,7 +5,9 @@ On disk (`model/extractor/`, copied into every index; `pipeline.export` writes i
 - format `savedmodel` (TF-graph backbones): `model/`, one SavedModel with functions `embed` (images -> unit
   vectors), `features` (images -> backbone features) and `head` (features -> unit vectors);
 - format `tflite+head` (TFLite backbones): `backbone.tflite` plus `head/`, a SavedModel with `head`.
-Images are [B, 224, 224, 3] with values 0..255, as `runtime.preprocess` makes them.
+Images are [B, S, S, 3] with values 0..255, as `runtime.preprocess` makes them at the config's `input_size`: 224,
+or larger where `multicrop` (a fraction of the side) says the features are pooled over multi-crop views
+(`runtime.views`); the saved functions themselves always take 224x224 views.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime import storage, tfenv
+from runtime import storage, tfenv, views
 from runtime.layout import EXTRACTOR_CONFIG, EXTRACTOR_HEAD, EXTRACTOR_SAVEDMODEL, EXTRACTOR_TFLITE
 from runtime.preprocess import INPUT_SIZE
 
@@ -90,6 +92,10 @@ class Extractor:
             self._embed = lambda x: self._head(run(np.asarray(x)))
         else:
             raise ValueError(f"{config_file}: unknown extractor format {fmt!r}; expected one of {FORMATS}")
+        fraction = float(self.config.get("multicrop") or 0)
+        if fraction:
+            self._features = views.multicrop(self._features, fraction)
+            self._embed = lambda x: self._head(self._features(x))
         self.images_seen = 0
 
     @property
@@ -113,7 +119,7 @@ class Extractor:
         return str(self.config["export_id"])
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        """Return unit vectors [B, dim] for images [B, S, S, 3] of 0..255 values (uint8 or float)."""
+        """Return unit vectors [B, dim] for images [B, S, S, 3] (S: `input_size`) of 0..255 values."""
         self.images_seen += len(images)
         return np.asarray(self._embed(np.asarray(images, np.float32)), dtype=np.float32)
 

@@ -61,7 +61,8 @@ def test_finetuned_head_beats_raw_features_on_fashion_small(encoder: str, weight
 @pytest.mark.slow
 def test_grocery_shelf_photos_find_their_product(tmp_path: Path) -> None:
     """grocery: catalog (81 products, iconic image + train.txt photos), val.txt shelf photos as queries: the plain
-    `pipeline run` (head on the product itself, products scored `mix`) beats the raw features' product precision@1."""
+    `pipeline run` (head on the product itself, six multi-crop views per image, products scored `mix`) beats the raw
+    features' product precision@1 (0.791 measured; 0.696 before multi-crop views)."""
     grocery = shared_path("data", "grocery")
     weights = str(shared_path("models", "mobilenet_v3_small_075_224_embedder.tflite"))
     queries = tmp_path / "val.csv"
@@ -70,6 +71,7 @@ def test_grocery_shelf_photos_find_their_product(tmp_path: Path) -> None:
                         queries=f"csv:{queries}")
     assert summaries["acquire"]["products"] == 81 and summaries["acquire"]["accepted"] == 81 + 2640
     assert summaries["finetune"]["label_column"] == "name" and summaries["index"]["scoring"] == "mix"
+    assert summaries["finetune"]["multicrop"] == 0.5
     tuned = summaries["evaluate"]
     finetune.run(tmp_path / "data", encoder="mediapipe-embedder", encoder_weights=weights, no_finetune=True)
     vectorize.run(tmp_path / "data")
@@ -78,4 +80,4 @@ def test_grocery_shelf_photos_find_their_product(tmp_path: Path) -> None:
                        report=Layout(tmp_path / "data").eval / "raw.json")
     print(json.dumps({"grocery": True, "finetuned": tuned, "raw": raw}))
     assert tuned["n_queries"] == 296
-    assert tuned["precision_at_1"] >= 0.65 and tuned["precision_at_1"] > raw["precision_at_1"] + 0.05, (tuned, raw)
+    assert tuned["precision_at_1"] >= 0.75 and tuned["precision_at_1"] > raw["precision_at_1"] + 0.05, (tuned, raw)
