@@ -39,6 +39,7 @@ class Encoder:
         images_seen: images passed through the backbone so far (the benchmark counts passes with it).
         multicrop: share of the side of each multi-crop view (`runtime.views`), 0 for the whole image only.
         input_size: side of the images it takes (INPUT_SIZE, or larger for multi-crop views).
+        parts: the backbones of a composite encoder (`pipeline.composite`), else empty.
     """
 
     name: str
@@ -49,6 +50,7 @@ class Encoder:
     images_seen: int = 0
     multicrop: float = 0.0
     input_size: int = INPUT_SIZE
+    parts: tuple = ()
     _fn: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -82,7 +84,8 @@ def with_multicrop(encoder: Encoder, fraction: float) -> Encoder:
     if encoder.multicrop:
         raise ValueError(f"encoder {encoder.name!r} already pools multi-crop views ({encoder.multicrop})")
     return Encoder(encoder.name, f"{encoder.fingerprint}-multicrop{fraction:g}", encoder.feature_dim,
-                   keras_model=encoder.keras_model, tflite_path=encoder.tflite_path, multicrop=fraction,
+                   keras_model=encoder.keras_model, tflite_path=encoder.tflite_path, parts=encoder.parts,
+                   multicrop=fraction,
                    input_size=views.input_size(fraction), _fn=views.multicrop(encoder._fn, fraction))
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.encoders import Encoder
 from runtime import storage, tfenv
-from runtime.layout import EXTRACTOR_CONFIG, EXTRACTOR_HEAD, EXTRACTOR_SAVEDMODEL, EXTRACTOR_TFLITE
+from runtime.layout import EXTRACTOR_CONFIG, EXTRACTOR_HEAD, EXTRACTOR_PARTS, EXTRACTOR_SAVEDMODEL, EXTRACTOR_TFLITE
 from runtime.preprocess import INPUT_SIZE
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,13 @@ def export(encoder: Encoder, head: Any, out: Path, info: dict) -> dict:
     module = tf.Module()
     module.head_model = head
     module.head = tf.function(lambda f: head(f, training=False), input_signature=[features_spec])
-    if encoder.keras_model is not None:
+    extra: dict = {}
+    if encoder.parts:
+        fmt = "composite"
+        extra["parts"] = [_export_part(part, staging / EXTRACTOR_PARTS / str(i), images_spec)
+                          for i, part in enumerate(encoder.parts)]
+        tf.saved_model.save(module, str(staging / EXTRACTOR_HEAD))
+    elif encoder.keras_model is not None:
         fmt = "savedmodel"
         module.backbone = encoder.keras_model
         module.features = tf.function(lambda x: encoder.keras_model(x, training=False), input_signature=[images_spec])
@@ -54,7 +60,7 @@ def export(encoder: Encoder, head: Any, out: Path, info: dict) -> dict:
     dim = int(module.head(tf.zeros([1, encoder.feature_dim])).shape[-1])
     config = {"format": fmt, "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint,
               "input_size": encoder.input_size, "multicrop": encoder.multicrop, "feature_dim": encoder.feature_dim,
-              "dim": dim,
+              "dim": dim, **extra,
               "export_id": uuid.uuid4().hex, **info}
     storage.write_json(staging / EXTRACTOR_CONFIG, config)
     if out.exists():
@@ -62,3 +68,20 @@ def export(encoder: Encoder, head: Any, out: Path, info: dict) -> dict:
     staging.rename(out)
     log.info("exported the %s extractor (%s, %d-d) to %s", encoder.name, fmt, dim, out)
     return config
+
+
+def _export_part(part: Encoder, folder: Path, images_spec: Any) -> dict:
+    """Write one backbone of a composite encoder (a SavedModel with `features`, or its TFLite file) to `folder`."""
+    tf = tfenv.tensorflow()
+    folder.mkdir(parents=True)
+    if part.keras_model is not None:
+        module = tf.Module()
+        module.backbone = part.keras_model
+        module.features = tf.function(lambda x: part.keras_model(x, training=False), input_signature=[images_spec])
+        tf.saved_model.save(module, str(folder / EXTRACTOR_SAVEDMODEL))
+    elif part.tflite_path is not None:
+        shutil.copyfile(part.tflite_path, folder / EXTRACTOR_TFLITE)
+    else:
+        raise ValueError(f"part {part.name!r} has neither a Keras model nor a TFLite file to export")
+    return {"encoder": part.name, "format": "savedmodel" if part.keras_model is not None else "tflite",
+            "feature_dim": part.feature_dim}

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline import autoencoder, cli, plots
+from pipeline import autoencoder, cli, composite, plots
 from pipeline.backbone_tuning import tune_backbone
 from pipeline.catalog import catalog_inputs, holdout_rows
 from pipeline.encoders import DEFAULT_ENCODER, load_encoder, with_multicrop
@@ -42,8 +42,9 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
 
     Args:
         data_dir: the data directory; reads `catalog/`, writes `model/` and `cache/features/`.
-        encoder: backbone name (see `pipeline.encoders.load_encoder`).
-        encoder_weights: the backbone's weights file where it takes one.
+        encoder: backbone name (see `pipeline.encoders.load_encoder`), or several joined by `+`
+            (`pipeline.composite`: their features side by side; a trainable one is first trained with its own head).
+        encoder_weights: the backbone's weights file where it takes one (for `a+b`: one per backbone, `+`-joined).
         label_column: catalog column the classification layer learns (default: the source's, see
             `pipeline.sources.default_label`: `name` for grocery, else `category`).
         dim: length of the feature-vector layer (the embedding).
@@ -76,7 +77,15 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
         encoder_weights = str(layout.model / AUTOENCODER_WEIGHTS)
         ae_history = autoencoder.train(paths, Path(encoder_weights), epochs=ae_epochs, seed=seed)
         plots.training_curves(ae_history, layout.model / AUTOENCODER_CURVES, "auto-encoder reconstruction")
-    single_view = load_encoder(encoder, encoder_weights)
+    parts_info = None
+    if composite.is_composite(encoder):  # its trainable parts are trained here, each with a head of its own
+        _, labels, fit, val = _split(catalog, label_column, val_split, seed)
+        single_view, parts_info = composite.build(encoder, encoder_weights, layout.features, keys, paths, labels, fit,
+                                                  val, dim, epochs, 0 if no_finetune else backbone_epochs,
+                                                  BACKBONE_EPOCHS, seed)
+        backbone_epochs = 0
+    else:
+        single_view = load_encoder(encoder, encoder_weights)
     backbone = with_multicrop(single_view, multicrop)
     cache = FeatureCache(layout.features(backbone.fingerprint))
     computed, failed = fill_cache(cache, keys, paths, backbone)
@@ -89,6 +98,8 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
     summary = {"encoder": encoder, "encoder_weights": encoder_weights, "encoder_fingerprint": backbone.fingerprint,
                "products": len(keys), "backbone_images_computed": computed, "unreadable_images": len(failed),
                "feature_dim": backbone.feature_dim, "multicrop": multicrop}
+    if parts_info is not None:
+        summary["parts"] = parts_info
     backbone_epochs = BACKBONE_EPOCHS.get(encoder, 0) if backbone_epochs is None else backbone_epochs
     if backbone_epochs and not no_finetune and backbone.keras_model is None:
         raise ValueError(f"--backbone-epochs {backbone_epochs}: encoder {encoder!r} cannot be fine-tuned (a TFLite "
@@ -117,13 +128,7 @@ def _train(catalog: pd.DataFrame, cache: FeatureCache, keys: list[str], label_co
            val_split: float, epochs: int, seed: int, layout: Layout) -> tuple[object, object, dict, tuple]:
     """Split, train the head, and write its labels, history and curves; return (classifier, embedding model,
     summary, (labels, training rows, held-out rows))."""
-    if label_column not in catalog.columns:
-        raise ValueError(f"--label-column {label_column!r} is not a catalog column; columns: {list(catalog.columns)}")
-    classes, labels = np.unique(catalog[label_column].to_numpy(), return_inverse=True)
-    if len(classes) < 2:
-        raise ValueError(f"--label-column {label_column!r} has {len(classes)} distinct value(s); a classification "
-                         "head needs at least two (or use --no-finetune)")
-    fit, val = holdout_rows(labels, val_split, seed) if val_split else (np.arange(len(labels)), np.array([], int))
+    classes, labels, fit, val = _split(catalog, label_column, val_split, seed)
     classifier, head, history = train_head(cache, keys, labels, fit, val, dim, epochs=epochs, seed=seed)
     storage.write_json(layout.model / HISTORY, history)
     storage.write_json(layout.model / LABELS, {"label_column": label_column, "classes": classes.tolist()})
@@ -138,13 +143,31 @@ def _train(catalog: pd.DataFrame, cache: FeatureCache, keys: list[str], label_co
                   "val_precision_at_5": monitored[best] if monitored else None}, (labels, fit, val)
 
 
+def _split(catalog: pd.DataFrame, label_column: str, val_split: float, seed: int
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return (classes, each row's class, training rows, held-out rows) for a label column.
+
+    Raises:
+        ValueError: the column is not in the catalog, or has fewer than two values.
+    """
+    if label_column not in catalog.columns:
+        raise ValueError(f"--label-column {label_column!r} is not a catalog column; columns: {list(catalog.columns)}")
+    classes, labels = np.unique(catalog[label_column].to_numpy(), return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"--label-column {label_column!r} has {len(classes)} distinct value(s); a classification "
+                         "head needs at least two (or use --no-finetune)")
+    fit, val = holdout_rows(labels, val_split, seed) if val_split else (np.arange(len(labels)), np.array([], int))
+    return classes, labels, fit, val
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add this stage's options to a parser: one flag per keyword of `run`."""
     parser.add_argument("--data-dir", type=Path, required=True, help="the data directory (see data/README.md)")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER,
                         help="bit-m-r50x3 (default) | bit-m-r50x1 | hub:HANDLE_OR_PATH | mobilenet-v1-0.25 | "
-                             "mediapipe-embedder | autoencoder")
-    parser.add_argument("--encoder-weights", default=None, help="weights file (.h5, .tflite, .weights.h5)")
+                             "mediapipe-embedder | autoencoder; several joined by + (a+b): their features side by side")
+    parser.add_argument("--encoder-weights", default=None,
+                        help="weights file (.h5, .tflite, .weights.h5); for a+b one per backbone, joined by +")
     parser.add_argument("--label-column", default=None,
                         help="catalog column to classify (default: name for a grocery: catalog, else category)")
     parser.add_argument("--dim", type=int, default=DEFAULT_DIM, help=f"feature-vector length (default {DEFAULT_DIM})")

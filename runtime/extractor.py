@@ -4,7 +4,9 @@ On disk (`model/extractor/`, copied into every index; `pipeline.export` writes i
 - `extractor.json`: format, encoder, dimensions, export id;
 - format `savedmodel` (TF-graph backbones): `model/`, one SavedModel with functions `embed` (images -> unit
   vectors), `features` (images -> backbone features) and `head` (features -> unit vectors);
-- format `tflite+head` (TFLite backbones): `backbone.tflite` plus `head/`, a SavedModel with `head`.
+- format `tflite+head` (TFLite backbones): `backbone.tflite` plus `head/`, a SavedModel with `head`;
+- format `composite` (several backbones, `--encoder a+b`): `parts/<i>/` holds backbone i (`backbone.tflite`, or
+  `model/`, a SavedModel with `features`), `head/` the head over their L2-normalised features side by side.
 Images are [B, S, S, 3] with values 0..255, as `runtime.preprocess` makes them at the config's `input_size`: 224,
 or larger where `multicrop` (a fraction of the side) says the features are pooled over multi-crop views
 (`runtime.views`); the saved functions themselves always take 224x224 views.
@@ -23,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from runtime import storage, tfenv, views
-from runtime.layout import EXTRACTOR_CONFIG, EXTRACTOR_HEAD, EXTRACTOR_SAVEDMODEL, EXTRACTOR_TFLITE
+from runtime.layout import EXTRACTOR_CONFIG, EXTRACTOR_HEAD, EXTRACTOR_PARTS, EXTRACTOR_SAVEDMODEL, EXTRACTOR_TFLITE
 from runtime.preprocess import INPUT_SIZE
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("savedmodel", "tflite+head")
+FORMATS = ("savedmodel", "tflite+head", "composite")
 
 
 def tflite_runner(path: Path, scale: float = 1 / 255.0, threads: int | None = None) -> Callable[[np.ndarray],
@@ -90,6 +92,13 @@ class Extractor:
             run = tflite_runner(self.path / EXTRACTOR_TFLITE, threads=threads)
             self._features = run
             self._embed = lambda x: self._head(run(np.asarray(x)))
+        elif fmt == "composite":
+            self._model = tf.saved_model.load(str(self.path / EXTRACTOR_HEAD))
+            self._head = _concrete(self._model.head)
+            self._parts = [self._load_part(self.path / EXTRACTOR_PARTS / str(i), part["format"], threads)
+                           for i, part in enumerate(self.config["parts"])]
+            self._features = self._concatenated
+            self._embed = lambda x: self._head(self._concatenated(x))
         else:
             raise ValueError(f"{config_file}: unknown extractor format {fmt!r}; expected one of {FORMATS}")
         fraction = float(self.config.get("multicrop") or 0)
@@ -97,6 +106,20 @@ class Extractor:
             self._features = views.multicrop(self._features, fraction)
             self._embed = lambda x: self._head(self._features(x))
         self.images_seen = 0
+
+    @staticmethod
+    def _load_part(folder: Path, fmt: str, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
+        """One backbone of a composite extractor, as a function from images to its features."""
+        if fmt == "tflite":
+            return tflite_runner(folder / EXTRACTOR_TFLITE, threads=threads)
+        if fmt == "savedmodel":
+            features = _concrete(tfenv.tensorflow().saved_model.load(str(folder / EXTRACTOR_SAVEDMODEL)).features)
+            return lambda x: np.asarray(features(np.asarray(x, np.float32)))
+        raise ValueError(f"{folder}: unknown part format {fmt!r}; expected tflite or savedmodel")
+
+    def _concatenated(self, images: np.ndarray) -> np.ndarray:
+        """A composite's features: its parts' (`side_by_side`)."""
+        return side_by_side([part(images) for part in self._parts])
 
     @property
     def dim(self) -> int:
@@ -131,6 +154,13 @@ class Extractor:
     def head(self, features: np.ndarray) -> np.ndarray:
         """Return unit vectors for backbone features (no backbone pass)."""
         return np.asarray(self._head(np.asarray(features, np.float32)), dtype=np.float32)
+
+
+def side_by_side(features: list[np.ndarray]) -> np.ndarray:
+    """Several backbones' features of the same images [B, F_i], each L2-normalised, concatenated [B, sum F_i]: a
+    composite extractor's features (`pipeline.composite` trains its head on exactly these)."""
+    out = [np.asarray(f, np.float32) for f in features]
+    return np.concatenate([f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12) for f in out], axis=1)
 
 
 def _concrete(function: Any) -> Any:

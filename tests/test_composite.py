@@ -1,0 +1,88 @@
+"""Composite encoders (`--encoder a+b`): a frozen TFLite part beside a trained TF part, pipeline to service."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import composite, finetune, index, vectorize
+from pipeline.catalog import read_catalog
+from pipeline.encoders import load_encoder, with_multicrop
+from runtime.embeddings import load_embeddings
+from runtime.extractor import load_extractor
+from runtime.layout import Layout
+from runtime.preprocess import decode_image
+from service import create_app
+from tests.conftest import shared_path
+
+
+@pytest.fixture(scope="module")
+def composite_dir(built: Path, tiny_hub_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built catalog with MediaPipe (frozen) + the tiny hub model (trained one epoch with its own head)."""
+    tflite = shared_path("models", "mobilenet_v3_small_075_224_embedder.tflite")
+    data = tmp_path_factory.mktemp("composite")
+    shutil.copytree(built / "catalog", data / "catalog")
+    finetune.run(data, encoder=f"mediapipe-embedder+hub:{tiny_hub_model}", encoder_weights=f"{tflite}+", dim=32,
+                 epochs=20, backbone_epochs=1)
+    vectorize.run(data, shard_rows=32)
+    index.run(data, trees=4)
+    return data
+
+
+def test_parts_are_recorded_trained_where_trainable_and_exported_each_in_its_format(composite_dir: Path) -> None:
+    layout = Layout(composite_dir)
+    summary = json.loads(layout.finetune_summary.read_text())
+    assert [p["backbone_epochs"] for p in summary["parts"]] == [0, 1]  # a TFLite file cannot be trained
+    config = json.loads((layout.extractor / "extractor.json").read_text())
+    assert config["format"] == "composite"
+    assert [(p["format"], p["feature_dim"]) for p in config["parts"]] == [("tflite", 1024), ("savedmodel", 32)]
+    assert config["feature_dim"] == 1024 + 32 and config["dim"] == 32
+    assert "-tuned-" in config["encoder_fingerprint"].split("+")[1]
+    assert (layout.extractor / "parts" / "0" / "backbone.tflite").is_file()
+
+
+def test_the_extractor_gives_the_index_vectors_and_each_parts_features(composite_dir: Path) -> None:
+    layout = Layout(composite_dir)
+    catalog = read_catalog(layout.catalog_csv)
+    extractor = load_extractor(layout.extractor)
+    images = np.stack([decode_image(str(layout.catalog / p)).numpy() for p in catalog["image"][:4]])
+    assert np.allclose(extractor.embed(images), load_embeddings(composite_dir)[:4], atol=1e-4)
+    mediapipe = load_encoder("mediapipe-embedder", str(shared_path("models",
+                                                                   "mobilenet_v3_small_075_224_embedder.tflite")))
+    features = extractor.features(images)
+    expected = mediapipe(images) / np.linalg.norm(mediapipe(images), axis=1, keepdims=True)
+    assert features.shape == (4, 1024 + 32) and np.allclose(features[:, :1024], expected, atol=1e-5)
+    assert np.allclose(np.linalg.norm(features[:, 1024:], axis=1), 1.0, atol=1e-5)
+
+
+def test_an_uploaded_catalog_photo_finds_its_own_product(composite_dir: Path, tmp_path: Path) -> None:
+    layout = Layout(composite_dir)
+    app = create_app({"ARTIFACTS": str(layout.index / "current"), "LOAD_IN_BACKGROUND": False,
+                      "ARTIFACTS_CACHE": str(tmp_path / "cache")})
+    client = app.test_client()
+    catalog = read_catalog(layout.catalog_csv)
+    unique = catalog[catalog["sha256"].map(catalog["sha256"].value_counts()) == 1]
+    for row in unique.iloc[[0, 9]].itertuples():
+        data = (layout.catalog / row.image).read_bytes()
+        body = client.post("/api/search?k=3", data={"image": (io.BytesIO(data), "q.jpg")}).get_json()
+        assert str(body["results"][0]["product_id"]) == str(row.product_id) and body["results"][0]["score"] > 0.999
+
+
+def test_multicrop_views_pool_the_concatenated_features(tiny_hub_model: Path) -> None:
+    parts = composite.load_parts(f"hub:{tiny_hub_model}+hub:{tiny_hub_model}", None)
+    pooled = with_multicrop(composite.concatenated(parts), 0.5)
+    rng = np.random.default_rng(0)
+    features = pooled(rng.integers(0, 255, (2, 448, 448, 3)).astype(np.float32))
+    assert pooled.input_size == 448 and features.shape == (2, 2 * parts[0].feature_dim)
+    assert pooled.fingerprint.endswith("-multicrop0.5") and "+" in pooled.fingerprint
+
+
+@pytest.mark.parametrize("weights", ["a.tflite", "a.tflite+b.h5+c.h5"])
+def test_one_weights_file_per_backbone(weights: str) -> None:
+    with pytest.raises(ValueError, match="one per backbone"):
+        composite.load_parts("mediapipe-embedder+mobilenet-v1-0.25", weights)
