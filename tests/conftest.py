@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import urllib.request
 from pathlib import Path
@@ -78,6 +79,25 @@ def own_index(demo_index: Path, tmp_path: Path) -> Path:
     for folder in ("catalog", "model", "embeddings", "index"):
         shutil.copytree(demo_index / folder, data / folder, symlinks=True)
     return data
+
+
+def assert_uploads_find_their_products(data_dir: Path, cache: Path, positions: list[int]) -> None:
+    """Upload catalog photos (those at `positions` among photos with no exact twin) to a service over the data dir's
+    current index and assert each one's own product comes first, with a score of 1."""
+    from pipeline.catalog import read_catalog
+    from runtime.layout import Layout
+    from service import create_app
+
+    layout = Layout(data_dir)
+    client = create_app({"ARTIFACTS": str(layout.index / "current"), "LOAD_IN_BACKGROUND": False,
+                         "ARTIFACTS_CACHE": str(cache)}).test_client()
+    catalog = read_catalog(layout.catalog_csv)
+    unique = catalog[catalog["sha256"].map(catalog["sha256"].value_counts()) == 1]  # no exact twin to tie with
+    for row in unique.iloc[positions].itertuples():
+        data = (layout.catalog / row.image).read_bytes()
+        body = client.post("/api/search?k=3", data={"image": (io.BytesIO(data), "q.jpg")}).get_json()
+        assert str(body["results"][0]["product_id"]) == str(row.product_id), body
+        assert body["results"][0]["score"] > 0.999, body
 
 
 @pytest.fixture()

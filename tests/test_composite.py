@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -17,8 +16,7 @@ from runtime.embeddings import load_embeddings
 from runtime.extractor import load_extractor
 from runtime.layout import Layout
 from runtime.preprocess import decode_image
-from service import create_app
-from tests.conftest import shared_path
+from tests.conftest import assert_uploads_find_their_products, shared_path
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +59,7 @@ def test_the_extractor_gives_the_index_vectors_and_each_parts_features(composite
 
 
 def test_an_uploaded_catalog_photo_finds_its_own_product(composite_dir: Path, tmp_path: Path) -> None:
-    layout = Layout(composite_dir)
-    app = create_app({"ARTIFACTS": str(layout.index / "current"), "LOAD_IN_BACKGROUND": False,
-                      "ARTIFACTS_CACHE": str(tmp_path / "cache")})
-    client = app.test_client()
-    catalog = read_catalog(layout.catalog_csv)
-    unique = catalog[catalog["sha256"].map(catalog["sha256"].value_counts()) == 1]
-    for row in unique.iloc[[0, 9]].itertuples():
-        data = (layout.catalog / row.image).read_bytes()
-        body = client.post("/api/search?k=3", data={"image": (io.BytesIO(data), "q.jpg")}).get_json()
-        assert str(body["results"][0]["product_id"]) == str(row.product_id) and body["results"][0]["score"] > 0.999
+    assert_uploads_find_their_products(composite_dir, tmp_path / "cache", [0, 9])
 
 
 def test_multicrop_views_pool_the_concatenated_features(tiny_hub_model: Path) -> None:

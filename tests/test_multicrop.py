@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from runtime.embeddings import load_embeddings
 from runtime.extractor import load_extractor
 from runtime.layout import Layout
 from runtime.preprocess import decode_image
-from service import create_app
+from tests.conftest import assert_uploads_find_their_products
 
 
 def quadrants(side: int) -> np.ndarray:
@@ -88,14 +87,4 @@ def test_the_extractor_pools_views_and_says_so(multicrop_dir: Path, tiny_hub_mod
 
 
 def test_an_uploaded_catalog_photo_finds_its_own_product(multicrop_dir: Path, tmp_path: Path) -> None:
-    layout = Layout(multicrop_dir)
-    app = create_app({"ARTIFACTS": str(layout.index / "current"), "LOAD_IN_BACKGROUND": False,
-                      "ARTIFACTS_CACHE": str(tmp_path / "cache")})
-    client = app.test_client()
-    catalog = read_catalog(layout.catalog_csv)
-    unique = catalog[catalog["sha256"].map(catalog["sha256"].value_counts()) == 1]  # no exact twin to tie with
-    for row in unique.iloc[[0, 7, 21]].itertuples():
-        data = (layout.catalog / row.image).read_bytes()
-        body = client.post("/api/search?k=3", data={"image": (io.BytesIO(data), "q.jpg")}).get_json()
-        assert str(body["results"][0]["product_id"]) == str(row.product_id)
-        assert body["results"][0]["score"] > 0.999
+    assert_uploads_find_their_products(multicrop_dir, tmp_path / "cache", [0, 7, 21])
