@@ -107,3 +107,13 @@ def test_feature_memory_runs_both_stages_in_fresh_processes_and_prints_their_pea
     assert 100 < finetune_mib < 3072 and 100 < vectorize_mib < 3072
     summary = (tmp_path / "rows-3000" / "embeddings" / "embeddings.json").read_text()
     assert '"rows": 3000' in summary and '"backbone_images_computed": 0' in summary  # every feature came from the cache
+
+
+def test_extractor_latency_times_each_extractor_and_its_ratio_to_the_first(built, tmp_path, capsys) -> None:
+    from benchmarks import extractor_latency
+
+    image = next((built / "catalog" / "images").rglob("*.jpg"))
+    extractor_latency.main(["--image", str(image), "--rounds", "3", "--extractor", f"a={built / 'model' / 'extractor'}",
+                            "--extractor", f"b={built / 'index' / 'current'}"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("a ", "b "))]
+    assert len(lines) == 2 and all("(n=3)" in line for line in lines) and "p50 1.00x the first" in lines[0]
