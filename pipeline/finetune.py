@@ -32,6 +32,7 @@ DEFAULT_DIM = 256
 # Epochs of training the backbone itself after the head, per encoder (README "Quality levers": MobileNet v1 0.25
 # on grocery, product precision@1 0.503 with a head on frozen features, 0.639 after 8 epochs of this).
 BACKBONE_EPOCHS = {"mobilenet-v1-0.25": 8}
+TFLITE_ENCODERS = ("mediapipe-embedder",)  # inference-only: never trained, whatever --backbone-epochs says
 
 
 def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
@@ -58,7 +59,8 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
             mobilenet-v1-0.25, else 0). A TFLite backbone cannot be trained.
         multicrop: pool the backbone's features over the whole image and five crops of this share of the side
             (`runtime.views`; six backbone passes per image, in vectorize and per query too); 0 turns it off;
-            None: the source's default (`pipeline.sources.default_multicrop`: 0.5 for grocery, else 0).
+            None: the source's default (`pipeline.sources.default_multicrop`: 0.5 for grocery, else 0) where no
+            backbone is trained, else 0 (a trained MobileNet gained nothing from it on grocery).
 
     Returns:
         The summary written to `model/finetune.json`.
@@ -71,7 +73,8 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
     catalog, keys, paths = catalog_inputs(layout)
     source = storage.read_json(layout.catalog_summary).get("source") if layout.catalog_summary.is_file() else None
     label_column = default_label(source) if label_column is None else label_column
-    multicrop = default_multicrop(source) if multicrop is None else multicrop
+    if multicrop is None:  # multi-crop views won only on frozen backbones (README, "Quality levers")
+        multicrop = 0.0 if _trains_a_backbone(encoder, backbone_epochs) else default_multicrop(source)
     started = time.perf_counter()
     if encoder == "autoencoder" and encoder_weights is None:
         encoder_weights = str(layout.model / AUTOENCODER_WEIGHTS)
@@ -143,6 +146,13 @@ def _train(catalog: pd.DataFrame, cache: FeatureCache, keys: list[str], label_co
                   "val_precision_at_5": monitored[best] if monitored else None}, (labels, fit, val)
 
 
+def _trains_a_backbone(encoder: str, backbone_epochs: int | None) -> bool:
+    """Whether finetune will train a backbone (or a composite's part) itself: a TF-graph one with epochs to run."""
+    names = encoder.split(composite.SEPARATOR) if composite.is_composite(encoder) else [encoder]
+    return any((BACKBONE_EPOCHS.get(name, 0) if backbone_epochs is None else backbone_epochs) > 0
+               for name in names if name not in TFLITE_ENCODERS)
+
+
 def _split(catalog: pd.DataFrame, label_column: str, val_split: float, seed: int
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Return (classes, each row's class, training rows, held-out rows) for a label column.
@@ -181,7 +191,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{BACKBONE_EPOCHS} per encoder, else 0; a TFLite backbone cannot be trained)")
     parser.add_argument("--multicrop", type=float, default=None,
                         help="pool features over the whole image and 5 crops of this share of the side (6 backbone "
-                             "passes per image; 0: off; default 0.5 for a grocery: catalog, else 0)")
+                             "passes per image; 0: off; default 0.5 for a grocery: catalog on a frozen backbone, "
+                             "else 0)")
 
 
 def describe(summary: dict, options: dict) -> str:
