@@ -31,7 +31,7 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
         queries: a query source to evaluate with instead of a held-out split (grocery: its val.txt photos).
         backbone_epochs: epochs of training the backbone itself after the head (None: the encoder's default).
         multicrop: pool features over multi-crop views of this share of the side (None: finetune's default, 0.5
-            for grocery on a frozen backbone, else 0; 0: off).
+            for grocery unless one backbone is trained, else 0; 0: off).
         dim: embedding length; no_finetune: keep raw backbone features.
         trees: Annoy trees.
         category_column: the source column that names the category.
@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{finetune.BACKBONE_EPOCHS}, else 0)")
     parser.add_argument("--multicrop", type=float, default=None,
                         help="pool features over the whole image and 5 crops of this share of the side (default 0.5 "
-                             "for grocery on a frozen backbone, else 0: off)")
+                             "for grocery unless one backbone is trained, else 0: off)")
 
 
 def describe(summary: dict, options: dict) -> str:
