@@ -52,7 +52,6 @@ def load_parts(name: str, weights: str | None) -> list[Encoder]:
 def concatenated(parts: Sequence[Encoder]) -> Encoder:
     """Return the encoder whose features are the parts' L2-normalised features concatenated."""
     parts = tuple(parts)
-
     return Encoder(SEPARATOR.join(p.name for p in parts), SEPARATOR.join(p.fingerprint for p in parts),
                    sum(p.feature_dim for p in parts), parts=parts,
                    _fn=lambda images: side_by_side([part(images) for part in parts]))
@@ -89,7 +88,6 @@ def tune_part(part: Encoder, cache_dir: Path, keys: list[str], paths: list[str],
     return keras_encoder(part.name, f"{tuned.fingerprint}-embedding-{digest}", model), {
         "encoder": part.name, "head_epochs": len(history["loss"]), "backbone_epochs": backbone_epochs,
         "backbone_val_precision_at_5": max(monitored) if monitored else None}
-
 
 
 def build(name: str, weights: str | None, features_dir: Callable[[str], Path], keys: list[str], paths: list[str],

@@ -45,22 +45,22 @@ def parse_source(spec: str) -> tuple[str, str]:
                       "(a location may be an s3://bucket/prefix)")
 
 
+def _kind(spec: str | None) -> str:
+    """A source's kind (`grocery`, `fashion`, ...), or "" when there is none or it cannot be parsed."""
+    try:
+        return parse_source(spec)[0] if spec else ""
+    except SourceError:
+        return ""
+
+
 def default_label(spec: str | None) -> str:
     """The catalog column the head learns by default for a source: `name` (the product) for grocery, else category."""
-    try:
-        kind = parse_source(spec)[0] if spec else ""
-    except SourceError:
-        kind = ""
-    return DEFAULT_LABELS.get(kind, "category")
+    return DEFAULT_LABELS.get(_kind(spec), "category")
 
 
 def default_multicrop(spec: str | None) -> float:
     """The multi-crop fraction finetune uses by default for a source: 0.5 for grocery, else 0 (whole image only)."""
-    try:
-        kind = parse_source(spec)[0] if spec else ""
-    except SourceError:
-        kind = ""
-    return DEFAULT_MULTICROP.get(kind, 0.0)
+    return DEFAULT_MULTICROP.get(_kind(spec), 0.0)
 
 
 def read_source(spec: str, cache_dir: Path, category_column: str | None = None) -> tuple[list[Record], list[Reject]]:
