@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from types import ModuleType
 
@@ -40,9 +41,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
-    """Encode one file as multipart/form-data; return (body, content type)."""
-    boundary = "----visualsearch"
+def multipart(field: str, filename: str, data: bytes, boundary: str | None = None) -> tuple[bytes, str]:
+    """Encode one file as multipart/form-data; return (body, content type). The boundary is random unless given,
+    as a browser's is: a server must not gain from seeing the same one twice."""
+    boundary = boundary or f"----visualsearch{uuid.uuid4().hex}"
     head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
             "Content-Type: application/octet-stream\r\n\r\n").encode()
     return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"

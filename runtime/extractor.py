@@ -101,6 +101,10 @@ class Extractor:
             self._embed = lambda x: self._head(self._concatenated(x))
         else:
             raise ValueError(f"{config_file}: unknown extractor format {fmt!r}; expected one of {FORMATS}")
+        tf_head = self._head
+        if fmt in ("tflite+head", "composite"):
+            self._head = numpy_head(self._model.head.concrete_functions[0], tf_head)
+        self.head_runs_in = "tensorflow" if self._head is tf_head else "numpy"
         fraction = float(self.config.get("multicrop") or 0)
         if fraction:
             self._features = views.multicrop(self._features, fraction)
@@ -161,6 +165,36 @@ def side_by_side(features: list[np.ndarray]) -> np.ndarray:
     composite extractor's features (`pipeline.composite` trains its head on exactly these)."""
     out = [np.asarray(f, np.float32) for f in features]
     return np.concatenate([f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12) for f in out], axis=1)
+
+
+def numpy_head(concrete: Any, tf_head: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray], np.ndarray]:
+    """The head in numpy when it is what `pipeline.head.build_head` makes (L2 norm, dense layer, L2 norm; or the
+    raw head's L2 norm alone), checked against the saved function on random features; else `tf_head` itself.
+
+    A TensorFlow call costs about 0.5 ms of dispatch whatever its size; this matrix product takes microseconds,
+    which is most of what a query costs after a TFLite backbone.
+    """
+    weights = [v.numpy() for v in concrete.variables]
+    kernels = [w for w in weights if w.ndim == 2]
+    biases = [w for w in weights if w.ndim == 1]
+    dim = concrete.structured_input_signature[0][0].shape[-1]
+    if len(weights) not in (0, 2) or len(kernels) != len(weights) // 2 or not dim:
+        return tf_head
+    kernel, bias = (kernels[0], biases[0]) if weights else (None, None)
+
+    def normalise(x: np.ndarray) -> np.ndarray:  # as tf.math.l2_normalize: x / sqrt(max(sum(x^2), 1e-12))
+        return x / np.sqrt(np.maximum(np.einsum("ij,ij->i", x, x)[:, None], 1e-12))
+
+    def head(features: np.ndarray) -> np.ndarray:
+        x = normalise(np.asarray(features, np.float32).reshape(-1, int(dim)))
+        return x if kernel is None else normalise(x @ kernel + bias)
+
+    probe = np.abs(np.random.default_rng(0).normal(size=(4, int(dim)))).astype(np.float32)
+    expected = np.asarray(tf_head(probe))
+    if expected.shape != head(probe).shape or not np.allclose(head(probe), expected, atol=1e-5):
+        log.info("the head is not a dense layer between L2 norms; it runs in TensorFlow")
+        return tf_head
+    return head
 
 
 def _concrete(function: Any) -> Any:

@@ -102,6 +102,7 @@ class ProductSearch:
         self.image_product, self.offsets = image_table(counts, flat, len(vectors))
         self.images = flat
         self.n_products = len(self.offsets) - 1
+        self.one_image_each = len(vectors) == self.n_products  # a product's score is its image's: no aggregation
 
     def images_of(self, products: Sequence[int] | np.ndarray) -> np.ndarray:
         """Every image id of the given products."""
@@ -164,6 +165,24 @@ class ProductSearch:
             ids = np.flatnonzero(chosen[self.image_product])
         else:
             ids = np.sort(self.images_of(products))  # ascending reads of the memory-mapped vectors
-        scores = np.asarray(self.vectors[ids] @ vector, np.float32)
+        if len(ids) > len(self.vectors) // 2:  # scoring every row beats copying most of them out of the map first
+            scores = np.asarray(np.asarray(self.vectors) @ vector, np.float32)[ids]
+        else:
+            scores = np.asarray(self.vectors[ids] @ vector, np.float32)
+        if self.one_image_each:
+            top = top_k(scores, k)
+            top = top[np.lexsort((self.image_product[ids[top]], -scores[top]))]  # ties: as `aggregate`, by product
+            return [Hit(int(self.image_product[i]), float(s), int(i)) for i, s in zip(ids[top], scores[top],
+                                                                                    strict=True)]
         found, values, best = aggregate(ids, scores, self.image_product, self.scoring)
         return [Hit(int(p), float(s), int(i)) for p, s, i in zip(found[:k], values[:k], best[:k], strict=True)]
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k highest scores, highest first (ties: lower position first), without a full sort."""
+    if len(scores) > k:
+        chosen = np.argpartition(-scores, k - 1)[:k]
+        chosen.sort()  # ascending positions, so the stable sort below breaks ties by position
+    else:
+        chosen = np.arange(len(scores))
+    return chosen[np.argsort(-scores[chosen], kind="stable")]

@@ -21,8 +21,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         config: overrides of the configuration, e.g. {"ARTIFACTS": "data/demo/index/current"} in tests.
     """
     from service import api, errors, metrics, ops, state, web
+    from service.forms import SearchRequest
 
     app = Flask(__name__, static_folder="static", static_url_path="/static")
+    app.request_class = SearchRequest
     app.config.update(load_config(config))
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_UPLOAD_MB"]) * 2**20 + 64 * 1024  # + form overhead
     app.json.sort_keys = False

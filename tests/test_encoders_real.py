@@ -11,6 +11,7 @@ import pytest
 
 from pipeline import acquire, finetune, index, vectorize
 from pipeline.catalog import read_catalog
+from runtime import tfenv
 from runtime.embeddings import load_embeddings
 from runtime.extractor import load_extractor
 from runtime.layout import Layout
@@ -74,6 +75,12 @@ def test_real_pretrained_encoder_exports_a_working_extractor(acquired: Path, tmp
     catalog = read_catalog(layout.catalog_csv)
     idx = [catalog.index[catalog["image"] == r][0] for r in rows]
     assert np.allclose(embedded, vectors[idx], atol=1e-4)
+    if fmt == "tflite+head":  # the head runs as a numpy product, equal to the saved TensorFlow function's
+        tf = tfenv.tensorflow()
+        assert extractor.head_runs_in == "numpy"
+        features = extractor.features(images)
+        saved = tf.saved_model.load(str(layout.extractor / "head")).head(tf.constant(features)).numpy()
+        assert np.allclose(extractor.head(features), saved, atol=1e-5)
 
 
 def test_tflite_extractor_is_safe_to_call_from_many_threads(acquired: Path, tmp_path: Path) -> None:
