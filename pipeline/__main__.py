@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline import acquire, cli, evaluate, finetune, index, run, vectorize
+from pipeline import acquire, cli, duplicates, evaluate, finetune, index, run, vectorize
 
-COMMANDS = (acquire, finetune, vectorize, index, evaluate, run)
+COMMANDS = (acquire, finetune, vectorize, index, evaluate, duplicates, run)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `python -m pipeline`: a subparser per stage, assembled from the stage's `add_arguments`."""
     parser = argparse.ArgumentParser(
         prog="python -m pipeline", description="Visual product search pipeline. Stages run in order: "
-        "acquire -> finetune -> vectorize -> index -> evaluate; `run` does them all. They share only the data "
+        "acquire -> finetune -> vectorize -> index -> evaluate; `duplicates` reports near-duplicate products of the "
+        "index; `run` does them all. They share only the data "
         "directory (--data-dir, see data/README.md).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import cli
+from pipeline import cli, duplicates
 from pipeline.catalog import load_catalog
 from pipeline.thumbnails import build_thumbnails
 from runtime import artifacts, storage
+from runtime.duplicates import DEFAULT_THRESHOLD
 from runtime.embeddings import iter_shards
 from runtime.layout import (
+    DUPLICATES_FILE,
     EXTRACTOR_CONFIG,
     EXTRACTOR_DIR,
     INDEX_FILE,
@@ -118,7 +120,8 @@ def _items(catalog: pd.DataFrame) -> Iterator[str]:
 
 
 def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
-        target_recall: float = TARGET_RECALL, keep: int = KEEP_VERSIONS, scoring: str = DEFAULT_SCORING) -> dict:
+        target_recall: float = TARGET_RECALL, keep: int = KEEP_VERSIONS, scoring: str = DEFAULT_SCORING,
+        duplicate_threshold: float = DEFAULT_THRESHOLD) -> dict:
     """Build a new index version from the embeddings and make it current.
 
     Args:
@@ -129,6 +132,8 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         keep: index versions to keep (older ones are deleted).
         scoring: how a product's images' similarities make its score (max, mean or mix), for the service and
             evaluate.
+        duplicate_threshold: the cosine similarity of near-duplicate products (`runtime.duplicates`), whose
+            groups the index stores for the service's collapse=true.
 
     Returns:
         The manifest of the new version.
@@ -172,6 +177,7 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     chosen, table = (search_k, []) if search_k else tune_search_k(index, vectors, trees, target=target_recall)
     exact_ms = exact_ms_per_query(vectors)
     index.unload()
+    groups = duplicates.write_groups(vectors, catalog, staging / DUPLICATES_FILE, duplicate_threshold)
     del vectors  # the memory map of vectors.npy, complete since _stream_vectors flushed it
     images = dict(zip(catalog["sha256"], (layout.catalog / p for p in catalog["image"]), strict=True))
     build_thumbnails(images, layout.thumbs_cache, staging)
@@ -186,6 +192,7 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         "search_k_measurements": table, "exact_ms_per_query": exact_ms,
         "strategy": choose_strategy(table, exact_ms), "rerank": "exact cosine with vectors.npy", "count": n,
         "products": int(catalog["product_id"].nunique()), "scoring": scoring,
+        "duplicate_threshold": duplicate_threshold, "duplicate_groups": groups,
         "unreadable_rows": int((~readable).sum()),
         "categories": int(catalog["category"].nunique()),
         "build_seconds": round(build_s, 2), "index_bytes": (staging / INDEX_FILE).stat().st_size,
@@ -268,6 +275,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", type=int, default=KEEP_VERSIONS, help=f"index versions to keep ({KEEP_VERSIONS})")
     parser.add_argument("--scoring", choices=SCORINGS, default=DEFAULT_SCORING,
                         help=f"a product's score from its images' similarities (default {DEFAULT_SCORING})")
+    parser.add_argument("--duplicate-threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help="cosine similarity from which products are near-duplicates, for the service's "
+                             f"collapse=true (default {DEFAULT_THRESHOLD}, measured: README)")
 
 
 def describe(summary: dict, options: dict) -> str:

@@ -1,4 +1,4 @@
-"""Pictures a person would rather look at than read: training curves and query/result grids."""
+"""Pictures a person would rather look at than read: training curves, query/result grids, contact sheets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from PIL import Image, ImageDraw, ImageOps
 
 TILE = 128
 CAPTION = 30
-GOOD, BAD, QUERY = (40, 160, 70), (210, 50, 50), (60, 90, 200)
+GOOD, BAD, QUERY, PLAIN = (40, 160, 70), (210, 50, 50), (60, 90, 200), (150, 150, 150)
+TITLE = 18
 
 
 def training_curves(history: dict[str, list[float]], path: Path, title: str) -> None:
@@ -68,3 +69,25 @@ def results_grid(rows: Sequence[tuple[tuple[str, str], Sequence[tuple[str, str, 
             grid.paste(_tile(rpath, caption, GOOD if correct else BAD), (c * (TILE + 6), y))
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
+
+
+def contact_sheet(rows: Sequence[tuple[str, Sequence[tuple[str, str]]]], path: Path) -> None:
+    """Draw one titled row per group of images (a near-duplicate group: its first product, then the others).
+
+    Args:
+        rows: (title, [(image path, caption)]) per row.
+        path: the PNG to write.
+    """
+    width = max((len(images) for _, images in rows), default=1)
+    height = TITLE + TILE + CAPTION + 6
+    sheet = Image.new("RGB", (max(1, width) * (TILE + 6), max(1, len(rows)) * height), (235, 235, 235))
+    draw = ImageDraw.Draw(sheet)
+    if not rows:
+        draw.text((8, 8), "no near-duplicates", fill="black")
+    for r, (title, images) in enumerate(rows):
+        y = r * height
+        draw.text((4, y + 3), title, fill="black")
+        for c, (image, caption) in enumerate(images):
+            sheet.paste(_tile(image, caption, QUERY if c == 0 else PLAIN), (c * (TILE + 6), y + TITLE))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)

@@ -1,4 +1,5 @@
-"""All stages in order: acquire -> finetune -> vectorize -> index -> evaluate (on a held-out split)."""
+"""All stages in order: acquire -> finetune -> vectorize -> index -> evaluate (on a held-out split), then the
+near-duplicates report."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline import acquire, cli, evaluate, finetune, index, vectorize
+from pipeline import acquire, cli, duplicates, evaluate, finetune, index, vectorize
 from pipeline.encoders import DEFAULT_ENCODER
 from pipeline.sources import SOURCE_HELP, default_label
 from runtime.layout import Layout, report_grid
@@ -48,6 +49,7 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
     if queries or eval_split:
         summaries["evaluate"] = evaluate.run(data_dir, queries or f"csv:{layout.queries_csv}",
                                              label_column=label_column)
+    summaries["duplicates"] = duplicates.run(data_dir)
     return summaries
 
 
@@ -94,6 +96,8 @@ def describe(summary: dict, options: dict) -> str:
                      f"@5 {e['precision_at_5']}, @10 {e['precision_at_10']}, mAP@10 {e['map_at_10']}, "
                      f"ANN recall@10 {e['ann_recall_at_10']}, p50 {e['latency_ms_p50']} ms -> {layout.report} "
                      f"(+ {report_grid(layout.report).name})")
+    if "duplicates" in summary:
+        lines.append(duplicates.describe(summary["duplicates"], options))
     return "\n".join(lines)
 
 

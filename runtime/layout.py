@@ -58,6 +58,7 @@ MANIFEST = "manifest.json"
 INDEX_FILE = "index.ann"
 ITEMS_FILE = "items.jsonl"
 VECTORS_FILE = "vectors.npy"
+DUPLICATES_FILE = "duplicates.npy"  # int [products]: the near-duplicate group (its first product) of each product
 THUMBNAIL = THUMBS_DIR + "/{sha256}.jpg"
 S3_POINTER = "CURRENT"  # s3://bucket/prefix/CURRENT names the version folder to serve
 
@@ -67,6 +68,11 @@ REPORT = "report.json"
 REPORT_DETAILS = ".details.json"  # suffixes that replace .json of the report
 REPORT_GRID = ".png"
 EVAL_QUERIES_DIR = "queries"  # the query source acquired like a catalog: a data dir of its own
+
+# reports/: duplicates
+REPORTS_DIR = "reports"
+NEAR_DUPLICATES_CSV = "near-duplicates.csv"
+NEAR_DUPLICATES_PNG = "near-duplicates.png"
 
 # Every path a run may write under a data dir, as glob patterns (data/README.md lists each one).
 WRITTEN = (
@@ -83,10 +89,12 @@ WRITTEN = (
     f"{EMBEDDINGS_DIR}/{SHARD_FILES}.npy", f"{EMBEDDINGS_DIR}/{SHARD_FILES}.json",
     f"{EMBEDDINGS_DIR}/{EMBEDDINGS_SUMMARY}",
     f"{INDEX_DIR}/*/{MANIFEST}", f"{INDEX_DIR}/*/{INDEX_FILE}", f"{INDEX_DIR}/*/{ITEMS_FILE}",
-    f"{INDEX_DIR}/*/{VECTORS_FILE}", f"{INDEX_DIR}/*/{THUMBS_DIR}/*.jpg", f"{INDEX_DIR}/*/{EXTRACTOR_DIR}/*",
+    f"{INDEX_DIR}/*/{VECTORS_FILE}", f"{INDEX_DIR}/*/{DUPLICATES_FILE}",
+    f"{INDEX_DIR}/*/{THUMBS_DIR}/*.jpg", f"{INDEX_DIR}/*/{EXTRACTOR_DIR}/*",
     f"{INDEX_DIR}/{CURRENT}",
     f"{EVAL_DIR}/*{REPORT_DETAILS}", f"{EVAL_DIR}/*.json", f"{EVAL_DIR}/*{REPORT_GRID}",
     f"{EVAL_DIR}/{EVAL_QUERIES_DIR}/*",
+    f"{REPORTS_DIR}/{NEAR_DUPLICATES_CSV}", f"{REPORTS_DIR}/{NEAR_DUPLICATES_PNG}",
 )
 
 
@@ -198,6 +206,10 @@ class Layout:
     @property
     def eval_queries(self) -> Path:
         return self.eval / EVAL_QUERIES_DIR
+
+    @property
+    def reports(self) -> Path:
+        return self.root / REPORTS_DIR
 
 
 def report_details(report: Path) -> Path:

@@ -1,0 +1,141 @@
+"""Report near-duplicate products of the current index: a CSV of the groups and a contact sheet of the largest.
+
+What a merchandiser checks before publishing a catalog: the same photo listed under two products, a product
+uploaded twice. `python -m pipeline duplicates --data-dir DIR [--threshold T]` reads `DIR/index/current` and
+writes `DIR/reports/near-duplicates.csv` (group, product_id, name, category, similarity to the group's first)
+and `DIR/reports/near-duplicates.png`. The index stage stores the same groups, at its `--duplicate-threshold`,
+for the service's `collapse=true`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline import cli
+from pipeline.plots import contact_sheet
+from runtime import artifacts, storage
+from runtime.duplicates import DEFAULT_THRESHOLD, find_groups, product_vectors, read_groups
+from runtime.layout import NEAR_DUPLICATES_CSV, NEAR_DUPLICATES_PNG, VECTORS_FILE, Layout
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+SHEET_GROUPS = 12  # groups drawn on the contact sheet, largest first
+SHEET_MEMBERS = 8  # products drawn per group
+
+
+def write_groups(vectors: np.ndarray, catalog: pd.DataFrame, path: Path, threshold: float) -> int:
+    """Write each product's near-duplicate group (`runtime.duplicates`) to `path` as the index stores it; return
+    how many groups have more than one product.
+
+    Args:
+        vectors: the index's image vectors, one row per catalog row.
+        catalog: the index's catalog rows; products are numbered by first appearance, as items.jsonl numbers them.
+        path: the .npy file to write.
+        threshold: the cosine similarity from which products are near-duplicates.
+    """
+    import pandas as pd
+
+    codes, _ = pd.factorize(catalog["product_id"], sort=False)
+    order = np.argsort(codes, kind="stable")  # images product after product, as product_vectors wants them
+    counts = np.bincount(codes) if len(codes) else np.zeros(0, np.int64)
+    first, _ = find_groups(product_vectors(np.asarray(vectors)[order], counts), threshold)
+    np.save(path, first.astype(np.int32))
+    storage.make_readable(path)
+    return int((np.bincount(first) > 1).sum()) if len(first) else 0
+
+
+def run(data_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Find the current index's near-duplicate products and write the report and its contact sheet.
+
+    Args:
+        data_dir: the data directory; reads `index/current`; writes `reports/`.
+        threshold: the cosine similarity from which a product joins a group (0 to 1].
+
+    Returns:
+        A summary: products, groups, products in groups, the largest group, threshold, seconds, paths.
+
+    Raises:
+        FileNotFoundError: no index in the data directory.
+        ValueError: a threshold outside (0, 1].
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"--threshold is a cosine similarity in (0, 1], got {threshold}")
+    layout = Layout(Path(data_dir))
+    folder = artifacts.resolve_index(layout.current_index)
+    manifest = artifacts.verify(folder, check_hashes=False)
+    items = artifacts.read_items(folder)
+    started = time.perf_counter()
+    counts = np.array([len(item["images"]) for item in items], np.int64)
+    order = np.concatenate([[image["id"] for image in item["images"]] for item in items]) if items else []
+    vectors = product_vectors(np.load(folder / VECTORS_FILE, mmap_mode="r")[np.asarray(order, np.int64)], counts)
+    stored = read_groups(folder, manifest)
+    first, similarity = find_groups(vectors, threshold)
+    if stored is not None and manifest.get("duplicate_threshold") == threshold and not np.array_equal(stored, first):
+        log.warning("%s: its stored groups differ from this run's at the same threshold (%d products)", folder,
+                    int((stored != first).sum()))
+    seconds = time.perf_counter() - started
+    groups = _ranked_groups(first)
+    layout.reports.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = layout.reports / NEAR_DUPLICATES_CSV, layout.reports / NEAR_DUPLICATES_PNG
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["group", "product_id", "name", "category", "similarity"])
+        for number, members in enumerate(groups, start=1):
+            for p in members:
+                writer.writerow([number, items[p]["product_id"], items[p]["name"], items[p]["category"],
+                                 f"{similarity[p]:.4f}"])
+    contact_sheet([(f"group {number}: {len(members)} products",
+                    [(str(folder / items[p]["thumbnail"]), f"{items[p]['product_id']} {similarity[p]:.3f}")
+                     for p in members[:SHEET_MEMBERS]])
+                   for number, members in enumerate(groups[:SHEET_GROUPS], start=1)], png_path)
+    served = manifest.get("duplicate_threshold")
+    if served != threshold:
+        log.info("the index serves collapse=true at threshold %s; `python -m pipeline index --duplicate-threshold "
+                 "%s` makes it use this one", served, threshold)
+    return {"products": len(items), "groups": len(groups), "products_in_groups": int(sum(map(len, groups))),
+            "largest": max(map(len, groups), default=0), "threshold": threshold, "seconds": round(seconds, 2),
+            "index": manifest["version"], "csv": str(csv_path), "png": str(png_path)}
+
+
+def _ranked_groups(first: np.ndarray) -> list[list[int]]:
+    """The groups of more than one product, largest first (then by first product); members in catalog order."""
+    members: dict[int, list[int]] = {}
+    for p in np.flatnonzero(first != np.arange(len(first))):
+        members.setdefault(int(first[p]), [int(first[p])]).append(int(p))
+    return sorted(members.values(), key=lambda group: (-len(group), group[0]))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add this stage's options to a parser: one flag per keyword of `run`."""
+    parser.add_argument("--data-dir", type=Path, required=True, help="the data directory (see data/README.md)")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help=f"cosine similarity from which products are near-duplicates (default "
+                             f"{DEFAULT_THRESHOLD}, measured: README)")
+
+
+def describe(summary: dict, options: dict) -> str:
+    """What the command line prints after a run."""
+    s = summary
+    return (f"duplicates: {s['groups']} groups of near-duplicates ({s['products_in_groups']} of {s['products']} "
+            f"products, largest {s['largest']}) at similarity >= {s['threshold']}, in {s['seconds']} s -> "
+            f"{s['csv']} (+ {Path(s['png']).name})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the stage from the command line (`python -m pipeline.duplicates --help`)."""
+    cli.main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    main()
