@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from runtime import artifacts
+from runtime.duplicates import read_groups
 from runtime.extractor import load_extractor
 from runtime.layout import EXTRACTOR_DIR, ITEMS_FILE, VECTORS_FILE
 from runtime.preprocess import prepare_array
@@ -31,6 +32,10 @@ class UnknownFilter(ValueError):
     """A filter on a column that the index does not have."""
 
 
+class NoDuplicateGroups(RuntimeError):
+    """collapse=true on an index built without near-duplicate groups."""
+
+
 class Match(NamedTuple):
     """One result: the product's item, its score, and the position in `item["images"]` of its best image."""
 
@@ -45,9 +50,10 @@ class Searcher:
     Args:
         folder: an index version folder (or anything `runtime.artifacts.resolve_index` accepts).
         check_hashes: verify every file's sha256 against the manifest before loading.
+        threads: threads of a TFLite backbone (None: one per core).
     """
 
-    def __init__(self, folder: Path, check_hashes: bool = True) -> None:
+    def __init__(self, folder: Path, check_hashes: bool = True, threads: int | None = None) -> None:
         started = time.perf_counter()
         self.folder = artifacts.resolve_index(folder)
         self.manifest = artifacts.verify(self.folder, check_hashes=check_hashes)
@@ -61,7 +67,8 @@ class Searcher:
                                       int(self.manifest["search_k"]), int(self.manifest["n_trees"]),
                                       exact=self.manifest.get("strategy", "annoy") == "exact",  # measured at build
                                       scoring=self.manifest["scoring"])
-        self.extractor = load_extractor(self.folder / EXTRACTOR_DIR)
+        self.groups = read_groups(self.folder, self.manifest)  # near-duplicate group of each product, if built
+        self.extractor = load_extractor(self.folder / EXTRACTOR_DIR, threads)
         self.columns = self.items.columns
         self.load_seconds = time.perf_counter() - started
 
@@ -110,16 +117,18 @@ class Searcher:
 
     @functools.cached_property
     def facets(self) -> dict[str, list[dict]]:
-        """Each low-cardinality column's values with their product counts, most common first."""
+        """Each low-cardinality column's values with their product counts, most common first: columns with 2 to
+        FACET_MAX_VALUES values, each shared by two products on average (a name or an id is not a facet)."""
         out = {}
+        most = min(FACET_MAX_VALUES, len(self.items) // 2)
         for column in self.columns:
             counts = Counter({v: len(ids) for v, ids in self.items.ids_by_value[column].items() if v != ""})
-            if 1 < len(counts) <= FACET_MAX_VALUES:
+            if 1 < len(counts) <= most:
                 out[column] = [{"value": v, "count": c} for v, c in counts.most_common()]
         return out
 
     def search(self, vector: np.ndarray, k: int, filters: dict[str, list[str]] | None = None,
-               exclude: int | None = None) -> list[Match]:
+               exclude: int | None = None, collapse: bool = False, min_score: float | None = None) -> list[Match]:
         """Return up to k products, best first, each at most once, with the image of each that matched best.
 
         The Annoy index and the vectors hold one row per image; a product's score comes from all its images
@@ -134,17 +143,44 @@ class Searcher:
             k: products wanted.
             filters: column -> accepted values (values of one column are alternatives; columns all apply).
             exclude: a product never to return (the one a "more like this" query starts from).
+            collapse: at most one product per near-duplicate group (the best-scoring one), still k when k groups
+                are allowed.
+            min_score: drop results less similar than this.
+
+        Raises:
+            NoDuplicateGroups: collapse on an index without groups.
         """
         mask = self.allowed(filters) if filters else None
-        return [self._match(hit) for hit in self.products.search(vector, k, mask, exclude)]
+        if collapse and self.groups is None:
+            raise NoDuplicateGroups(self.version)
+        fetch = k
+        while True:
+            hits = self.products.search(vector, fetch, mask, exclude)
+            if collapse:
+                _, first = np.unique(self.groups[[h.product for h in hits]], return_index=True)
+                kept = [hits[i] for i in np.sort(first)]
+            else:
+                kept = hits
+            exhausted = len(hits) < fetch or fetch >= len(self.items)
+            if len(kept) >= k or exhausted or (min_score is not None and hits[-1].score < min_score):
+                break
+            fetch = min(fetch * 4, len(self.items))  # dropped duplicates: look further down the ranking
+        kept = kept[:k] if min_score is None else [h for h in kept[:k] if h.score >= min_score]
+        return [self._match(hit) for hit in kept]
 
     def _match(self, hit: Hit) -> Match:
         item = self.items[hit.product]
         position = next(i for i, image in enumerate(item["images"]) if image["id"] == hit.image)
         return Match(item, hit.score, position)
 
-    def similar(self, product_id: str, k: int, filters: dict[str, list[str]] | None = None) -> list[Match]:
+    def similar(self, product_id: str, k: int, filters: dict[str, list[str]] | None = None, collapse: bool = False,
+                min_score: float | None = None) -> list[Match]:
         """Return the products most similar to a catalog product, by its stored vectors (no encoder pass): the query
-        is the normalised mean of its images' vectors."""
+        is the normalised mean of its images' vectors. With `collapse`, its own near-duplicates are left out too."""
         item = self.product(product_id)
-        return self.search(self.products.product_vector(item["id"]), k, filters, exclude=item["id"])
+        results = self.search(self.products.product_vector(item["id"]), k + bool(collapse), filters,
+                              exclude=item["id"], collapse=collapse, min_score=min_score)
+        if collapse:
+            own = self.groups[item["id"]]
+            results = [m for m in results if self.groups[m.item["id"]] != own]
+        return results[:k]

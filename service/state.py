@@ -22,6 +22,7 @@ from flask import Flask, current_app
 from runtime import artifacts, storage
 from runtime.layout import S3_POINTER
 from service import metrics
+from service.config import encoder_threads
 from service.errors import APIError
 from service.searcher import Searcher
 from service.store import local_folder
@@ -103,7 +104,8 @@ class SearcherHolder:
         """Fetch (from S3 if needed), verify, load and warm up an index, then make it current."""
         with self._load_lock:
             started = time.perf_counter()
-            searcher = Searcher(local_folder(location, Path(self.config["ARTIFACTS_CACHE"])))
+            searcher = Searcher(local_folder(location, Path(self.config["ARTIFACTS_CACHE"])),
+                                threads=encoder_threads(self.config))
             searcher.warm_up()
             self.searcher, self.error, self.refused, self.loaded_at = searcher, None, None, time.time()
             self.location, self.load_seconds = location, time.perf_counter() - started

@@ -11,6 +11,7 @@ from flask import Request
 from runtime import imaging
 from service.errors import APIError
 from service.fetch import fetch_url
+from service.params import Box
 
 STATUS_BY_KIND = {"empty": 400, "format": 415, "corrupt": 400, "pixels": 413, "dimensions": 422}
 HINT = "send a photo as a multipart 'image' file, or JSON {\"image_url\": ...} or {\"image_base64\": ...}"
@@ -61,3 +62,19 @@ def decode(data: bytes, config: dict) -> np.ndarray:
         hint = " (JPEG, PNG, WebP, GIF, BMP and TIFF are accepted)" if exc.kind == "format" else ""
         raise APIError(STATUS_BY_KIND.get(exc.kind, 400), f"image_{exc.kind}", f"{exc}{hint}") from None
     return np.asarray(img, dtype=np.uint8)
+
+
+def crop(pixels: np.ndarray, box: Box, min_side: int) -> tuple[np.ndarray, list[int]]:
+    """Cut a box (fractions of the upright photo) out of decoded pixels; return them and the box in pixels.
+
+    Raises:
+        APIError: 422 when the crop is narrower or shorter than `min_side` pixels.
+    """
+    height, width = pixels.shape[:2]
+    left, right = round(box.left * width), round(box.right * width)
+    top, bottom = round(box.top * height), round(box.bottom * height)
+    if min(right - left, bottom - top) < min_side:
+        raise APIError(422, "crop_too_small", f"the box covers {right - left}x{bottom - top} pixels of the "
+                                              f"{width}x{height} photo; each side must be at least {min_side} "
+                                              "pixels: draw a larger box or send a larger photo")
+    return pixels[top:bottom, left:right], [left, top, right, bottom]

@@ -146,9 +146,12 @@ def test_shopper_page_in_a_real_browser(gunicorn_server: str, own_index: Path, t
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 420, "height": 900})  # a phone-sized window
+            page = browser.new_page(viewport={"width": 420, "height": 900}, has_touch=True)  # a phone
             page.goto(gunicorn_server + "/", wait_until="networkidle")
-            assert page.locator("#category option").count() > 5  # categories loaded from /api/filters
+            assert page.locator("#facet-category option").count() > 5  # facets loaded from /api/filters
+            for column in ("gender", "baseColour", "season", "usage"):  # every low-cardinality column, with counts
+                assert page.locator(f"#facet-{column} option").count() > 2
+                assert "(" in page.locator(f"#facet-{column} option").nth(1).inner_text()
             page.set_input_files("#file", str(image))
             page.wait_for_selector("#results .card", timeout=30_000)
             cards = page.locator("#results .card")
@@ -163,9 +166,79 @@ def test_shopper_page_in_a_real_browser(gunicorn_server: str, own_index: Path, t
             page.wait_for_selector("#similar-to:not([hidden])", timeout=30_000)
             assert page.locator("#similar-name").inner_text() == first_name
             page.wait_for_function("document.querySelectorAll('#results .card').length === 20", timeout=30_000)
-            page.select_option("#category", "Watches")
+            page.select_option("#facet-category", "Watches")
             page.set_input_files("#file", str(image))
             page.wait_for_function("[...document.querySelectorAll('#results .card .score')].every("
                                    "e => e.textContent.startsWith('Watches'))", timeout=30_000)
+            _crop_with_mouse_and_finger(page)
+            _facets_and_options_reach_the_api(page)
         finally:
             browser.close()
+
+
+def _drag_box(page, start: tuple[float, float], end: tuple[float, float], touch: bool) -> dict:  # noqa: ANN001
+    """Drag over the photo from one fraction of it to another (mouse, or a finger through CDP touch events), and
+    return the search request the page sends."""
+    page.wait_for_function("document.querySelector('#crop-image').naturalWidth > 0", timeout=10_000)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_function("window.scrollY === 0", timeout=10_000)
+    box = page.locator("#crop-image").bounding_box()
+    points = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in (start, end)]
+    with page.expect_response(lambda r: "/api/search" in r.url and "bbox=" in r.url, timeout=30_000) as answer:
+        if touch:
+            cdp = page.context.new_cdp_session(page)
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [
+                {"x": points[0][0], "y": points[0][1]}]})
+            for step in range(1, 6):
+                x = points[0][0] + (points[1][0] - points[0][0]) * step / 5
+                y = points[0][1] + (points[1][1] - points[0][1]) * step / 5
+                cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        else:
+            page.mouse.move(*points[0])
+            page.mouse.down()
+            page.mouse.move(*points[1], steps=5)
+            page.mouse.up()
+    return {"url": answer.value.url, "body": answer.value.json()}
+
+
+def _crop_with_mouse_and_finger(page) -> None:  # noqa: ANN001
+    """A box drawn over the photo searches that part of it, and the page says so; clearing it searches the whole."""
+    from urllib.parse import parse_qs, urlparse
+
+    for touch, (start, end) in ((False, ((0.1, 0.1), (0.6, 0.7))), (True, ((0.3, 0.2), (0.9, 0.8)))):
+        sent = _drag_box(page, start, end, touch)
+        bbox = [float(v) for v in parse_qs(urlparse(sent["url"]).query)["bbox"][0].split(",")]
+        assert all(abs(a - b) < 0.05 for a, b in zip(bbox, [*start, *end], strict=True)), (touch, bbox)
+        assert sent["body"]["crop"]["bbox"] == bbox
+        page.wait_for_function("document.querySelector('#status').textContent.includes('area you selected')",
+                               timeout=30_000)
+        assert page.locator("#crop-box").is_visible() and page.locator("#clear-crop").is_visible()
+    with page.expect_response(lambda r: "/api/search" in r.url and "bbox=" not in r.url, timeout=30_000):
+        page.click("#clear-crop")
+    page.wait_for_function("!document.querySelector('#status').textContent.includes('area you selected') && "
+                           "document.querySelector('#status').textContent.includes('similar products')",
+                           timeout=30_000)
+    assert not page.locator("#crop-box").is_visible()
+
+
+def _facets_and_options_reach_the_api(page) -> None:  # noqa: ANN001
+    """A facet, the minimum match and "hide near-duplicates" each search again with what they say."""
+    page.select_option("#facet-category", "")
+    value = page.locator("#facet-gender option").nth(1).get_attribute("value")
+    with page.expect_response(lambda r: "/api/search" in r.url and f"gender={value}" in r.url,
+                              timeout=30_000) as answer:
+        page.select_option("#facet-gender", value)
+    results = answer.value.json()["results"]
+    assert results and all(r["metadata"]["gender"] == value for r in results)
+    with page.expect_response(lambda r: "/api/search" in r.url and "min_score=0.9" in r.url,
+                              timeout=30_000) as answer:
+        page.select_option("#min-score", "0.9")
+    assert all(r["score"] >= 0.9 for r in answer.value.json()["results"])
+    page.wait_for_function(f"document.querySelectorAll('#results .card').length === "
+                           f"{len(answer.value.json()['results'])}", timeout=30_000)
+    assert page.locator("#collapse-label").is_visible()
+    with page.expect_response(lambda r: "/api/search" in r.url and "collapse=true" in r.url,
+                              timeout=30_000) as answer:
+        page.check("#collapse")
+    assert answer.value.json()["collapse"] is True

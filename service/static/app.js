@@ -1,8 +1,12 @@
-// The shopper's page: send a photo to /api/search, show the products found, click one for "more like this".
+// The shopper's page: send a photo (or a box of it) to /api/search, narrow by facets, click a result for "more like
+// this".
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const MIN_BOX = 0.04; // a drag smaller than this share of the photo's width or height is a tap, not a box
 let lastPhoto = null;
+let box = null; // the crop as fractions [left, top, right, bottom] of the photo, or null for the whole photo
+let facetColumns = [];
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -11,8 +15,19 @@ function setStatus(text, isError = false) {
 
 function filters() {
   const params = new URLSearchParams({ k: $("k").value });
-  if ($("category").value) params.set("category", $("category").value);
+  for (const column of facetColumns) {
+    const value = $(`facet-${column}`).value;
+    if (value) params.set(column, value);
+  }
+  if ($("min-score").value) params.set("min_score", $("min-score").value);
+  if (!$("collapse-label").hidden) params.set("collapse", $("collapse").checked ? "true" : "false");
   return params;
+}
+
+// "baseColour" -> "Base colour", "masterCategory" -> "Master category"
+function label(column) {
+  const words = column.replace(/([a-z])([A-Z])/g, "$1 $2").replace(/[_-]+/g, " ").toLowerCase();
+  return words.charAt(0).toUpperCase() + words.slice(1);
 }
 
 function render(results) {
@@ -80,25 +95,94 @@ async function call(url, options) {
   return body;
 }
 
-async function searchPhoto(file) {
+function newPhoto(file) {
   lastPhoto = file;
-  $("preview").src = URL.createObjectURL(file);
+  const url = URL.createObjectURL(file);
+  $("preview").src = url;
   $("preview").hidden = false;
+  $("crop-image").src = url;
+  $("crop").hidden = false;
+  setBox(null);
+  searchPhoto();
+}
+
+async function searchPhoto() {
+  if (!lastPhoto) return;
   $("similar-to").hidden = true;
   setStatus("Searching…");
   const form = new FormData();
-  form.append("image", file);
+  form.append("image", lastPhoto);
+  const params = filters();
+  if (box) params.set("bbox", box.map((v) => v.toFixed(4)).join(","));
   try {
-    const body = await call(`/api/search?${filters()}`, { method: "POST", body: form });
+    const body = await call(`/api/search?${params}`, { method: "POST", body: form });
     render(body.results);
-    setStatus(`${body.results.length} similar products (${Math.round(body.timings_ms.embed + body.timings_ms.search)} ms)`);
+    const ms = Math.round(body.timings_ms.embed + body.timings_ms.search);
+    const what = body.crop ? ` for the area you selected (${body.crop.size[0]}×${body.crop.size[1]} px of your photo)` : "";
+    setStatus(`${body.results.length} similar products${what} (${ms} ms)`);
   } catch (err) {
     render([]);
     setStatus(err.message, true);
   }
 }
 
+// The crop box: drawn with Pointer Events, so a finger and a mouse work the same way.
+function setBox(fractions) {
+  box = fractions;
+  const shown = $("crop-box");
+  shown.hidden = !box;
+  $("clear-crop").hidden = !box;
+  $("crop-hint").textContent = box ? "Searching the area in the box. Drag again to change it."
+    : "Drag a box over the product you want (finger or mouse) to search only that part.";
+  if (box) drawBox(box);
+}
+
+function drawBox([left, top, right, bottom]) {
+  const style = $("crop-box").style;
+  style.left = `${left * 100}%`;
+  style.top = `${top * 100}%`;
+  style.width = `${(right - left) * 100}%`;
+  style.height = `${(bottom - top) * 100}%`;
+  $("crop-box").hidden = false;
+}
+
+function fraction(event) {
+  const rect = $("crop-image").getBoundingClientRect();
+  const clamp = (v) => Math.min(1, Math.max(0, v));
+  return [clamp((event.clientX - rect.left) / rect.width), clamp((event.clientY - rect.top) / rect.height)];
+}
+
+let dragStart = null;
+$("crop-frame").addEventListener("pointerdown", (e) => {
+  e.preventDefault();
+  dragStart = fraction(e);
+  $("crop-frame").setPointerCapture?.(e.pointerId);
+});
+$("crop-frame").addEventListener("pointermove", (e) => {
+  if (!dragStart) return;
+  const [x, y] = fraction(e);
+  drawBox([Math.min(dragStart[0], x), Math.min(dragStart[1], y), Math.max(dragStart[0], x), Math.max(dragStart[1], y)]);
+});
+for (const type of ["pointerup", "pointercancel"]) {
+  $("crop-frame").addEventListener(type, (e) => {
+    if (!dragStart) return;
+    const [x, y] = fraction(e);
+    const drawn = [Math.min(dragStart[0], x), Math.min(dragStart[1], y), Math.max(dragStart[0], x), Math.max(dragStart[1], y)];
+    dragStart = null;
+    if (type === "pointerup" && drawn[2] - drawn[0] >= MIN_BOX && drawn[3] - drawn[1] >= MIN_BOX) {
+      setBox(drawn);
+      searchPhoto();
+    } else {
+      setBox(box); // a tap or a cancelled drag keeps the box there was
+    }
+  });
+}
+$("clear-crop").addEventListener("click", () => { setBox(null); searchPhoto(); });
+
+let shownProduct = null; // [product id, name] while "more like this" results are shown
+
 async function moreLike(productId, name) {
+  shownProduct = [productId, name];
   setStatus("Finding similar products…");
   try {
     const body = await call(`/api/products/${encodeURIComponent(productId)}/similar?${filters()}`);
@@ -112,21 +196,44 @@ async function moreLike(productId, name) {
   }
 }
 
-async function loadCategories() {
+// One select per low-cardinality column of the catalog (category first), each value with its product count.
+async function loadFacets() {
   try {
     const body = await call("/api/filters");
-    for (const { value, count } of body.facets.category || []) {
-      const option = document.createElement("option");
-      option.value = value;
-      option.textContent = `${value} (${count})`;
-      $("category").append(option);
+    facetColumns = Object.keys(body.facets).sort((a, b) => (b === "category") - (a === "category"));
+    const before = $("facets").firstChild;
+    for (const column of facetColumns) {
+      const wrap = document.createElement("label");
+      wrap.append(`${label(column)} `);
+      const select = document.createElement("select");
+      select.id = `facet-${column}`;
+      select.dataset.column = column;
+      const all = document.createElement("option");
+      all.value = "";
+      all.textContent = "All";
+      select.append(all);
+      for (const { value, count } of body.facets[column]) {
+        const option = document.createElement("option");
+        option.value = value;
+        option.textContent = `${value} (${count})`;
+        select.append(option);
+      }
+      select.addEventListener("change", refresh);
+      wrap.append(select);
+      $("facets").insertBefore(wrap, before);
     }
+    $("collapse-label").hidden = !body.collapse;
   } catch (err) {
     setStatus(`The catalog is not ready yet: ${err.message}`, true);
   }
 }
 
-$("file").addEventListener("change", (e) => e.target.files[0] && searchPhoto(e.target.files[0]));
+function refresh() {
+  if (!$("similar-to").hidden && shownProduct) moreLike(...shownProduct);
+  else searchPhoto();
+}
+
+$("file").addEventListener("change", (e) => e.target.files[0] && newPhoto(e.target.files[0]));
 $("drop").addEventListener("keydown", (e) => (e.key === "Enter" || e.key === " ") && $("file").click());
 for (const type of ["dragenter", "dragover"]) {
   $("drop").addEventListener(type, (e) => { e.preventDefault(); $("drop").classList.add("over"); });
@@ -136,9 +243,8 @@ for (const type of ["dragleave", "drop"]) {
 }
 $("drop").addEventListener("drop", (e) => {
   e.preventDefault();
-  if (e.dataTransfer.files[0]) searchPhoto(e.dataTransfer.files[0]);
+  if (e.dataTransfer.files[0]) newPhoto(e.dataTransfer.files[0]);
 });
-$("category").addEventListener("change", () => lastPhoto && searchPhoto(lastPhoto));
-$("k").addEventListener("change", () => lastPhoto && searchPhoto(lastPhoto));
-$("back").addEventListener("click", () => lastPhoto && searchPhoto(lastPhoto));
-loadCategories();
+for (const id of ["k", "min-score", "collapse"]) $(id).addEventListener("change", refresh);
+$("back").addEventListener("click", () => { shownProduct = null; searchPhoto(); });
+loadFacets();
