@@ -15,44 +15,19 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline import cli
 from pipeline.plots import contact_sheet
-from runtime import artifacts, storage
+from runtime import artifacts
 from runtime.duplicates import DEFAULT_THRESHOLD, find_groups, product_vectors, read_groups
 from runtime.layout import NEAR_DUPLICATES_CSV, NEAR_DUPLICATES_PNG, VECTORS_FILE, Layout
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 log = logging.getLogger(__name__)
 
 SHEET_GROUPS = 12  # groups drawn on the contact sheet, largest first
 SHEET_MEMBERS = 8  # products drawn per group
-
-
-def write_groups(vectors: np.ndarray, catalog: pd.DataFrame, path: Path, threshold: float) -> int:
-    """Write each product's near-duplicate group (`runtime.duplicates`) to `path` as the index stores it; return
-    how many groups have more than one product.
-
-    Args:
-        vectors: the index's image vectors, one row per catalog row.
-        catalog: the index's catalog rows; products are numbered by first appearance, as items.jsonl numbers them.
-        path: the .npy file to write.
-        threshold: the cosine similarity from which products are near-duplicates.
-    """
-    import pandas as pd
-
-    codes, _ = pd.factorize(catalog["product_id"], sort=False)
-    order = np.argsort(codes, kind="stable")  # images product after product, as product_vectors wants them
-    counts = np.bincount(codes) if len(codes) else np.zeros(0, np.int64)
-    first, _ = find_groups(product_vectors(np.asarray(vectors)[order], counts), threshold)
-    np.save(path, first.astype(np.int32))
-    storage.make_readable(path)
-    return int((np.bincount(first) > 1).sum()) if len(first) else 0
 
 
 def run(data_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> dict:

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import cli, duplicates
+from pipeline import cli
 from pipeline.catalog import load_catalog
 from pipeline.thumbnails import build_thumbnails
 from runtime import artifacts, storage
-from runtime.duplicates import DEFAULT_THRESHOLD
+from runtime.duplicates import DEFAULT_THRESHOLD, write_groups
 from runtime.embeddings import iter_shards
 from runtime.layout import (
     DUPLICATES_FILE,
@@ -138,6 +138,7 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     Returns:
         The manifest of the new version.
     """
+    import pandas as pd
     from annoy import AnnoyIndex
 
     if scoring not in SCORINGS:
@@ -177,7 +178,8 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     chosen, table = (search_k, []) if search_k else tune_search_k(index, vectors, trees, target=target_recall)
     exact_ms = exact_ms_per_query(vectors)
     index.unload()
-    groups = duplicates.write_groups(vectors, catalog, staging / DUPLICATES_FILE, duplicate_threshold)
+    groups = write_groups(vectors, pd.factorize(catalog["product_id"], sort=False)[0], staging / DUPLICATES_FILE,
+                          duplicate_threshold)  # products numbered by first appearance, as in items.jsonl
     del vectors  # the memory map of vectors.npy, complete since _stream_vectors flushed it
     images = dict(zip(catalog["sha256"], (layout.catalog / p for p in catalog["image"]), strict=True))
     build_thumbnails(images, layout.thumbs_cache, staging)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from runtime import storage
 from runtime.artifacts import ArtifactError
 from runtime.layout import DUPLICATES_FILE
 
@@ -84,6 +85,24 @@ def find_groups(vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD, block
         alone = np.flatnonzero(first[start:start + block] < 0) + start  # not even similar to itself: a zero vector
         first[alone] = alone
     return first, similarity
+
+
+def write_groups(vectors: np.ndarray, product_of: np.ndarray, path: Path, threshold: float) -> int:
+    """Write each product's near-duplicate group to `path` as an index stores it; return how many groups have
+    more than one product.
+
+    Args:
+        vectors: the index's image vectors [N, dim].
+        product_of: each image's product number [N] (0..P-1, numbered as items.jsonl numbers them).
+        path: the .npy file to write.
+        threshold: the cosine similarity from which products are near-duplicates.
+    """
+    order = np.argsort(product_of, kind="stable")  # images product after product, as product_vectors wants them
+    counts = np.bincount(product_of) if len(product_of) else np.zeros(0, np.int64)
+    first, _ = find_groups(product_vectors(np.asarray(vectors)[order], counts), threshold)
+    np.save(path, first.astype(np.int32))
+    storage.make_readable(path)
+    return int((np.bincount(first) > 1).sum()) if len(first) else 0
 
 
 def read_groups(folder: Path, manifest: dict) -> np.ndarray | None:
