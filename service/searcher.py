@@ -22,6 +22,7 @@ from service.items import ItemStore
 log = logging.getLogger(__name__)
 
 FACET_MAX_VALUES = 200  # columns with more distinct values are filterable but not listed as facets
+NOT_FACETS = {"duplicate_of"}  # acquire's own flag (a product id): filterable, not a shopper's choice
 
 
 class UnknownProduct(KeyError):
@@ -121,7 +122,7 @@ class Searcher:
         FACET_MAX_VALUES values, each shared by two products on average (a name or an id is not a facet)."""
         out = {}
         most = min(FACET_MAX_VALUES, len(self.items) // 2)
-        for column in self.columns:
+        for column in (c for c in self.columns if c not in NOT_FACETS):
             counts = Counter({v: len(ids) for v, ids in self.items.ids_by_value[column].items() if v != ""})
             if 1 < len(counts) <= most:
                 out[column] = [{"value": v, "count": c} for v, c in counts.most_common()]

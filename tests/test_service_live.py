@@ -149,6 +149,8 @@ def test_shopper_page_in_a_real_browser(gunicorn_server: str, own_index: Path, t
             page = browser.new_page(viewport={"width": 420, "height": 900}, has_touch=True)  # a phone
             page.goto(gunicorn_server + "/", wait_until="networkidle")
             assert page.locator("#facet-category option").count() > 5  # facets loaded from /api/filters
+            assert not page.locator("#facet-gender").is_visible()  # the others are folded under "More filters"
+            page.click("#more-filters summary")
             for column in ("gender", "baseColour", "season", "usage"):  # every low-cardinality column, with counts
                 assert page.locator(f"#facet-{column} option").count() > 2
                 assert "(" in page.locator(f"#facet-{column} option").nth(1).inner_text()

@@ -88,6 +88,7 @@ def test_every_low_cardinality_column_is_a_facet_with_counts(client, app) -> Non
     facets = body["facets"]
     assert {"category", "gender", "baseColour", "season", "usage"} <= set(facets)
     assert "productDisplayName" not in facets and "id" not in facets  # one value per product: not a facet
+    assert "duplicate_of" not in facets and "duplicate_of" in body["columns"]  # acquire's flag: not for shoppers
     items = list(searcher_of(app).items)
     for column in ("gender", "baseColour"):
         counted = {f["value"]: f["count"] for f in facets[column]}

@@ -196,7 +196,8 @@ async function moreLike(productId, name) {
   }
 }
 
-// One select per low-cardinality column of the catalog (category first), each value with its product count.
+// One select per low-cardinality column of the catalog, each value with its product count: category beside the
+// other controls, the rest under "More filters" (folded, so that a phone shows the results first).
 async function loadFacets() {
   try {
     const body = await call("/api/filters");
@@ -220,8 +221,10 @@ async function loadFacets() {
       }
       select.addEventListener("change", refresh);
       wrap.append(select);
-      $("facets").insertBefore(wrap, before);
+      if (column === "category") $("facets").insertBefore(wrap, before);
+      else $("more-facets").append(wrap);
     }
+    $("more-filters").hidden = facetColumns.filter((c) => c !== "category").length === 0;
     $("collapse-label").hidden = !body.collapse;
   } catch (err) {
     setStatus(`The catalog is not ready yet: ${err.message}`, true);
