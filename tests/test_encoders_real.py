@@ -79,7 +79,8 @@ def test_real_pretrained_encoder_exports_a_working_extractor(acquired: Path, tmp
         tf = tfenv.tensorflow()
         assert extractor.head_runs_in == "numpy"
         features = extractor.features(images)
-        saved = tf.saved_model.load(str(layout.extractor / "head")).head(tf.constant(features)).numpy()
+        loaded = tf.saved_model.load(str(layout.extractor / "head"))  # kept: it owns the head's variables
+        saved = loaded.head(tf.constant(features)).numpy()
         assert np.allclose(extractor.head(features), saved, atol=1e-5)
 
 
