@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from runtime import storage
 from runtime.artifacts import ArtifactError
@@ -69,7 +68,7 @@ def find_groups(vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD, block
     n = len(vectors)
     first = np.full(n, -1, np.int64)
     similarity = np.ones(n, np.float32)
-    for start in tqdm(range(0, n, block), desc="near-duplicates", unit="block", disable=None, mininterval=1.0):
+    for start in range(0, n, block):  # no progress bar: the service imports this module, and tqdm is the pipeline's
         sims = vectors[start:start + block] @ vectors.T
         rows, cols = np.nonzero(sims >= threshold)  # row-major: each row's columns are one run
         bounds = np.searchsorted(rows, np.arange(len(sims) + 1))
