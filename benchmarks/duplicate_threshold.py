@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from runtime import artifacts
-from runtime.duplicates import find_groups, product_vectors
+from runtime.duplicates import find_groups, group_count, index_product_vectors
 from runtime.extractor import load_extractor
-from runtime.layout import EXTRACTOR_DIR, VECTORS_FILE, Layout
+from runtime.layout import EXTRACTOR_DIR, Layout
 from runtime.preprocess import prepare_array
 
 THRESHOLDS = (0.85, 0.90, 0.93, 0.95, 0.96, 0.97, 0.975, 0.98, 0.985, 0.99)
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = artifacts.resolve_index(layout.current_index)
     items = artifacts.read_items(folder)
     extractor = load_extractor(folder / EXTRACTOR_DIR)
-    order = np.concatenate([[image["id"] for image in item["images"]] for item in items])
-    products = product_vectors(np.load(folder / VECTORS_FILE)[order], np.array([len(i["images"]) for i in items]))
+    products = index_product_vectors(folder, items)
 
     rng = np.random.default_rng(args.seed)
     sample = rng.choice(len(items), min(args.sample, len(items)), replace=False)
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|" + " --- |" * (6 + len(EDITS)))
     for t in THRESHOLDS:
         first, _ = find_groups(products, t)
-        groups = int((np.bincount(first) > 1).sum())
+        groups = group_count(first)
         members = np.flatnonzero(first != np.arange(len(first)))
         agree = float(np.mean(keys[members] == keys[first[members]])) if len(members) else float("nan")
         caught = " | ".join(f"{np.mean(np.asarray(v) >= t):.3f}" for v in edited.values())

@@ -21,8 +21,8 @@ import numpy as np
 from pipeline import cli
 from pipeline.plots import contact_sheet
 from runtime import artifacts
-from runtime.duplicates import DEFAULT_THRESHOLD, find_groups, product_vectors, read_groups
-from runtime.layout import NEAR_DUPLICATES_CSV, NEAR_DUPLICATES_PNG, VECTORS_FILE, Layout
+from runtime.duplicates import DEFAULT_THRESHOLD, find_groups, index_product_vectors
+from runtime.layout import NEAR_DUPLICATES_CSV, NEAR_DUPLICATES_PNG, Layout
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,7 @@ def run(data_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> dict:
     manifest = artifacts.verify(folder, check_hashes=False)
     items = artifacts.read_items(folder)
     started = time.perf_counter()
-    counts = np.array([len(item["images"]) for item in items], np.int64)
-    order = np.concatenate([[image["id"] for image in item["images"]] for item in items]) if items else []
-    vectors = product_vectors(np.load(folder / VECTORS_FILE, mmap_mode="r")[np.asarray(order, np.int64)], counts)
-    stored = read_groups(folder, manifest)
-    first, similarity = find_groups(vectors, threshold)
-    if stored is not None and manifest.get("duplicate_threshold") == threshold and not np.array_equal(stored, first):
-        log.warning("%s: its stored groups differ from this run's at the same threshold (%d products)", folder,
-                    int((stored != first).sum()))
+    first, similarity = find_groups(index_product_vectors(folder, items), threshold)
     seconds = time.perf_counter() - started
     groups = _ranked_groups(first)
     layout.reports.mkdir(parents=True, exist_ok=True)

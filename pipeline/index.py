@@ -132,13 +132,11 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         keep: index versions to keep (older ones are deleted).
         scoring: how a product's images' similarities make its score (max, mean or mix), for the service and
             evaluate.
-        duplicate_threshold: the cosine similarity of near-duplicate products (`runtime.duplicates`), whose
-            groups the index stores for the service's collapse=true.
+        duplicate_threshold: near-duplicates' cosine similarity (`runtime.duplicates`), for collapse=true.
 
     Returns:
         The manifest of the new version.
     """
-    import pandas as pd
     from annoy import AnnoyIndex
 
     if scoring not in SCORINGS:
@@ -178,7 +176,7 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     chosen, table = (search_k, []) if search_k else tune_search_k(index, vectors, trees, target=target_recall)
     exact_ms = exact_ms_per_query(vectors)
     index.unload()
-    groups = write_groups(vectors, pd.factorize(catalog["product_id"], sort=False)[0], staging / DUPLICATES_FILE,
+    groups = write_groups(vectors, catalog["product_id"].factorize(sort=False)[0], staging / DUPLICATES_FILE,
                           duplicate_threshold)  # products numbered by first appearance, as in items.jsonl
     del vectors  # the memory map of vectors.npy, complete since _stream_vectors flushed it
     images = dict(zip(catalog["sha256"], (layout.catalog / p for p in catalog["image"]), strict=True))
@@ -278,8 +276,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scoring", choices=SCORINGS, default=DEFAULT_SCORING,
                         help=f"a product's score from its images' similarities (default {DEFAULT_SCORING})")
     parser.add_argument("--duplicate-threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help="cosine similarity from which products are near-duplicates, for the service's "
-                             f"collapse=true (default {DEFAULT_THRESHOLD}, measured: README)")
+                        help=f"near-duplicates' cosine similarity, for collapse=true (default {DEFAULT_THRESHOLD})")
 
 
 def describe(summary: dict, options: dict) -> str:

@@ -11,16 +11,14 @@ when alone), which the service's `collapse=true` reads.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from runtime import storage
 from runtime.artifacts import ArtifactError
-from runtime.layout import DUPLICATES_FILE
-
-log = logging.getLogger(__name__)
+from runtime.layout import DUPLICATES_FILE, VECTORS_FILE
+from runtime.products import flatten
 
 # The default threshold: the lowest at which >= 90% of grouped products share their group's first's colour and
 # article type (0.935), on fashion-small with the MediaPipe embedder (`python -m benchmarks.duplicate_threshold`,
@@ -42,6 +40,17 @@ def product_vectors(vectors: np.ndarray, counts: np.ndarray) -> np.ndarray:
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     sums = np.add.reduceat(vectors, starts, axis=0) if len(vectors) else np.zeros((0, vectors.shape[1]), np.float32)
     return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+
+
+def index_product_vectors(folder: Path, items: list[dict]) -> np.ndarray:
+    """Each product's unit embedding in an index folder, from its `vectors.npy` and items (`product_vectors`)."""
+    counts, flat = flatten([image["id"] for image in item["images"]] for item in items)
+    return product_vectors(np.load(Path(folder) / VECTORS_FILE, mmap_mode="r")[flat], counts)
+
+
+def group_count(first: np.ndarray) -> int:
+    """How many groups of `find_groups`'s answer hold more than one product."""
+    return int((np.bincount(first) > 1).sum()) if len(first) else 0
 
 
 def find_groups(vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD, block: int = BLOCK
@@ -101,7 +110,7 @@ def write_groups(vectors: np.ndarray, product_of: np.ndarray, path: Path, thresh
     first, _ = find_groups(product_vectors(np.asarray(vectors)[order], counts), threshold)
     np.save(path, first.astype(np.int32))
     storage.make_readable(path)
-    return int((np.bincount(first) > 1).sum()) if len(first) else 0
+    return group_count(first)
 
 
 def read_groups(folder: Path, manifest: dict) -> np.ndarray | None:

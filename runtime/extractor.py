@@ -190,8 +190,8 @@ def numpy_head(concrete: Any, tf_head: Callable[[np.ndarray], Any]) -> Callable[
         return x if kernel is None else normalise(x @ kernel + bias)
 
     probe = np.abs(np.random.default_rng(0).normal(size=(4, int(dim)))).astype(np.float32)
-    expected = np.asarray(tf_head(probe))
-    if expected.shape != head(probe).shape or not np.allclose(head(probe), expected, atol=1e-5):
+    expected, got = np.asarray(tf_head(probe)), head(probe)
+    if expected.shape != got.shape or not np.allclose(got, expected, atol=1e-5):
         log.info("the head is not a dense layer between L2 norms; it runs in TensorFlow")
         return tf_head
     return head

@@ -170,19 +170,15 @@ class ProductSearch:
         else:
             scores = np.asarray(self.vectors[ids] @ vector, np.float32)
         if self.one_image_each:
-            top = top_k(scores, k)
-            top = top[np.lexsort((self.image_product[ids[top]], -scores[top]))]  # ties: as `aggregate`, by product
+            top = top_k(scores, k, tiebreak=self.image_product[ids])  # ties: as `aggregate`, by product
             return [Hit(int(self.image_product[i]), float(s), int(i)) for i, s in zip(ids[top], scores[top],
                                                                                     strict=True)]
         found, values, best = aggregate(ids, scores, self.image_product, self.scoring)
         return [Hit(int(p), float(s), int(i)) for p, s, i in zip(found[:k], values[:k], best[:k], strict=True)]
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k highest scores, highest first (ties: lower position first), without a full sort."""
-    if len(scores) > k:
-        chosen = np.argpartition(-scores, k - 1)[:k]
-        chosen.sort()  # ascending positions, so the stable sort below breaks ties by position
-    else:
-        chosen = np.arange(len(scores))
-    return chosen[np.argsort(-scores[chosen], kind="stable")]
+def top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the k highest scores, highest first, without a full sort; ties go to the lower `tiebreak`
+    value (default: the lower position)."""
+    chosen = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
+    return chosen[np.lexsort((chosen if tiebreak is None else tiebreak[chosen], -scores[chosen]))]
