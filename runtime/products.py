@@ -137,6 +137,8 @@ class ProductSearch:
             return []
         narrow = mask is not None and n_allowed <= EXACT_FILTER_BELOW
         if exact or (exact is None and (self.exact or narrow)):
+            if allowed is None and exclude is None:
+                return self._rank_all(vector, wanted)
             return self._rank(self._allowed(allowed, exclude), vector, wanted)
         n_images = len(self.vectors)
         spread = MULTI_IMAGE_OVERFETCH if n_images > self.n_products else 1  # mix and mean look past the best image
@@ -156,6 +158,16 @@ class ProductSearch:
             return np.flatnonzero(allowed)
         everything = np.arange(self.n_products)
         return everything if exclude is None else np.delete(everything, exclude)
+
+    def _rank_all(self, vector: np.ndarray, k: int) -> list[Hit]:
+        """`_rank` over every product: one product of the whole matrix and nothing of the catalog's size besides
+        (an unfiltered search; each temporary array of the catalog's length costs a cold cache here)."""
+        scores = np.asarray(np.asarray(self.vectors) @ vector, np.float32)
+        if not self.one_image_each:
+            found, values, best = aggregate(np.arange(len(scores)), scores, self.image_product, self.scoring)
+            return [Hit(int(p), float(s), int(i)) for p, s, i in zip(found[:k], values[:k], best[:k], strict=True)]
+        top = top_k(scores, k, tiebreak=self.image_product)
+        return [Hit(int(self.image_product[i]), float(scores[i]), int(i)) for i in top]
 
     def _rank(self, products: np.ndarray, vector: np.ndarray, k: int) -> list[Hit]:
         """Score every image of `products` exactly and return the k best products."""
@@ -180,5 +192,5 @@ class ProductSearch:
 def top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None) -> np.ndarray:
     """Positions of the k highest scores, highest first, without a full sort; ties go to the lower `tiebreak`
     value (default: the lower position)."""
-    chosen = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
+    chosen = np.argpartition(scores, len(scores) - k)[-k:] if len(scores) > k else np.arange(len(scores))
     return chosen[np.lexsort((chosen if tiebreak is None else tiebreak[chosen], -scores[chosen]))]

@@ -19,22 +19,29 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 IMAGE_PATH_SAFE = "!$&'()*+,/:;=@"  # what Werkzeug's path converter leaves unquoted (url_for's own quoting)
 
 
-def image_url(item: dict, position: int = 0) -> str:
-    """The URL of one of a product's web-sized images: IMAGE_BASE_URL when set, else this service's /images/."""
+def image_urls(item: dict) -> list[str]:
+    """The URLs of a product's web-sized images, in order: under IMAGE_BASE_URL when set, else this service's
+    /images/ (`?n=` for all but the first)."""
     base = current_app.config["IMAGE_BASE_URL"]
     if base:
-        return f"{base.rstrip('/')}/{item['images'][position]['thumbnail']}"
-    if "image_prefix" not in g:  # url_for costs ~35 us a call, twice per result: build the route's prefix once
-        g.image_prefix = url_for("web.product_image", product_id="-")[:-1]
-    url = g.image_prefix + quote(str(item["product_id"]), safe=IMAGE_PATH_SAFE)
-    return f"{url}?n={position}" if position else url
+        return [f"{base.rstrip('/')}/{image['thumbnail']}" for image in item["images"]]
+    prefix = g.get("image_prefix")
+    if prefix is None:  # url_for costs ~35 us a call, twice per result: build the route's prefix once a request
+        prefix = g.image_prefix = url_for("web.product_image", product_id="-")[:-1]
+    url = prefix + quote(str(item["product_id"]), safe=IMAGE_PATH_SAFE)
+    return [url] + [f"{url}?n={position}" for position in range(1, len(item["images"]))]
+
+
+def image_url(item: dict, position: int = 0) -> str:
+    """The URL of one of a product's images (`image_urls`)."""
+    return image_urls(item)[position]
 
 
 def product_json(item: dict, matched: int = 0) -> dict:
     """A product as the API shows it: `image_url` is its matched (else first) image, `images` all of them."""
+    urls = image_urls(item)
     return {"product_id": item["product_id"], "name": item["name"], "category": item["category"],
-            "metadata": item["metadata"], "image_url": image_url(item, matched),
-            "images": [image_url(item, n) for n in range(len(item["images"]))]}
+            "metadata": item["metadata"], "image_url": urls[matched], "images": urls}
 
 
 def results_json(results: list[Match]) -> list[dict]:
@@ -71,6 +78,7 @@ def search():  # noqa: ANN201
     filters = parse_filters(body, searcher.columns)
     box = parse_bbox(option(body, "bbox"))
     data = image_bytes(request, body, current_app.config)
+    parsed = time.perf_counter()
     pixels = decode(data, current_app.config)
     cropped = None
     if box is not None:
@@ -81,13 +89,14 @@ def search():  # noqa: ANN201
     embedded = time.perf_counter()
     results, options = ranked(searcher, k, filters, body, vector=vector)
     done = time.perf_counter()
-    for stage, seconds in (("decode", decoded - started), ("embed", embedded - decoded), ("search", done - embedded)):
+    timings = {"parse": parsed - started, "decode": decoded - parsed, "embed": embedded - decoded,
+               "search": done - embedded}
+    for stage, seconds in timings.items():
         metrics.stage(stage, seconds)
+    g.stage_seconds = timings  # the Server-Timing header (service/__init__.py)
     return jsonify({"results": results_json(results), "k": k, "filters": filters, **options, "crop": cropped,
                     "version": searcher.version,
-                    "timings_ms": {"decode": round(1000 * (decoded - started), 2),
-                                   "embed": round(1000 * (embedded - decoded), 2),
-                                   "search": round(1000 * (done - embedded), 2)}})
+                    "timings_ms": {stage: round(1000 * seconds, 2) for stage, seconds in timings.items()}})
 
 
 @bp.get("/products/<path:product_id>")

@@ -83,7 +83,7 @@ class ItemStore(Sequence):
     def __getitem__(self, i: int) -> dict:  # type: ignore[override]
         if not -len(self) <= i < len(self):
             raise IndexError(i)
-        return json.loads(self._map[self._starts[i]:self._ends[i]])
+        return json.loads(self._map[int(self._starts[i]):int(self._ends[i])])
 
     def __iter__(self) -> Iterator[dict]:
         return (self[i] for i in range(len(self)))

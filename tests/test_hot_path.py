@@ -16,7 +16,7 @@ from benchmarks.common import multipart
 from runtime import tfenv
 from runtime.extractor import numpy_head
 from runtime.products import ProductSearch, aggregate, top_k
-from service.api import IMAGE_PATH_SAFE, image_url
+from service.api import IMAGE_PATH_SAFE, image_url, image_urls
 from service.forms import parse_multipart
 
 FORMS = [
@@ -114,6 +114,10 @@ def test_image_links_are_what_url_for_makes(product_id: str) -> None:
     with app.test_request_context("/", base_url="http://shop.example/search-app/"):
         assert image_url(item) == url_for("web.product_image", product_id=product_id)
         assert image_url(item, 1) == url_for("web.product_image", product_id=product_id, n=1)
+        assert image_urls(item) == [image_url(item), image_url(item, 1)]
+    app.config["IMAGE_BASE_URL"] = "https://cdn.example/shop/"
+    with app.test_request_context("/"):
+        assert image_urls(item) == ["https://cdn.example/shop/t0", "https://cdn.example/shop/t1"]
     assert "/" in IMAGE_PATH_SAFE
 
 
@@ -133,3 +137,22 @@ def test_one_image_per_product_ranks_as_the_general_path_does() -> None:
         assert np.allclose([h.score for h in hits], values[:10])
     assert top_k(np.array([0.1, 0.5, 0.5, 0.9], np.float32), 3).tolist() == [3, 1, 2]
     assert top_k(np.array([0.2], np.float32), 5).tolist() == [0]
+
+
+@pytest.mark.parametrize("scoring", ["max", "mean", "mix"])
+def test_an_unfiltered_scan_ranks_as_the_filtered_path_does(scoring: str) -> None:
+    rng = np.random.default_rng(9)
+    counts = rng.integers(1, 4, 300).astype(np.int32)  # several images per product
+    vectors = rng.normal(size=(int(counts.sum()), 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    search = ProductSearch(vectors, counts, rng.permutation(len(vectors)).astype(np.int32), exact=True,
+                           scoring=scoring)
+    everything = np.ones(300, bool)  # a mask allowing all takes the general path; no mask takes the scan
+    for query in (vectors[5], rng.normal(size=16).astype(np.float32)):
+        assert search.search(query, 12) == search.search(query, 12, mask=everything)
+    one_each = ProductSearch(vectors, np.ones(len(vectors), np.int32), np.arange(len(vectors), dtype=np.int32),
+                             exact=True)
+    for k in (1, 12, len(vectors), len(vectors) + 5):
+        hits = one_each.search(vectors[7], k)
+        assert hits == one_each.search(vectors[7], k, mask=np.ones(len(vectors), bool))
+        assert len(hits) == min(k, len(vectors)) and hits[0].product == 7

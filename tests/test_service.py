@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.common import free_port
+from benchmarks.common import free_port, server_timing
 from pipeline import index
 from runtime import products as products_module
 from service import create_app
@@ -58,7 +58,10 @@ def test_search_by_uploaded_photo(client, demo_index: Path) -> None:
     assert set(results[0]) == {"rank", "product_id", "name", "category", "score", "metadata", "image_url", "images",
                                "matched_image"}
     assert results[0]["image_url"] == f"/images/{results[0]['product_id']}"
-    assert set(body["timings_ms"]) == {"decode", "embed", "search"}
+    assert set(body["timings_ms"]) == {"parse", "decode", "embed", "search"}
+    timing = server_timing(response.headers["Server-Timing"])  # the same stages, and the whole request in Flask
+    assert list(timing) == ["parse", "decode", "embed", "search", "app"]
+    assert timing["app"] >= sum(body["timings_ms"].values()) - 0.05  # the JSON's figures are rounded to 0.01 ms
 
 
 def test_search_by_base64_and_by_url(client, tmp_path: Path) -> None:
@@ -179,7 +182,8 @@ def test_health_and_metrics_when_ready(client) -> None:
     assert delta("visual_search_requests_total", endpoint="/api/products/<path:product_id>", method="GET",
                  status="404") == 1
     assert delta("visual_search_errors_total", **{"class": "4xx"}) == 1
-    assert delta("visual_search_search_stage_seconds_count", stage="embed") == 3
+    assert all(delta("visual_search_search_stage_seconds_count", stage=stage) == 3
+               for stage in ("parse", "decode", "embed", "search"))
     assert after[("visual_search_ready", ())] == 1 and after[("visual_search_index_items", ())] == health["items"]
 
 
@@ -251,6 +255,7 @@ def test_bad_input_is_a_json_4xx_and_the_app_keeps_serving(client, demo_index: P
     assert response.status_code == status, response.data[:300]
     error = response.get_json()["error"]
     assert error["code"] == code and error["status"] == status and len(error["message"]) > 10
+    assert "app" in server_timing(response.headers["Server-Timing"])  # timed like any answer
     assert upload(client, catalog_photo(demo_index)).status_code == 200
 
 
