@@ -6,6 +6,7 @@ import http.client
 import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 import numpy as np
 
@@ -64,6 +66,53 @@ def timed(url: str, body: bytes | None = None, content_type: str | None = None,
     except (urllib.error.URLError, OSError, http.client.HTTPException):  # IncompleteRead: a worker killed mid-answer
         status = 0
     return time.perf_counter() - started, status
+
+
+class RawReply(NamedTuple):
+    """What `raw_request` measured: seconds from connect to the server's close, status, headers, body."""
+
+    seconds: float
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def raw_request(port: int, path: str, body: bytes | None = None, content_type: str | None = None,
+                timeout: float = 60) -> RawReply:
+    """Send one HTTP/1.1 request on a new connection to 127.0.0.1 with the least client work (one `sendall`, then
+    `recv` until the Content-Length's bytes are in, or the server closes): the time is the server's and the
+    kernel's, as a browser or nginx (C clients) would see it, not urllib's Python."""
+    head = f"{'POST' if body is not None else 'GET'} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+    if body is not None:
+        head += f"Content-Type: {content_type or 'application/octet-stream'}\r\nContent-Length: {len(body)}\r\n"
+    message = (head + "\r\n").encode() + (body or b"")
+    received, end, length = b"", -1, None
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(message)
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+            if end < 0 and (end := received.find(b"\r\n\r\n")) >= 0:
+                found = re.search(rb"\r\ncontent-length: *(\d+)", received[:end], re.IGNORECASE)
+                length = int(found.group(1)) if found else None
+            if length is not None and len(received) >= end + 4 + length:
+                break
+        seconds = time.perf_counter() - started
+    lines = received[:max(end, 0)].decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    status = int(lines[0].split()[1]) if lines[0].startswith("HTTP/") else 0
+    return RawReply(seconds, status, headers, received[end + 4:] if end >= 0 else b"")
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """Parse a Server-Timing header ("parse;dur=0.21, embed;dur=1.3") into {name: milliseconds}."""
+    out = {}
+    for metric in filter(None, (part.strip() for part in header.split(","))):
+        name, *params = metric.split(";")
+        durations = [float(p.split("=", 1)[1]) for p in params if p.strip().startswith("dur=")]
+        if durations:
+            out[name.strip()] = durations[0]
+    return out
 
 
 def http_json(url: str, data: bytes | None = None, headers: dict | None = None,

@@ -1,13 +1,21 @@
-"""Benchmark the service as deployed: gunicorn workers over HTTP, compared with one bare encoder pass.
+"""Benchmark the service as deployed: gunicorn workers over HTTP, against a bare encoder pass in the same run.
 
-Prints, from one run: p50/p99 of POST /api/search (each request with its own random multipart boundary, as a
-browser sends) and of JPEG decode + the bare extractor on the same image (goal: search p50 <= decode + encoder
-+ 2 ms), p50/p99 of GET /api/products/<id>/similar (goal: p50 <= 5 ms), and a concurrent load of 2x the cores
-for --seconds (goal: 0 errors). With --compare DIR, a second gunicorn runs the service of another checkout (say
-`git worktree add /tmp/before HEAD~3`) over the same index, and the sequential requests alternate between the
-two, so that before and after are measured side by side.
+The sequential phase goes in rounds. Each round makes one bare pass in this process (JPEG decode + the extractor,
+with a worker's encoder threads) and then one POST /api/search to each server, every request on a new connection
+with its own random multipart boundary (as a browser sends). The bare pass and the requests thus see the same
+machine: a pass measured back to back before the servers start runs on warm caches that no request finds (it is
+printed too). Requests are sent by a lean client (`raw_request`: one sendall, recv until close), so that the time
+is the server's and not urllib's Python; a urllib request per round is printed for comparison. The service's
+Server-Timing header splits each request into its stages and `app` (inside Flask); the rest is HTTP and gunicorn.
 
-    python -m benchmarks.service_latency --index data/demo/index/current [--compare /tmp/before]
+Prints p50/p99 of POST /api/search and of decode + encoder (goal: search p50 <= decode + encoder + 2 ms), the
+stage breakdown, p50/p99 of GET /api/products/<id>/similar (goal: p50 <= 5 ms), and a concurrent load of 2x the
+cores for --seconds (goal: 0 errors). With --compare DIR, a second gunicorn runs the service of another checkout
+(say `git worktree add /tmp/before HEAD~3`) over the same index, in the same rounds. With --floor, a third runs
+`benchmarks/floor_app.py` (upload, decode, encoder, nothing else) with the same gunicorn settings, in the same
+rounds: what any Flask app pays here, and so what the service itself adds.
+
+    python -m benchmarks.service_latency --index data/demo/index/current [--compare /tmp/before] [--floor]
 """
 
 from __future__ import annotations
@@ -23,11 +31,22 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, free_port, multipart, percentiles, start_gunicorn, stop, timed
+from benchmarks.common import (
+    ROOT,
+    free_port,
+    multipart,
+    percentiles,
+    raw_request,
+    server_timing,
+    start_gunicorn,
+    stop,
+    timed,
+)
 from runtime import artifacts
 from runtime.extractor import load_extractor
 from runtime.layout import EXTRACTOR_DIR, Layout
 from runtime.preprocess import prepare_array
+from service.config import encoder_threads
 from service.uploads import decode
 
 
@@ -43,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--compare", type=Path, default=None,
                         help="another checkout whose service is measured alongside, request for request")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure benchmarks/floor_app.py (decode + encoder behind gunicorn and Flask)")
     args = parser.parse_args(argv)
     folder = artifacts.resolve_index(args.index)
     items = artifacts.read_items(folder)
@@ -50,34 +71,57 @@ def main(argv: list[str] | None = None) -> None:
     data = image_path.read_bytes()
     cores = os.cpu_count() or 1
 
-    extractor = load_extractor(folder / EXTRACTOR_DIR)
-    bare, decoded = [], []
-    for i in range(args.requests + 5):
+    threads = encoder_threads({"ENCODER_THREADS": 0}, {"WEB_CONCURRENCY": str(args.workers)})
+    extractor = load_extractor(folder / EXTRACTOR_DIR, threads)
+
+    def bare_pass() -> tuple[float, float]:
+        """Seconds of (decode + encoder, encoder alone) for the query photo, as a worker runs them."""
         started = time.perf_counter()
         pixels = decode(data, {"MAX_PIXELS": 40_000_000})
         ready = time.perf_counter()
         extractor.embed(prepare_array(pixels, extractor.input_size)[None])
-        if i >= 5:  # the first calls trace the graph
-            bare.append(time.perf_counter() - ready)
-            decoded.append(time.perf_counter() - started)
-    del extractor
+        return time.perf_counter() - started, time.perf_counter() - ready
+
+    for _ in range(5):  # the first calls trace the graph
+        bare_pass()
+    back_to_back = [bare_pass()[0] for _ in range(args.requests)]
 
     port = args.port or free_port()
     base = f"http://127.0.0.1:{port}"
     other = f"http://127.0.0.1:{free_port()}" if args.compare else None
+    floor = f"http://127.0.0.1:{free_port()}" if args.floor else None
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as other_cache:
         server, _ = start_gunicorn(folder, port, args.workers, cache)
-        compared = start_gunicorn(folder, int(other.rsplit(":", 1)[1]), args.workers, other_cache,
-                                  app_dir=args.compare)[0] if other else None
+        extra = []
         try:
-            bases = [base, other] if other else [base]
+            if other:
+                extra.append(start_gunicorn(folder, int(other.rsplit(":", 1)[1]), args.workers, other_cache,
+                                            app_dir=args.compare)[0])
+            if floor:
+                extra.append(start_gunicorn(folder, int(floor.rsplit(":", 1)[1]), args.workers, cache,
+                                            app="benchmarks.floor_app:application")[0])
+            bases = [base] + [url for url in (other, floor) if url]
+            ports = [int(url.rsplit(":", 1)[1]) for url in bases]
             for _ in range(10):
-                for url in bases:
-                    timed(f"{url}/api/search?k=10", *multipart("image", "q.jpg", data))
+                for port_ in ports:
+                    raw_request(port_, "/api/search?k=10", *multipart("image", "q.jpg", data))
+            decoded, bare = [], []
             times: dict[str, list[float]] = {url: [] for url in bases}
-            for _ in range(args.requests):
-                for url in bases:
-                    times[url].append(timed(f"{url}/api/search?k=10", *multipart("image", "q.jpg", data))[0])
+            urllib_times, stages = [], []
+            for round_ in range(args.requests):
+                both, alone = bare_pass()
+                decoded.append(both)
+                bare.append(alone)
+                order = list(zip(bases, ports, strict=True))
+                for url, port_ in order if round_ % 2 == 0 else order[::-1]:  # neither server always goes first
+                    reply = raw_request(port_, "/api/search?k=10", *multipart("image", "q.jpg", data))
+                    if reply.status != 200:
+                        raise RuntimeError(f"{url}/api/search answered {reply.status}: {reply.body[:300]!r}")
+                    times[url].append(reply.seconds)
+                    if url == base:
+                        stages.append({**server_timing(reply.headers.get("Server-Timing", "")),
+                                       "client": 1000 * reply.seconds})
+                urllib_times.append(timed(f"{base}/api/search?k=10", *multipart("image", "q.jpg", data))[0])
             search = times[base]
             body, content_type = multipart("image", "q.jpg", data)
             product_ids = [items[i]["product_id"] for i in np.random.default_rng(0).integers(0, len(items), 50)]
@@ -98,30 +142,42 @@ def main(argv: list[str] | None = None) -> None:
                         if n % 2:
                             load["search"].append(seconds)
 
-            threads = [threading.Thread(target=client, args=(n,)) for n in range(2 * cores)]
-            for thread in threads:
+            clients = [threading.Thread(target=client, args=(n,)) for n in range(2 * cores)]
+            for thread in clients:
                 thread.start()
-            for thread in threads:
+            for thread in clients:
                 thread.join()
             health = json.loads(urllib.request.urlopen(f"{base}/health", timeout=10).read())
         finally:
-            stop(server)
-            if compared:
-                stop(compared)
+            for process in [server, *extra]:
+                stop(process)
 
-    ratio = np.percentile(search, 50) / np.percentile(bare, 50)
-    ratio_decoded = np.percentile(search, 50) / np.percentile(decoded, 50)
     print(f"\nservice_latency: index {health['version']} ({health['items']} items, {health['encoder']}), "
-          f"{args.workers} gunicorn workers, {cores} cores, image {image_path.name}")
-    print(f"bare encoder pass (in process)   {percentiles(bare)}")
-    print(f"JPEG decode + encoder pass       {percentiles(decoded)}")
-    print(f"POST /api/search (HTTP)          {percentiles(search)}")
+          f"{args.workers} gunicorn workers, {cores} cores, {threads} encoder thread(s), image {image_path.name}")
+    print(f"bare encoder pass, in the rounds  {percentiles(bare)}")
+    print(f"JPEG decode + encoder, in rounds  {percentiles(decoded)}")
+    print(f"  the same, back to back before   {percentiles(back_to_back)}   (warm caches: not a request's)")
+    print(f"POST /api/search (HTTP)           {percentiles(search)}")
     if other:
-        print(f"  the same, {str(args.compare)[:14]:14s}  {percentiles(times[other])}   (alternating with the above)")
+        print(f"  the same, {str(args.compare)[:15]:15s}  {percentiles(times[other])}   (in the same rounds)")
+    print(f"  the same, sent by urllib        {percentiles(urllib_times)}   (client Python included)")
     overhead = 1000 * (np.percentile(search, 50) - np.percentile(decoded, 50))
-    print(f"  search p50 - (decode+encoder)  {overhead:8.2f} ms (goal <= 2 ms)")
-    print(f"  search p50 / encoder p50       {ratio:8.2f}x")
-    print(f"  search p50 / (decode+encoder)  {ratio_decoded:8.2f}x")
+    print(f"  search p50 - (decode+encoder)   {overhead:8.2f} ms (goal <= 2 ms)")
+    if floor:
+        floor_p50 = np.percentile(times[floor], 50)
+        print(f"floor app (decode + encoder)      {percentiles(times[floor])}   (in the same rounds)")
+        print(f"  floor p50 - (decode+encoder)    {1000 * (floor_p50 - np.percentile(decoded, 50)):8.2f} ms "
+              "(gunicorn, Flask and the kernel, for any app)")
+        print(f"  search p50 - floor p50          {1000 * (np.percentile(search, 50) - floor_p50):8.2f} ms "
+              "(what the service adds)")
+    print(f"  search p50 / (decode+encoder)   {np.percentile(search, 50) / np.percentile(decoded, 50):8.2f}x")
+    if stages and "app" in stages[0]:
+        p50 = {name: float(np.median([row[name] for row in stages])) for name in stages[0]}
+        named = ", ".join(f"{name} {ms:.2f}" for name, ms in p50.items() if name not in ("app", "client"))
+        rest = float(np.median([row["app"] - sum(v for n, v in row.items() if n not in ("app", "client"))
+                                for row in stages]))
+        http = float(np.median([row["client"] - row["app"] for row in stages]))
+        print(f"  Server-Timing p50 (ms): {named}; Flask and JSON {rest:.2f}; HTTP and gunicorn {http:.2f}")
     print(f"GET /api/products/<id>/similar   {percentiles(similar)}   (goal p50 <= 5 ms)")
     print(f"load: {2 * cores} concurrent clients for {args.seconds:.0f} s: {load['requests']} requests, "
           f"{load['requests'] / args.seconds:.1f}/s, errors {load['errors']} (goal 0); "

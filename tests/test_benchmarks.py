@@ -117,3 +117,72 @@ def test_extractor_latency_times_each_extractor_and_its_ratio_to_the_first(built
                             "--extractor", f"b={built / 'index' / 'current'}"])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("a ", "b "))]
     assert len(lines) == 2 and all("(n=3)" in line for line in lines) and "p50 1.00x the first" in lines[0]
+
+
+def test_server_timing_reads_each_metric_duration() -> None:
+    from benchmarks.common import server_timing
+
+    header = "parse;dur=0.21, cache;desc=\"hit\", embed;desc=x;dur=1.5,app;dur=3"
+    assert server_timing(header) == {"parse": 0.21, "embed": 1.5, "app": 3.0}
+    assert server_timing("") == {}
+
+
+def test_raw_request_returns_at_content_length_not_at_close() -> None:
+    import http.server
+    import threading
+    import time
+
+    from benchmarks.common import free_port, raw_request
+
+    class Lingering(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(201)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Server-Timing", "app;dur=0.5")
+            self.end_headers()
+            self.wfile.write(body)
+            self.wfile.flush()
+            time.sleep(2)  # the connection stays open after the answer: a client waiting for the close waits 2 s
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Lingering)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        reply = raw_request(port, "/echo", b"x" * 70_000, "application/octet-stream", timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert reply.status == 201 and reply.body == b"x" * 70_000 and reply.headers["Server-Timing"] == "app;dur=0.5"
+    assert reply.seconds < 1.5
+
+
+def test_floor_app_embeds_an_upload_and_nothing_else(demo_index) -> None:
+    from benchmarks.common import multipart
+    from benchmarks.floor_app import create_floor_app
+    from runtime.artifacts import resolve_index
+
+    client = create_floor_app(str(demo_index / "index" / "current")).test_client()
+    photo = next(resolve_index(demo_index / "index" / "current").rglob("*.jpg")).read_bytes()
+    body, content_type = multipart("image", "q.jpg", photo)
+    response = client.post("/api/search", data=body, content_type=content_type)
+    assert response.status_code == 200 and abs(response.get_json()["norm"] - 1) < 1e-4  # the extractor's unit vector
+    assert "app;dur=" in response.headers["Server-Timing"]
+    assert client.get("/health").get_json()["worker"] > 0
+
+
+def test_service_latency_runs_the_service_and_the_floor_in_the_same_rounds(demo_index, capsys) -> None:
+    from benchmarks import service_latency
+
+    service_latency.main(["--index", str(demo_index / "index" / "current"), "--requests", "6", "--seconds", "1",
+                          "--workers", "1", "--floor"])
+    out = capsys.readouterr().out
+    for line in ("JPEG decode + encoder, in rounds", "POST /api/search (HTTP)", "floor app (decode + encoder)",
+                 "search p50 - floor p50", "Server-Timing p50 (ms): parse", "GET /api/products/<id>/similar"):
+        assert line in out, out
+    assert "errors 0 (goal 0)" in out and "(n=6)" in out
