@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  the same, back to back before   {percentiles(back_to_back)}   (warm caches: not a request's)")
     print(f"POST /api/search (HTTP)           {percentiles(search)}")
     if other:
-        print(f"  the same, {str(args.compare)[:15]:15s}  {percentiles(times[other])}   (in the same rounds)")
+        print(f"  the same, {args.compare.name[:20]:20s}  {percentiles(times[other])}   (--compare, same rounds)")
     print(f"  the same, sent by urllib        {percentiles(urllib_times)}   (client Python included)")
     overhead = 1000 * (np.percentile(search, 50) - np.percentile(decoded, 50))
     print(f"  search p50 - (decode+encoder)   {overhead:8.2f} ms (goal <= 2 ms)")

@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,8 +24,7 @@ MULTI_IMAGE_OVERFETCH = 2  # with several images per product, Annoy is first ask
 GATHER_BELOW = 1_000  # fewer candidate products: their images are gathered product by product
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):
     """One ranked product: its dense product number, its score and the id of its best-matching image."""
 
     product: int
@@ -164,10 +162,9 @@ class ProductSearch:
         (an unfiltered search; each temporary array of the catalog's length costs a cold cache here)."""
         scores = np.asarray(np.asarray(self.vectors) @ vector, np.float32)
         if not self.one_image_each:
-            found, values, best = aggregate(np.arange(len(scores)), scores, self.image_product, self.scoring)
-            return [Hit(int(p), float(s), int(i)) for p, s, i in zip(found[:k], values[:k], best[:k], strict=True)]
+            return hits(*aggregate(np.arange(len(scores)), scores, self.image_product, self.scoring), k)
         top = top_k(scores, k, tiebreak=self.image_product)
-        return [Hit(int(self.image_product[i]), float(scores[i]), int(i)) for i in top]
+        return hits(self.image_product[top], scores[top], top, k)
 
     def _rank(self, products: np.ndarray, vector: np.ndarray, k: int) -> list[Hit]:
         """Score every image of `products` exactly and return the k best products."""
@@ -183,10 +180,14 @@ class ProductSearch:
             scores = np.asarray(self.vectors[ids] @ vector, np.float32)
         if self.one_image_each:
             top = top_k(scores, k, tiebreak=self.image_product[ids])  # ties: as `aggregate`, by product
-            return [Hit(int(self.image_product[i]), float(s), int(i)) for i, s in zip(ids[top], scores[top],
-                                                                                    strict=True)]
-        found, values, best = aggregate(ids, scores, self.image_product, self.scoring)
-        return [Hit(int(p), float(s), int(i)) for p, s, i in zip(found[:k], values[:k], best[:k], strict=True)]
+            return hits(self.image_product[ids[top]], scores[top], ids[top], k)
+        return hits(*aggregate(ids, scores, self.image_product, self.scoring), k)
+
+
+def hits(products: np.ndarray, scores: np.ndarray, images: np.ndarray, k: int) -> list[Hit]:
+    """The first k of ranked (product, score, best image) arrays as Hits of Python numbers."""
+    return [Hit(*row) for row in zip(products[:k].tolist(), np.asarray(scores[:k], np.float64).tolist(),
+                                     images[:k].tolist(), strict=True)]
 
 
 def top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None) -> np.ndarray:
