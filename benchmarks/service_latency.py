@@ -86,24 +86,26 @@ def main(argv: list[str] | None = None) -> None:
         bare_pass()
     back_to_back = [bare_pass()[0] for _ in range(args.requests)]
 
-    port = args.port or free_port()
-    base = f"http://127.0.0.1:{port}"
-    other = f"http://127.0.0.1:{free_port()}" if args.compare else None
-    floor = f"http://127.0.0.1:{free_port()}" if args.floor else None
+    ports = {"service": args.port or free_port()}
+    if args.compare:
+        ports["compare"] = free_port()
+    if args.floor:
+        ports["floor"] = free_port()
+    urls = {name: f"http://127.0.0.1:{p}" for name, p in ports.items()}
+    base, other, floor = urls["service"], urls.get("compare"), urls.get("floor")
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as other_cache:
-        server, _ = start_gunicorn(folder, port, args.workers, cache)
+        server, _ = start_gunicorn(folder, ports["service"], args.workers, cache)
         extra = []
         try:
             if other:
-                extra.append(start_gunicorn(folder, int(other.rsplit(":", 1)[1]), args.workers, other_cache,
+                extra.append(start_gunicorn(folder, ports["compare"], args.workers, other_cache,
                                             app_dir=args.compare)[0])
             if floor:
-                extra.append(start_gunicorn(folder, int(floor.rsplit(":", 1)[1]), args.workers, cache,
+                extra.append(start_gunicorn(folder, ports["floor"], args.workers, cache,
                                             app="benchmarks.floor_app:application")[0])
-            bases = [base] + [url for url in (other, floor) if url]
-            ports = [int(url.rsplit(":", 1)[1]) for url in bases]
+            bases = list(urls.values())
             for _ in range(10):
-                for port_ in ports:
+                for port_ in ports.values():
                     raw_request(port_, "/api/search?k=10", *multipart("image", "q.jpg", data))
             decoded, bare = [], []
             times: dict[str, list[float]] = {url: [] for url in bases}
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                 both, alone = bare_pass()
                 decoded.append(both)
                 bare.append(alone)
-                order = list(zip(bases, ports, strict=True))
+                order = list(zip(bases, ports.values(), strict=True))
                 for url, port_ in order if round_ % 2 == 0 else order[::-1]:  # neither server always goes first
                     reply = raw_request(port_, "/api/search?k=10", *multipart("image", "q.jpg", data))
                     if reply.status != 200:

@@ -160,11 +160,7 @@ class ProductSearch:
     def _rank_all(self, vector: np.ndarray, k: int) -> list[Hit]:
         """`_rank` over every product: one product of the whole matrix and nothing of the catalog's size besides
         (an unfiltered search; each temporary array of the catalog's length costs a cold cache here)."""
-        scores = np.asarray(np.asarray(self.vectors) @ vector, np.float32)
-        if not self.one_image_each:
-            return hits(*aggregate(np.arange(len(scores)), scores, self.image_product, self.scoring), k)
-        top = top_k(scores, k, tiebreak=self.image_product)
-        return hits(self.image_product[top], scores[top], top, k)
+        return self._best(None, np.asarray(np.asarray(self.vectors) @ vector, np.float32), k)
 
     def _rank(self, products: np.ndarray, vector: np.ndarray, k: int) -> list[Hit]:
         """Score every image of `products` exactly and return the k best products."""
@@ -178,10 +174,16 @@ class ProductSearch:
             scores = np.asarray(np.asarray(self.vectors) @ vector, np.float32)[ids]
         else:
             scores = np.asarray(self.vectors[ids] @ vector, np.float32)
-        if self.one_image_each:
-            top = top_k(scores, k, tiebreak=self.image_product[ids])  # ties: as `aggregate`, by product
-            return hits(self.image_product[ids[top]], scores[top], ids[top], k)
-        return hits(*aggregate(ids, scores, self.image_product, self.scoring), k)
+        return self._best(ids, scores, k)
+
+    def _best(self, ids: np.ndarray | None, scores: np.ndarray, k: int) -> list[Hit]:
+        """The k best products from the scores of the images `ids` (None: every image, in id order)."""
+        if not self.one_image_each:
+            every = np.arange(len(scores)) if ids is None else ids
+            return hits(*aggregate(every, scores, self.image_product, self.scoring), k)
+        products = self.image_product if ids is None else self.image_product[ids]
+        top = top_k(scores, k, tiebreak=products)  # ties: as `aggregate`, by product
+        return hits(products[top], scores[top], top if ids is None else ids[top], k)
 
 
 def hits(products: np.ndarray, scores: np.ndarray, images: np.ndarray, k: int) -> list[Hit]:
