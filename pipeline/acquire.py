@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline import cli
 from pipeline.catalog import holdout_split
 from pipeline.ingest import ingest, merge_products, reason_kind, write_tables
+from pipeline.reruns import locked, remove_leftovers
 from pipeline.sources import SOURCE_HELP, read_source
 from runtime import imaging, storage
 from runtime.layout import CATALOG_SUMMARY, Layout
@@ -43,14 +44,29 @@ def run(source: str, data_dir: Path, category_column: str | None = None, max_sid
         SourceError: the source cannot be read at all.
     """
     layout = Layout(Path(data_dir))
+    with locked(layout.root, "acquire"):
+        remove_leftovers(layout.root, (f".{layout.catalog.name}.tmp-*", f".{layout.catalog.name}.old-*"))
+        staging = layout.root / f".{layout.catalog.name}.tmp-{os.getpid()}"
+        staging.mkdir(parents=True)
+        try:
+            summary = _acquire(source, layout, staging, category_column, max_side, max_pixels, workers, holdout,
+                               holdout_column, seed)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _swap_in(staging, layout.catalog)
+    log.info("acquire: %s", summary)
+    return summary
+
+
+def _acquire(source: str, layout: Layout, staging: Path, category_column: str | None, max_side: int,
+             max_pixels: int, workers: int | None, holdout: float, holdout_column: str, seed: int) -> dict:
+    """Read the source and write the whole new catalog folder into `staging`; return its summary."""
     records, rejects = read_source(source, layout.cache, category_column)
     records, repeated, conflicts = merge_products(records)
     rejects += repeated
     n_input = len(records) + len(rejects)
     log.info("%s: %d rows, %d rejected before decoding", source, n_input, len(rejects))
-    staging = layout.root / f".{layout.catalog.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     accepted, failed = ingest(records, staging, max_side, max_pixels, workers)
     rejects += failed
     queries: list[dict] = []
@@ -67,8 +83,6 @@ def run(source: str, data_dir: Path, category_column: str | None = None, max_sid
         "categories": len({r["category"] for r in accepted}), "reject_reasons": dict(reasons.most_common()),
     }
     storage.write_json(staging / CATALOG_SUMMARY, summary)
-    _swap_in(staging, layout.catalog)
-    log.info("acquire: %s", summary)
     return summary
 
 

@@ -53,6 +53,19 @@ def invoke(module: ModuleType, options: dict[str, Any]) -> dict:
     return summary
 
 
+def threshold(text: str) -> float | None:
+    """A near-duplicate threshold option: `auto` (None: calibrated per index) or a cosine similarity in (0, 1]."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'auto' or a cosine similarity in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"'auto' or a cosine similarity in (0, 1], got {text!r}")
+    return value
+
+
 def main(module: ModuleType, argv: list[str] | None = None) -> dict:
     """Parse `argv` with the stage's options and run it (`python -m pipeline.<stage>`)."""
     parser = configure(argparse.ArgumentParser(prog=f"python -m pipeline.{stage_name(module)}"), module)

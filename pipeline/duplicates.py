@@ -3,8 +3,9 @@
 What a merchandiser checks before publishing a catalog: the same photo listed under two products, a product
 uploaded twice. `python -m pipeline duplicates --data-dir DIR [--threshold T]` reads `DIR/index/current` and
 writes `DIR/reports/near-duplicates.csv` (group, product_id, name, category, similarity to the group's first)
-and `DIR/reports/near-duplicates.png`. The index stage stores the same groups, at its `--duplicate-threshold`,
-for the service's `collapse=true`.
+and `DIR/reports/near-duplicates.png`. By default it reports the groups the index stored for the service's
+`collapse=true`, at the threshold the index chose; `--threshold` finds them anew at another one, through the
+index's own Annoy trees (`pipeline.near_duplicates`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import cli
+from pipeline import cli, near_duplicates
 from pipeline.plots import contact_sheet
 from runtime import artifacts
-from runtime.duplicates import DEFAULT_THRESHOLD, find_groups, index_product_vectors
-from runtime.layout import NEAR_DUPLICATES_CSV, NEAR_DUPLICATES_PNG, Layout
+from runtime.duplicates import check_threshold, index_product_vectors, read_groups
+from runtime.layout import NEAR_DUPLICATES_CSV, NEAR_DUPLICATES_PNG, VECTORS_FILE, Layout
+from runtime.products import flatten, image_table
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +32,13 @@ SHEET_GROUPS = 12  # groups drawn on the contact sheet, largest first
 SHEET_MEMBERS = 8  # products drawn per group
 
 
-def run(data_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> dict:
+def run(data_dir: Path, threshold: float | None = None) -> dict:
     """Find the current index's near-duplicate products and write the report and its contact sheet.
 
     Args:
         data_dir: the data directory; reads `index/current`; writes `reports/`.
-        threshold: the cosine similarity from which a product joins a group (0 to 1].
+        threshold: the cosine similarity from which a product joins a group (0 to 1]; None: the index's own
+            (the groups `collapse=true` serves).
 
     Returns:
         A summary: products, groups, products in groups, the largest group, threshold, seconds, paths.
@@ -44,14 +47,27 @@ def run(data_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> dict:
         FileNotFoundError: no index in the data directory.
         ValueError: a threshold outside (0, 1].
     """
-    if not 0 < threshold <= 1:
-        raise ValueError(f"--threshold is a cosine similarity in (0, 1], got {threshold}")
+    if threshold is not None:
+        check_threshold(threshold)
     layout = Layout(Path(data_dir))
     folder = artifacts.resolve_index(layout.current_index)
     manifest = artifacts.verify(folder, check_hashes=False)
     items = artifacts.read_items(folder)
     started = time.perf_counter()
-    first, similarity = find_groups(index_product_vectors(folder, items), threshold)
+    served = manifest.get("duplicate_threshold")
+    vectors = index_product_vectors(folder, items)
+    stored = read_groups(folder, manifest) if threshold in (None, served) else None
+    if stored is not None:
+        first, threshold = stored.astype(np.int64), served
+        similarity = np.sum(vectors * vectors[first], axis=1)
+    else:
+        counts, flat = flatten([image["id"] for image in item["images"]] for item in items)
+        images = np.load(folder / VECTORS_FILE, mmap_mode="r")
+        single = len(images) == len(items) and (flat == np.arange(len(flat))).all()
+        neighbours = near_duplicates.Neighbours(artifacts.load_annoy(folder, manifest), images if single else vectors,
+                                                None if single else image_table(counts, flat, len(images))[0])
+        first, similarity, info = near_duplicates.find(neighbours, threshold)
+        threshold = info["threshold"]
     seconds = time.perf_counter() - started
     groups = _ranked_groups(first)
     layout.reports.mkdir(parents=True, exist_ok=True)
@@ -67,7 +83,6 @@ def run(data_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> dict:
                     [(str(folder / items[p]["thumbnail"]), f"{items[p]['product_id']} {similarity[p]:.3f}")
                      for p in members[:SHEET_MEMBERS]])
                    for number, members in enumerate(groups[:SHEET_GROUPS], start=1)], png_path)
-    served = manifest.get("duplicate_threshold")
     if served != threshold:
         log.info("the index serves collapse=true at threshold %s; `python -m pipeline index --duplicate-threshold "
                  "%s` makes it use this one", served, threshold)
@@ -87,9 +102,9 @@ def _ranked_groups(first: np.ndarray) -> list[list[int]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add this stage's options to a parser: one flag per keyword of `run`."""
     parser.add_argument("--data-dir", type=Path, required=True, help="the data directory (see data/README.md)")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help=f"cosine similarity from which products are near-duplicates (default "
-                             f"{DEFAULT_THRESHOLD}, measured: README)")
+    parser.add_argument("--threshold", type=cli.threshold, default=None, metavar="auto|T",
+                        help="cosine similarity from which products are near-duplicates (default, or auto: the index's "
+                             "own, the groups collapse=true serves)")
 
 
 def describe(summary: dict, options: dict) -> str:

@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import cli
+from pipeline import cli, near_duplicates
+from pipeline.annoy_tuning import TARGET_RECALL, K, choose_strategy, exact_ms_per_query, tune_search_k
 from pipeline.catalog import load_catalog
+from pipeline.reruns import check_shards, fingerprint, locked, remove_leftovers
 from pipeline.thumbnails import build_thumbnails
 from runtime import artifacts, storage
-from runtime.duplicates import DEFAULT_THRESHOLD, write_groups
+from runtime.duplicates import check_threshold, product_vectors, write_groups
 from runtime.embeddings import iter_shards
 from runtime.layout import (
     DUPLICATES_FILE,
@@ -36,7 +38,6 @@ from runtime.layout import (
     thumbnail_name,
 )
 from runtime.products import DEFAULT_SCORING, SCORINGS
-from runtime.topk import exact_top_k
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,59 +46,10 @@ log = logging.getLogger(__name__)
 
 METRIC = "angular"
 DEFAULT_TREES = 32  # recall follows search_k, not trees, from 25 to 100 trees (README, docs/benchmarks/)
-TARGET_RECALL = 0.99
-TUNE_QUERIES = 200
-K = 10
 ITEM_COLUMNS = ("product_id", "name", "category", "image")
 INTERNAL_COLUMNS = ("sha256", "width", "height", "source_image")
 ON_DISK_ABOVE = 200_000_000  # floats; larger indexes are built in their file, not in memory
 KEEP_VERSIONS = 3
-
-
-def tune_search_k(index: Any, vectors: np.ndarray, trees: int, k: int = K, target: float = TARGET_RECALL,
-                  n_queries: int = TUNE_QUERIES, seed: int = 0) -> tuple[int, list[dict]]:
-    """Measure recall@k against exact search for growing search_k; return the smallest that reaches `target`.
-
-    Queries are catalog items (their own id excluded from both answers), so the figure needs no extra data.
-    """
-    n = len(vectors)
-    sample = _sample(n, n_queries, seed)
-    truth = exact_top_k(vectors, vectors[sample], k, exclude=sample)
-    table, search_k = [], k * trees
-    while True:
-        hits, started = 0, time.perf_counter()
-        for row, item in enumerate(sample):
-            found = [j for j in index.get_nns_by_item(int(item), k + 1, search_k=search_k) if j != item][:k]
-            hits += len(set(found) & set(truth[row].tolist()))
-        elapsed = time.perf_counter() - started
-        recall = hits / (len(sample) * min(k, n - 1)) if n > 1 else 1.0
-        table.append({"search_k": search_k, "recall_at_10": round(recall, 4),
-                      "ms_per_query": round(1000 * elapsed / len(sample), 3)})
-        if recall >= target or search_k >= n * trees:
-            return search_k, table
-        search_k *= 2
-
-
-def exact_ms_per_query(vectors: np.ndarray, k: int = K, n_queries: int = 20, seed: int = 1) -> float:
-    """Time the exact scan that the service would run (one query at a time, all vectors), in ms per query."""
-    sample = _sample(len(vectors), n_queries, seed)
-    started = time.perf_counter()
-    for item in sample:
-        exact_top_k(vectors, vectors[item][None], min(k, len(vectors) - 1))
-    return round(1000 * (time.perf_counter() - started) / len(sample), 3)
-
-
-def _sample(n: int, size: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).choice(n, min(size, n), replace=False)
-
-
-def choose_strategy(table: list[dict], exact_ms: float) -> str:
-    """'exact' when scanning every vector is faster than Annoy at the chosen search_k (small catalogs), else 'annoy'.
-
-    The exact scan always has recall 1; below about ten thousand products it is also the faster of the two
-    (docs/benchmarks/), so the service uses it there.
-    """
-    return "exact" if table and exact_ms < table[-1]["ms_per_query"] else "annoy"
 
 
 def _items(catalog: pd.DataFrame) -> Iterator[str]:
@@ -121,8 +73,8 @@ def _items(catalog: pd.DataFrame) -> Iterator[str]:
 
 def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         target_recall: float = TARGET_RECALL, keep: int = KEEP_VERSIONS, scoring: str = DEFAULT_SCORING,
-        duplicate_threshold: float = DEFAULT_THRESHOLD) -> dict:
-    """Build a new index version from the embeddings and make it current.
+        duplicate_threshold: float | None = None) -> dict:
+    """Build a new index version from the embeddings and make it current, unless nothing changed.
 
     Args:
         data_dir: the data directory; reads `catalog/`, `embeddings/`, `model/extractor/`; writes `index/`.
@@ -132,31 +84,67 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         keep: index versions to keep (older ones are deleted).
         scoring: how a product's images' similarities make its score (max, mean or mix), for the service and
             evaluate.
-        duplicate_threshold: near-duplicates' cosine similarity (`runtime.duplicates`), for collapse=true.
+        duplicate_threshold: near-duplicates' cosine similarity, for collapse=true; None calibrates it from the
+            index (`pipeline.near_duplicates`).
 
     Returns:
-        The manifest of the new version.
-    """
-    from annoy import AnnoyIndex
+        The manifest of the new version; or, when the current version was built from the same catalog,
+        embeddings and options, its manifest with `unchanged: true` (no new version is written).
 
+    Raises:
+        FileNotFoundError: no catalog or no embeddings.
+        ValueError: embeddings that do not match the catalog or the extractor, a bad option, or another index run
+            working in the same folder.
+    """
     if scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    if duplicate_threshold is not None:
+        check_threshold(duplicate_threshold)
     layout = Layout(Path(data_dir))
     catalog = load_catalog(layout)
     if not layout.embeddings_summary.is_file():
         raise FileNotFoundError(f"no embeddings in {layout.embeddings}; run `python -m pipeline vectorize` first")
     extractor_config = storage.read_json(layout.extractor / EXTRACTOR_CONFIG)
     embeddings_summary = storage.read_json(layout.embeddings_summary)
-    if embeddings_summary["rows"] != len(catalog):
-        raise ValueError(f"{embeddings_summary['rows']} embeddings for {len(catalog)} catalog rows; re-run vectorize")
-    if embeddings_summary["export_id"] != extractor_config["export_id"]:
-        raise ValueError("the embeddings were made by another extractor than model/extractor; re-run vectorize")
-    now = datetime.now(UTC)
-    version = now.strftime("%Y%m%dT%H%M%S") + f"-{now.microsecond:06d}"
-    staging = layout.index / f".tmp-{version}"
-    staging.mkdir(parents=True)
+    contents = check_shards(layout, catalog["sha256"].tolist(), embeddings_summary, extractor_config["export_id"])
+    options = {"format_version": artifacts.FORMAT_VERSION, "trees": trees, "search_k": search_k,
+               "target_recall": target_recall, "scoring": scoring, "duplicate_threshold": duplicate_threshold}
+    inputs = fingerprint(layout, contents, options)
+    with locked(layout.index, "index"):
+        remove_leftovers(layout.index, (".tmp-*", ".current-*"))
+        current = _current_manifest(layout)
+        if current is not None and current.get("inputs") == inputs:
+            log.info("index: the catalog, embeddings and options are those of version %s; index/current stays",
+                     current["version"])
+            return {**current, "unchanged": True}
+        now = datetime.now(UTC)
+        version = now.strftime("%Y%m%dT%H%M%S") + f"-{now.microsecond:06d}"
+        staging = layout.index / f".tmp-{version}"
+        staging.mkdir(parents=True)
+        try:
+            manifest = _build(layout, catalog, staging, extractor_config, embeddings_summary, trees, search_k,
+                              target_recall, scoring, duplicate_threshold)
+            manifest.update(version=version, created_at=now.isoformat(), inputs=inputs)
+            storage.write_json(staging / MANIFEST, manifest)
+            staging.rename(layout.index / version)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # a failed build leaves nothing behind, whatever its size
+            raise
+        _point_current(layout, version)
+        _prune(layout, keep)
+    log.info("index %s: %d items, %d trees, search_k %d, %.1f s", version, manifest["count"], trees,
+             manifest["search_k"], manifest["build_seconds"])
+    return manifest
+
+
+def _build(layout: Layout, catalog: pd.DataFrame, staging: Path, extractor_config: dict, embeddings_summary: dict,
+           trees: int, search_k: int | None, target_recall: float, scoring: str,
+           duplicate_threshold: float | None) -> dict:
+    """Write every file of a version into `staging`; return its manifest (without version and creation time)."""
+    from annoy import AnnoyIndex
+
     started = time.perf_counter()
-    vectors, readable = _stream_vectors(data_dir, staging / VECTORS_FILE, embeddings_summary)
+    vectors, readable = _stream_vectors(layout.root, staging / VECTORS_FILE, embeddings_summary)
     catalog = catalog[readable].reset_index(drop=True)  # dense ids: the readable rows, in catalog order
     n, dim = vectors.shape
     index = AnnoyIndex(dim, METRIC)
@@ -175,37 +163,48 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     log.info("built in %.1f s; measuring search_k for recall@%d >= %s", build_s, K, target_recall)
     chosen, table = (search_k, []) if search_k else tune_search_k(index, vectors, trees, target=target_recall)
     exact_ms = exact_ms_per_query(vectors)
+    product_of = catalog["product_id"].factorize(sort=False)[0]  # numbered by first appearance, as in items.jsonl
+    first, _, near = near_duplicates.find(_neighbours(index, vectors, product_of), duplicate_threshold)
+    groups = write_groups(first, staging / DUPLICATES_FILE)
     index.unload()
-    groups = write_groups(vectors, catalog["product_id"].factorize(sort=False)[0], staging / DUPLICATES_FILE,
-                          duplicate_threshold)  # products numbered by first appearance, as in items.jsonl
     del vectors  # the memory map of vectors.npy, complete since _stream_vectors flushed it
     images = dict(zip(catalog["sha256"], (layout.catalog / p for p in catalog["image"]), strict=True))
     build_thumbnails(images, layout.thumbs_cache, staging)
     with open(staging / ITEMS_FILE, "w", encoding="utf-8") as fh:
         fh.writelines(line + "\n" for line in _items(catalog))
     storage.link_tree(layout.extractor, staging / EXTRACTOR_DIR)
-    manifest = {
-        "format_version": artifacts.FORMAT_VERSION, "version": version, "created_at": now.isoformat(),
+    return {
+        "format_version": artifacts.FORMAT_VERSION,
         "encoder": extractor_config["encoder"], "encoder_fingerprint": extractor_config["encoder_fingerprint"],
         "export_id": extractor_config["export_id"], "finetuned": extractor_config.get("finetuned", False),
         "dim": dim, "metric": METRIC, "n_trees": trees, "search_k": chosen, "target_recall": target_recall,
         "search_k_measurements": table, "exact_ms_per_query": exact_ms,
         "strategy": choose_strategy(table, exact_ms), "rerank": "exact cosine with vectors.npy", "count": n,
-        "products": int(catalog["product_id"].nunique()), "scoring": scoring,
-        "duplicate_threshold": duplicate_threshold, "duplicate_groups": groups,
+        "products": int(product_of.max() + 1) if n else 0, "scoring": scoring,
+        "duplicate_threshold": near["threshold"], "duplicate_groups": groups, "near_duplicates": near,
         "unreadable_rows": int((~readable).sum()),
         "categories": int(catalog["category"].nunique()),
         "build_seconds": round(build_s, 2), "index_bytes": (staging / INDEX_FILE).stat().st_size,
         "build_peak_rss_mb": _peak_rss_mb(), "source": _catalog_source(layout),
         "files": artifacts.file_entries(staging),
     }
-    storage.write_json(staging / MANIFEST, manifest)
-    final = layout.index / version
-    staging.rename(final)
-    _point_current(layout, version)
-    _prune(layout, keep)
-    log.info("index %s: %d items, %d trees, search_k %d, %.1f s", version, n, trees, chosen, build_s)
-    return manifest
+
+
+def _neighbours(index: Any, vectors: np.ndarray, product_of: np.ndarray) -> near_duplicates.Neighbours:
+    """The candidate search over products: the image rows themselves when each product has one image."""
+    if len(vectors) == (product_of.max() + 1 if len(product_of) else 0):
+        return near_duplicates.Neighbours(index, vectors)
+    order = np.argsort(product_of, kind="stable")  # images product after product, as product_vectors wants them
+    means = product_vectors(np.asarray(vectors)[order], np.bincount(product_of))
+    return near_duplicates.Neighbours(index, means, product_of)
+
+
+def _current_manifest(layout: Layout) -> dict | None:
+    """The manifest of the version `index/current` names, or None when there is none (or it is unreadable)."""
+    try:
+        return storage.read_json(layout.current_index / MANIFEST)
+    except (OSError, ValueError):
+        return None
 
 
 def _stream_vectors(data_dir: Path, path: Path, summary: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -275,18 +274,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", type=int, default=KEEP_VERSIONS, help=f"index versions to keep ({KEEP_VERSIONS})")
     parser.add_argument("--scoring", choices=SCORINGS, default=DEFAULT_SCORING,
                         help=f"a product's score from its images' similarities (default {DEFAULT_SCORING})")
-    parser.add_argument("--duplicate-threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help=f"near-duplicates' cosine similarity, for collapse=true (default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--duplicate-threshold", type=cli.threshold, default=None, metavar="auto|T",
+                        help="near-duplicates' cosine similarity, for collapse=true (default auto: calibrated on the "
+                             "index, recorded in its manifest)")
 
 
 def describe(summary: dict, options: dict) -> str:
     """What the command line prints after a run."""
     m = summary
+    if m.get("unchanged"):
+        return (f"index: nothing changed since version {m['version']} (same catalog, embeddings and options): no new "
+                f"version; index/current stays {Layout(options['data_dir']).index / m['version']}")
     measured = m["search_k_measurements"][-1] if m["search_k_measurements"] else {}
     return (f"index: {m['products']} products, {m['count']} images ({m['dim']}-d, {m['encoder']}), "
             f"{m['n_trees']} trees, search_k {m['search_k']} (recall@10 "
             f"{measured.get('recall_at_10', 'not measured')}, {measured.get('ms_per_query', '?')} ms; exact scan "
-            f"{m['exact_ms_per_query']} ms: serves by {m['strategy']}), built in {m['build_seconds']} s, index file "
+            f"{m['exact_ms_per_query']} ms: serves by {m['strategy']}), {m['duplicate_groups']} near-duplicate groups "
+            f"at {m['duplicate_threshold']}, built in {m['build_seconds']} s, index file "
             f"{m['index_bytes'] / 2**20:.1f} MiB, peak memory {m['build_peak_rss_mb']} MiB -> "
             f"{Layout(options['data_dir']).index / m['version']}")
 

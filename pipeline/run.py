@@ -12,6 +12,7 @@ from pipeline import acquire, cli, duplicates, evaluate, finetune, index, vector
 from pipeline.encoders import DEFAULT_ENCODER
 from pipeline.sources import SOURCE_HELP, default_label
 from runtime.layout import Layout, report_grid
+from runtime.products import DEFAULT_SCORING, SCORINGS
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,8 @@ log = logging.getLogger(__name__)
 def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
         label_column: str | None = None, eval_split: float = 0.0, dim: int = finetune.DEFAULT_DIM,
         no_finetune: bool = False, trees: int = index.DEFAULT_TREES, category_column: str | None = None,
-        queries: str | None = None, backbone_epochs: int | None = None, multicrop: float | None = None) -> dict:
+        queries: str | None = None, backbone_epochs: int | None = None, multicrop: float | None = None,
+        scoring: str = DEFAULT_SCORING, duplicate_threshold: float | None = None) -> dict:
     """Run every stage on one source and return each stage's summary.
 
     Args:
@@ -35,6 +37,8 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
             for grocery unless one backbone is trained, else 0; 0: off).
         dim: embedding length; no_finetune: keep raw backbone features.
         trees: Annoy trees.
+        scoring: how a product's images' similarities make its score (max, mean or mix).
+        duplicate_threshold: near-duplicates' cosine similarity; None calibrates it on the index.
         category_column: the source column that names the category.
     """
     layout = Layout(Path(data_dir))
@@ -45,7 +49,7 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
                                          label_column=label_column, dim=dim, no_finetune=no_finetune,
                                          backbone_epochs=backbone_epochs, multicrop=multicrop)
     summaries["vectorize"] = vectorize.run(data_dir)
-    summaries["index"] = index.run(data_dir, trees=trees)
+    summaries["index"] = index.run(data_dir, trees=trees, scoring=scoring, duplicate_threshold=duplicate_threshold)
     if queries or eval_split:
         summaries["evaluate"] = evaluate.run(data_dir, queries or f"csv:{layout.queries_csv}",
                                              label_column=label_column)
@@ -69,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=finetune.DEFAULT_DIM, help="embedding length")
     parser.add_argument("--no-finetune", action="store_true", help="keep raw backbone features")
     parser.add_argument("--trees", type=int, default=index.DEFAULT_TREES, help="Annoy trees")
+    parser.add_argument("--scoring", choices=SCORINGS, default=DEFAULT_SCORING,
+                        help=f"a product's score from its images' similarities (default {DEFAULT_SCORING})")
+    parser.add_argument("--duplicate-threshold", type=cli.threshold, default=None, metavar="auto|T",
+                        help="near-duplicates' cosine similarity, for collapse=true (default auto: calibrated on the "
+                             "index)")
     parser.add_argument("--backbone-epochs", type=int, default=None,
                         help="epochs of training the backbone itself after the head (default: the encoder's: "
                              f"{finetune.BACKBONE_EPOCHS}, else 0)")
@@ -88,8 +97,11 @@ def describe(summary: dict, options: dict) -> str:
              "backbone passes",
              f"vectorize: {summary['vectorize']['rows']} embeddings, "
              f"{summary['vectorize']['backbone_images_computed']} new passes",
+             f"index:     nothing changed since version {m['version']}: no new version, index/current stays"
+             if m.get("unchanged") else
              f"index:     {m['products']} products ({m['count']} images), {m['dim']}-d, {m['n_trees']} trees, "
-             f"search_k {m['search_k']} -> {layout.index / m['version']}"]
+             f"search_k {m['search_k']}, {m['duplicate_groups']} near-duplicate groups at {m['duplicate_threshold']} "
+             f"-> {layout.index / m['version']}"]
     if "evaluate" in summary:
         e = summary["evaluate"]
         lines.append(f"evaluate:  {e['n_queries']} queries: precision@1 {e['precision_at_1']}, "

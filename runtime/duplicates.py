@@ -20,10 +20,6 @@ from runtime.artifacts import ArtifactError
 from runtime.layout import DUPLICATES_FILE, VECTORS_FILE
 from runtime.products import flatten
 
-# The default threshold: the lowest at which >= 90% of grouped products share their group's first's colour and
-# article type (0.935), on fashion-small with the MediaPipe embedder (`python -m benchmarks.duplicate_threshold`,
-# README "Near-duplicates"); at 0.95 a group already mixes colours of one style.
-DEFAULT_THRESHOLD = 0.985
 BLOCK = 1024  # products compared with the whole catalog at once: BLOCK x products float32 in memory
 
 
@@ -53,11 +49,9 @@ def group_count(first: np.ndarray) -> int:
     return int((np.bincount(first) > 1).sum()) if len(first) else 0
 
 
-def find_groups(vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD, block: int = BLOCK
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Group products whose unit vectors are within `threshold` cosine similarity of their group's first.
-
-    Every pair is compared exactly, `block` rows at a time (50,000 products: about 10 s on 2 cores).
+def find_groups(vectors: np.ndarray, threshold: float, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Group products by comparing every pair exactly: the reference that `group_pairs` reproduces from candidate
+    pairs (the index stage's way, `pipeline.near_duplicates`). Costs P x P similarities, `block` rows at a time.
 
     Args:
         vectors: one unit vector per product [P, dim].
@@ -71,13 +65,12 @@ def find_groups(vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD, block
     Raises:
         ValueError: a threshold outside (0, 1].
     """
-    if not 0 < threshold <= 1:
-        raise ValueError(f"the near-duplicate threshold is a cosine similarity in (0, 1], got {threshold}")
+    check_threshold(threshold)
     vectors = np.asarray(vectors, np.float32)
     n = len(vectors)
     first = np.full(n, -1, np.int64)
     similarity = np.ones(n, np.float32)
-    for start in range(0, n, block):  # no progress bar: the service imports this module, and tqdm is the pipeline's
+    for start in range(0, n, block):
         sims = vectors[start:start + block] @ vectors.T
         rows, cols = np.nonzero(sims >= threshold)  # row-major: each row's columns are one run
         bounds = np.searchsorted(rows, np.arange(len(sims) + 1))
@@ -95,20 +88,62 @@ def find_groups(vectors: np.ndarray, threshold: float = DEFAULT_THRESHOLD, block
     return first, similarity
 
 
-def write_groups(vectors: np.ndarray, product_of: np.ndarray, path: Path, threshold: float) -> int:
-    """Write each product's near-duplicate group to `path` as an index stores it; return how many groups have
-    more than one product.
+def group_pairs(n: int, a: np.ndarray, b: np.ndarray, similarity: np.ndarray, threshold: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Group n products greedily from the pairs known to be similar: `find_groups`'s answer when the pairs hold
+    every pair at or above `threshold`.
+
+    Products are taken in catalog order: the first not yet in a group starts one, and every later product not
+    yet in a group that is paired with it at `threshold` or more joins it.
 
     Args:
-        vectors: the index's image vectors [N, dim].
-        product_of: each image's product number [N] (0..P-1, numbered as items.jsonl numbers them).
-        path: the .npy file to write.
-        threshold: the cosine similarity from which products are near-duplicates.
+        n: products.
+        a, b: the pairs' product numbers (either order; a pair may repeat).
+        similarity: each pair's exact cosine similarity.
+        threshold: the cosine similarity from which a product joins a group (0 to 1].
+
+    Returns:
+        (first [n], similarity [n]) as `find_groups` returns them.
     """
-    order = np.argsort(product_of, kind="stable")  # images product after product, as product_vectors wants them
-    counts = np.bincount(product_of) if len(product_of) else np.zeros(0, np.int64)
-    first, _ = find_groups(product_vectors(np.asarray(vectors)[order], counts), threshold)
-    np.save(path, first.astype(np.int32))
+    check_threshold(threshold)
+    keep = np.asarray(similarity) >= threshold
+    low, high = np.minimum(a, b)[keep].astype(np.int64), np.maximum(a, b)[keep].astype(np.int64)
+    sims = np.asarray(similarity, np.float32)[keep]
+    keep = low != high
+    low, high, sims = low[keep], high[keep], sims[keep]
+    order = np.lexsort((high, low))
+    low, high, sims = low[order], high[order], sims[order]
+    first = np.full(n, -1, np.int64)
+    out = np.ones(n, np.float32)
+    starts = np.flatnonzero(np.concatenate([[True], low[1:] != low[:-1]])) if len(low) else np.zeros(0, np.int64)
+    for begin, end in zip(starts.tolist(), np.append(starts[1:], len(low))[:len(starts)].tolist(), strict=True):
+        p = int(low[begin])
+        if first[p] >= 0:  # already joined an earlier product's group
+            continue
+        members, member_sims = high[begin:end], sims[begin:end]
+        free = first[members] < 0
+        first[p] = p
+        first[members[free]] = p
+        out[members[free]] = member_sims[free]
+    alone = np.flatnonzero(first < 0)
+    first[alone] = alone
+    return first, out
+
+
+def check_threshold(threshold: float) -> None:
+    """Refuse a near-duplicate threshold that is not a cosine similarity in (0, 1].
+
+    Raises:
+        ValueError: with the value given.
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"the near-duplicate threshold is a cosine similarity in (0, 1], got {threshold}")
+
+
+def write_groups(first: np.ndarray, path: Path) -> int:
+    """Write each product's near-duplicate group (`first`, as `group_pairs` answers) to `path` as an index stores
+    it; return how many groups have more than one product."""
+    np.save(path, np.asarray(first, np.int32))
     storage.make_readable(path)
     return group_count(first)
 

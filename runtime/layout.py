@@ -74,6 +74,9 @@ REPORTS_DIR = "reports"
 NEAR_DUPLICATES_CSV = "near-duplicates.csv"
 NEAR_DUPLICATES_PNG = "near-duplicates.png"
 
+# held while a stage writes: index/.lock by index, .lock at the data dir's root by acquire (`pipeline.reruns`)
+LOCK = ".lock"
+
 # Every path a run may write under a data dir, as glob patterns (data/README.md lists each one).
 WRITTEN = (
     f"{CATALOG_DIR}/{CATALOG_CSV}", f"{CATALOG_DIR}/{REJECTS_CSV}", f"{CATALOG_DIR}/{VECTORIZE_REJECTS_CSV}",
@@ -91,7 +94,7 @@ WRITTEN = (
     f"{INDEX_DIR}/*/{MANIFEST}", f"{INDEX_DIR}/*/{INDEX_FILE}", f"{INDEX_DIR}/*/{ITEMS_FILE}",
     f"{INDEX_DIR}/*/{VECTORS_FILE}", f"{INDEX_DIR}/*/{DUPLICATES_FILE}",
     f"{INDEX_DIR}/*/{THUMBS_DIR}/*.jpg", f"{INDEX_DIR}/*/{EXTRACTOR_DIR}/*",
-    f"{INDEX_DIR}/{CURRENT}",
+    f"{INDEX_DIR}/{CURRENT}", f"{INDEX_DIR}/{LOCK}", LOCK,
     f"{EVAL_DIR}/*{REPORT_DETAILS}", f"{EVAL_DIR}/*.json", f"{EVAL_DIR}/*{REPORT_GRID}",
     f"{EVAL_DIR}/{EVAL_QUERIES_DIR}/*",
     f"{REPORTS_DIR}/{NEAR_DUPLICATES_CSV}", f"{REPORTS_DIR}/{NEAR_DUPLICATES_PNG}",

@@ -130,7 +130,12 @@ def s3_read(uri: str, max_bytes: int) -> bytes:
 
 
 def mirror_s3(uri: str, cache_dir: Path) -> Path:
-    """Download every object under an S3 prefix into `cache_dir/<bucket>/<prefix>`, skipping unchanged ones.
+    """Mirror every object under an S3 prefix into `cache_dir/<bucket>/<prefix>`: download what is new or changed
+    (by ETag, so an object re-uploaded with the same size is fetched again), delete local files whose object is
+    gone (a removed product must not stay in the catalog), and keep the rest.
+
+    The ETags of the mirrored files are kept in `cache_dir/.etags/<bucket>/<sha256 of the prefix>.json`, outside
+    the mirror, so a source reading the folder never sees them.
 
     Returns:
         The local folder that mirrors the prefix.
@@ -141,21 +146,36 @@ def mirror_s3(uri: str, cache_dir: Path) -> Path:
     bucket, prefix = split_s3(uri.rstrip("/"))
     prefix = prefix + "/" if prefix else ""
     local_root = Path(cache_dir) / bucket / prefix
+    etags_file = Path(cache_dir) / ".etags" / bucket / f"{sha256_bytes(prefix.encode())[:32]}.json"
+    try:
+        known = read_json(etags_file)
+    except (OSError, ValueError):
+        known = {}
     client = s3_client()
-    count = 0
+    listed: dict[str, str] = {}
+    fetched = 0
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             rel = obj["Key"][len(prefix):]
             if not rel or rel.endswith("/") or ".." in Path(rel).parts:
                 continue
+            listed[rel] = obj["ETag"]
             target = local_root / rel
-            if target.is_file() and target.stat().st_size == obj["Size"]:
-                count += 1
+            if target.is_file() and known.get(rel) == obj["ETag"] and target.stat().st_size == obj["Size"]:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, obj["Key"], str(target))
-            count += 1
-    if count == 0:
+            fetched += 1
+            known[rel] = obj["ETag"]
+            if fetched % 1000 == 0:  # a killed mirror of a large prefix keeps what it has fetched
+                write_json(etags_file, known)
+    if not listed:
         raise FileNotFoundError(f"no objects under {uri}")
-    log.info("mirrored %d objects from %s to %s", count, uri, local_root)
+    gone = [path for path in local_root.rglob("*") if path.is_file()
+            and path.relative_to(local_root).as_posix() not in listed]
+    for path in gone:
+        path.unlink()
+    write_json(etags_file, {rel: known[rel] for rel in listed})
+    log.info("mirrored %d objects from %s to %s: %d fetched, %d deleted locally", len(listed), uri, local_root,
+             fetched, len(gone))
     return local_root

@@ -186,3 +186,17 @@ def test_service_latency_runs_the_service_and_the_floor_in_the_same_rounds(demo_
                  "search p50 - floor p50", "Server-Timing p50 (ms): parse", "GET /api/products/<id>/similar"):
         assert line in out, out
     assert "errors 0 (goal 0)" in out and "(n=6)" in out
+
+
+def test_near_duplicates_benchmark_prints_the_calibration_and_the_reproduction(demo_index, capsys) -> None:
+    from benchmarks import near_duplicates as bench
+
+    bench.main(["--data-dir", str(demo_index), "--thresholds", "0.99", "--factors", "0.1"])
+    out = capsys.readouterr().out
+    assert "calibrated: median similarity to the nearest other product" in out
+    rows = [line for line in out.splitlines() if line.startswith("| calibrated") or line.startswith("| 0.99 ")
+            or line.startswith("| factor 0.1")]
+    assert len(rows) == 3 and all(" of " in row for row in rows)
+    bench.main(["--synthetic", "3000"])
+    out = capsys.readouterr().out
+    assert "30 planted copies" in out and "1.0000 of them grouped with their original" in out

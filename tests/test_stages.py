@@ -140,7 +140,7 @@ def test_reindexing_switches_current_atomically_and_prunes(built: Path, tmp_path
     data = tmp_path / "data"
     shutil.copytree(built, data, symlinks=True)
     first = (data / "index/current").resolve().name
-    versions = [index.run(data, trees=4, keep=2)["version"] for _ in range(2)]
+    versions = [index.run(data, trees=trees, keep=2)["version"] for trees in (4, 5)]  # options differ: new versions
     assert (data / "index/current").resolve().name == versions[-1]
     kept = sorted(p.name for p in (data / "index").iterdir() if p.is_dir() and not p.is_symlink())
     assert kept == sorted(versions) and first not in kept
