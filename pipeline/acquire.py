@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline import cli
 from pipeline.catalog import holdout_split
-from pipeline.ingest import ingest, merge_products, reason_kind, write_tables
+from pipeline.ingest import ingest, merge_products, previous_results, reason_kind, write_tables
 from pipeline.reruns import locked, remove_leftovers
 from pipeline.sources import SOURCE_HELP, read_source
 from runtime import imaging, storage
@@ -67,7 +67,10 @@ def _acquire(source: str, layout: Layout, staging: Path, category_column: str | 
     rejects += repeated
     n_input = len(records) + len(rejects)
     log.info("%s: %d rows, %d rejected before decoding", source, n_input, len(rejects))
-    accepted, failed = ingest(records, staging, max_side, max_pixels, workers)
+    settings = {"max_side": max_side, "max_pixels": max_pixels}
+    counts: dict[str, int] = {}
+    accepted, failed = ingest(records, staging, max_side, max_pixels, workers,
+                              previous_results(layout.catalog, settings), counts)
     rejects += failed
     queries: list[dict] = []
     if holdout:
@@ -81,6 +84,7 @@ def _acquire(source: str, layout: Layout, staging: Path, category_column: str | 
         "held_out_products": len({r["product_id"] for r in queries}), "metadata_conflicts": len(conflicts),
         "duplicates": sum(1 for r in accepted + queries if r["duplicate_of"]),
         "categories": len({r["category"] for r in accepted}), "reject_reasons": dict(reasons.most_common()),
+        "decoded": counts["decoded"], "kept": counts["kept"], "normalise": settings,
     }
     storage.write_json(staging / CATALOG_SUMMARY, summary)
     return summary
@@ -113,7 +117,8 @@ def describe(summary: dict, options: dict) -> str:
     """What the command line prints after a run."""
     lines = [f"acquire: {summary['input_rows']} images -> {summary['accepted']} accepted "
              f"({summary['products']} products), {summary['held_out']} held out as queries, "
-             f"{summary['rejected']} rejected, {summary['duplicates']} exact duplicates flagged"]
+             f"{summary['rejected']} rejected, {summary['duplicates']} exact duplicates flagged",
+             f"  decoded: {summary['decoded']}; kept from the last run (source bytes unchanged): {summary['kept']}"]
     lines += [f"  rejected: {count:6d}  {reason}" for reason, count in summary["reject_reasons"].items()]
     lines.append(f"  details: {Layout(options['data_dir']).rejects_csv}")
     if summary["metadata_conflicts"]:

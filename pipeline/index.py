@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 METRIC = "angular"
 DEFAULT_TREES = 32  # recall follows search_k, not trees, from 25 to 100 trees (README, docs/benchmarks/)
 ITEM_COLUMNS = ("product_id", "name", "category", "image")
-INTERNAL_COLUMNS = ("sha256", "width", "height", "source_image")
+INTERNAL_COLUMNS = ("sha256", "width", "height", "source_image", "source_sha256", "source_etag")
 ON_DISK_ABOVE = 200_000_000  # floats; larger indexes are built in their file, not in memory
 KEEP_VERSIONS = 3
 

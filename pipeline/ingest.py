@@ -1,6 +1,8 @@
 """Source records to a catalog folder: every image verified, normalised to an upright RGB JPEG, filed by category.
 
-Acquire ingests a shop's catalog with it, evaluate the query photos: both get the same checks and files.
+Acquire ingests a shop's catalog with it, evaluate the query photos: both get the same checks and files. Given
+what the last run made (`previous_results`), an image whose source bytes are unchanged (`pipeline.source_bytes`:
+sha256, or the ETag of S3 and HTTP) keeps its normalised JPEG, hard-linked, and its record, without decoding.
 """
 
 from __future__ import annotations
@@ -9,20 +11,22 @@ import logging
 import multiprocessing
 import os
 import re
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.sources import Record, Reject, read_image_bytes
+from pipeline.records import Record, Reject
+from pipeline.source_bytes import Known, fetch
 from runtime import imaging, storage
 from runtime.layout import CATALOG_CSV, CONFLICTS_CSV, IMAGES_DIR, QUERIES_CSV, REJECTS_CSV
 
 log = logging.getLogger(__name__)
 
 CATALOG_COLUMNS = ["product_id", "name", "category", "image", "sha256", "width", "height", "duplicate_of",
-                   "source_image"]
-REJECT_COLUMNS = ["id", "source", "reason"]
+                   "source_image", "source_sha256", "source_etag"]
+REJECT_COLUMNS = ["id", "source", "reason", "source_sha256"]
 CONFLICT_COLUMNS = ["product_id", "column", "kept", "ignored", "source"]
 PER_IMAGE = ("image",)  # source columns that differ between a product's images by nature
 INLINE_BELOW = 64  # fewer records than this are processed without starting worker processes
@@ -86,26 +90,91 @@ def image_stems(records: list[Record]) -> list[str]:
     return stems
 
 
-def _process(job: tuple[Record, str, str, int, int]) -> tuple[str, dict | str]:
-    """Verify and normalise one record's image into its category folder; runs in a worker process."""
-    record, stem, out_root, max_side, max_pixels = job
+@dataclass(frozen=True)
+class Previous:
+    """What the last run made of one source image: its source bytes' identity, its JPEG and that JPEG's record."""
+
+    known: Known
+    jpeg: str = ""  # the normalised JPEG's path in the catalog folder being replaced ...
+    sha256: str = ""
+    width: str = ""
+    height: str = ""
+    reason: str = ""  # ... or why the image was refused
+
+
+def previous_results(catalog_dir: Path, settings: dict) -> dict[str, Previous]:
+    """What the catalog in `catalog_dir` made of each source image (by locator), when it was normalised with the
+    same settings (`max_side`, `max_pixels`); empty when there is none or it was made otherwise."""
+    from pipeline.catalog import read_catalog
+
     try:
-        data = read_image_bytes(record.image)
-    except Exception as exc:  # noqa: BLE001 - any read failure rejects this image only
-        return "reject", f"image unreadable: {exc}"
-    try:
-        img = imaging.open_image(data, max_pixels=max_pixels)
-        jpeg = imaging.normalise(img, max_side=max_side)
-    except imaging.ImageRejected as exc:
-        return "reject", str(exc)
-    except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not end a 50,000-image run
-        return "reject", f"could not decode: {type(exc).__name__}: {exc}"
+        made_with = storage.read_json(Path(catalog_dir) / "summary.json").get("normalise")
+    except (OSError, ValueError):
+        return {}
+    if made_with != settings:
+        return {}
+    out: dict[str, Previous] = {}
+    for name in (CATALOG_CSV, QUERIES_CSV):
+        path = Path(catalog_dir) / name
+        if not path.is_file():
+            continue
+        table = read_catalog(path)
+        if "source_sha256" not in table.columns:
+            continue  # made before sources were hashed: decoded once more, then known
+        for row in table[["source_image", "source_sha256", "source_etag", "image", "sha256", "width", "height"]] \
+                .itertuples(index=False):
+            if row.source_sha256:
+                out[row.source_image] = Previous(Known(row.source_sha256, row.source_etag),
+                                                 str(Path(catalog_dir) / row.image), row.sha256, row.width, row.height)
+    rejects = Path(catalog_dir) / REJECTS_CSV
+    if rejects.is_file():
+        table = read_catalog(rejects)
+        if "source_sha256" in table.columns:
+            for row in table[table["source_sha256"] != ""].itertuples(index=False):
+                out.setdefault(row.source, Previous(Known(row.source_sha256), reason=row.reason))
+    return out
+
+
+def _process(job: tuple[Record, str, str, int, int, Previous | None]) -> tuple[str, dict]:
+    """Verify and normalise one record's image into its category folder, or keep the last run's JPEG (or its
+    refusal) when its source bytes are unchanged; runs in a worker process.
+
+    Returns:
+        ("ok" (decoded) or "kept", the record's image fields), or ("reject", reason and source sha256).
+    """
+    record, stem, out_root, max_side, max_pixels, previous = job
     rel = Path(IMAGES_DIR) / safe_name(record.category, "uncategorized") / f"{stem}.jpg"
     target = Path(out_root) / rel
+    try:
+        got = fetch(record.image, previous.known if previous else None)
+    except Exception as exc:  # noqa: BLE001 - any read failure rejects this image only
+        return "reject", {"reason": f"image unreadable: {exc}", "source_sha256": ""}
+    source = {"source_sha256": got.sha256, "source_etag": got.etag}
+    if got.data is None and previous is not None and previous.reason:
+        return "reject", {"reason": previous.reason, "source_sha256": got.sha256}
+    if got.data is None and previous is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(previous.jpeg, target)
+        except FileNotFoundError:  # the last run's JPEG is gone: decode after all
+            got = fetch(record.image)
+        except OSError:  # another file system: a copy costs less than decoding again
+            shutil.copyfile(previous.jpeg, target)
+        if got.data is None:
+            return "kept", {"image": rel.as_posix(), "sha256": previous.sha256, "width": previous.width,
+                            "height": previous.height, **source}
+    try:
+        img = imaging.open_image(got.data, max_pixels=max_pixels)
+        jpeg = imaging.normalise(img, max_side=max_side)
+    except imaging.ImageRejected as exc:
+        return "reject", {"reason": str(exc), "source_sha256": got.sha256}
+    except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not end a 50,000-image run
+        return "reject", {"reason": f"could not decode: {type(exc).__name__}: {exc}", "source_sha256": got.sha256}
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(jpeg)
     width, height = img.size
-    return "ok", {"image": rel.as_posix(), "sha256": storage.sha256_bytes(jpeg), "width": width, "height": height}
+    return "ok", {"image": rel.as_posix(), "sha256": storage.sha256_bytes(jpeg), "width": width, "height": height,
+                  **source}
 
 
 def _catalog_row(record: Record, result: dict) -> dict[str, str]:
@@ -121,7 +190,8 @@ def _catalog_row(record: Record, result: dict) -> dict[str, str]:
 
 
 def ingest(records: list[Record], out: Path, max_side: int = imaging.MAX_SIDE, max_pixels: int = imaging.MAX_PIXELS,
-           workers: int | None = None) -> tuple[list[dict], list[Reject]]:
+           workers: int | None = None, previous: dict[str, Previous] | None = None,
+           counts: dict[str, int] | None = None) -> tuple[list[dict], list[Reject]]:
     """Verify and normalise every record's image into `out/images/<category>/`, one process per core.
 
     Args:
@@ -130,12 +200,17 @@ def ingest(records: list[Record], out: Path, max_side: int = imaging.MAX_SIDE, m
         max_side: longer side of the normalised JPEGs.
         max_pixels: pixel count above which an image is refused as a decompression bomb.
         workers: decoding processes (default: one per core).
+        previous: what the last run made of each source image (`previous_results`): an image whose source bytes
+            are unchanged keeps its JPEG (hard-linked) and record, and is not decoded.
+        counts: filled with `decoded` and `kept` (images not decoded again).
 
     Returns:
         The catalog rows of the accepted images (in record order, exact duplicates flagged in `duplicate_of`),
         and a reject with its reason for every other record.
     """
-    jobs = [(r, stem, str(out), max_side, max_pixels) for r, stem in zip(records, image_stems(records), strict=True)]
+    previous = previous or {}
+    jobs = [(r, stem, str(out), max_side, max_pixels, previous.get(r.image))
+            for r, stem in zip(records, image_stems(records), strict=True)]
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(jobs), desc="acquire", unit="img", disable=None)
     if len(jobs) < INLINE_BELOW or workers == 1:
@@ -146,13 +221,16 @@ def ingest(records: list[Record], out: Path, max_side: int = imaging.MAX_SIDE, m
         pool = multiprocessing.get_context("spawn").Pool(workers)
         results = pool.imap(_process, jobs, chunksize=16)
     accepted, rejects = [], []
+    counts = {} if counts is None else counts
+    counts.update(decoded=0, kept=0)
     try:
         for record, (status, payload) in zip(records, results, strict=True):
             bar.update()
-            if status == "ok":
+            if status in ("ok", "kept"):
+                counts["decoded" if status == "ok" else "kept"] += 1
                 accepted.append(_catalog_row(record, payload))
             else:
-                rejects.append(Reject(record.product_id, record.image, payload))
+                rejects.append(Reject(record.product_id, record.image, payload["reason"], payload["source_sha256"]))
     finally:
         bar.close()
         if pool is not None:
@@ -175,7 +253,7 @@ def write_tables(folder: Path, accepted: list[dict], rejects: list[Reject], quer
         return df.reindex(columns=CATALOG_COLUMNS + [c for c in df.columns if c not in CATALOG_COLUMNS])
 
     frame(accepted).to_csv(folder / CATALOG_CSV, index=False)
-    pd.DataFrame([vars(r) for r in rejects], columns=["product_id", "source", "reason"]) \
+    pd.DataFrame([vars(r) for r in rejects], columns=["product_id", "source", "reason", "source_sha256"]) \
         .set_axis(REJECT_COLUMNS, axis=1).to_csv(folder / REJECTS_CSV, index=False)
     pd.DataFrame([vars(c) for c in conflicts or []], columns=CONFLICT_COLUMNS).to_csv(folder / CONFLICTS_CSV,
                                                                                      index=False)

@@ -29,3 +29,4 @@ class Reject:
     product_id: str
     source: str
     reason: str
+    source_sha256: str = ""  # the refused image's bytes, when they were read: a rerun refuses them unchanged unread

@@ -6,7 +6,6 @@ import csv
 import logging
 import os
 import re
-import urllib.request
 from pathlib import Path
 
 from pipeline.grocery import read_grocery
@@ -26,8 +25,6 @@ SOURCE_HELP = ("fashion:DIR | folders:DIR | csv:FILE | grocery:DIR | kaggle:OWNE
 DEFAULT_LABELS = {"grocery": "name"}  # what the head learns by default: the product itself (README, grocery table)
 # multi-crop views by default (runtime.views): shelf photos whose details tell products apart (README, quality levers)
 DEFAULT_MULTICROP = {"grocery": 0.5}
-MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
-DOWNLOAD_TIMEOUT_S = 20.0
 
 
 def parse_source(spec: str) -> tuple[str, str]:
@@ -207,20 +204,6 @@ def read_csv_manifest(path: Path, category_column: str = "category") -> tuple[li
                 records.append(Record(pid, meta.get("name") or pid, meta.get(category_column, ""), image,
                                       {**meta, "image": given}, where))
     return records, rejects
-
-
-def read_image_bytes(locator: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
-    """Return the bytes of a local file, an http(s) URL (timeout, size cap) or an s3:// object."""
-    if locator.startswith(("http://", "https://")):
-        request = urllib.request.Request(locator, headers={"User-Agent": "visual-search-acquire/1"})
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:  # noqa: S310
-            data = response.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise ValueError(f"download larger than {max_bytes // 2**20} MiB")
-        return data
-    if locator.startswith("s3://"):
-        return storage.s3_read(locator, max_bytes)
-    return Path(locator).read_bytes()
 
 
 def _kaggle_download(dataset: str, cache_dir: Path) -> Path:

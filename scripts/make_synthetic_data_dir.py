@@ -55,7 +55,7 @@ def make(out: Path, n: int, source: Path, clusters: int = 1000, images: int = 50
             sha, width, height = images_by_pick[picks[i]]
             keys.append(sha)
             writer.writerow([f"S{i:07d}", f"Synthetic product {i}", f"cluster-{owner[i]:04d}",
-                             f"{IMAGES_DIR}/{sha}.jpg", sha, width, height, "", "synthetic"])
+                             f"{IMAGES_DIR}/{sha}.jpg", sha, width, height, "", "synthetic", "", ""])
     dst.embeddings.mkdir(parents=True)
     shards = (n + SHARD_ROWS - 1) // SHARD_ROWS
     for s in tqdm(range(shards), desc="embeddings", unit="shard", mininterval=1.0, disable=None):

@@ -112,3 +112,119 @@ def test_s3_mirror_follows_etags_and_deletions(s3_server, tmp_path: Path) -> Non
     assert sorted(p.name for p in root.iterdir()) == ["a.txt"]  # the ETags live outside the mirror
     etags = next((tmp_path / "mirror" / ".etags").rglob("*.json"))
     assert list(json.loads(etags.read_text())) == ["a.txt"]
+
+
+def test_acquire_decodes_only_new_and_changed_images(sample_catalog: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import ingest as ingest_module
+    from runtime import imaging
+
+    source = tmp_path / "source"
+    shutil.copytree(sample_catalog, source)
+    data = tmp_path / "data"
+    first = acquire.run(f"fashion:{source}", data, workers=1, holdout=0.2)
+    layout = Layout(data)
+    assert first["decoded"] == first["accepted"] + first["held_out"] and first["kept"] == 0
+    catalog_bytes = layout.catalog_csv.read_bytes()
+
+    decoded: list[int] = []
+    real = imaging.open_image
+    monkeypatch.setattr(ingest_module.imaging, "open_image", lambda data, **kw: decoded.append(1) or real(data, **kw))
+    again = acquire.run(f"fashion:{source}", data, workers=1, holdout=0.2)
+    assert decoded == [] and again["decoded"] == 0 and again["kept"] == first["accepted"] + first["held_out"]
+    assert layout.catalog_csv.read_bytes() == catalog_bytes  # the same rows, byte for byte
+    assert {k: again[k] for k in ("input_rows", "accepted", "held_out", "rejected")} == \
+        {k: first[k] for k in ("input_rows", "accepted", "held_out", "rejected")}
+
+    accepted_images = pd.read_csv(layout.catalog_csv, dtype=str, keep_default_na=False)["source_image"].tolist()
+    images = [Path(p) for p in accepted_images]
+    changed, removed = images[5], images[6]
+    changed.write_bytes(images[7].read_bytes())  # re-shot: other bytes under the same name
+    removed.unlink()
+    missing = next(row.split(",")[0] for row in (source / "styles.csv").read_text().splitlines()[1:]
+                   if not (source / "images" / f"{row.split(',')[0]}.jpg").exists() and row.split(",")[0] !=
+                   removed.stem)
+    shutil.copyfile(images[8], source / "images" / f"{missing}.jpg")  # a product whose photo arrived
+    third = acquire.run(f"fashion:{source}", data, workers=1, holdout=0.2)
+    assert len(decoded) == third["decoded"] == 2 and third["kept"] == first["accepted"] + first["held_out"] - 2
+    assert third["input_rows"] == third["accepted"] + third["held_out"] + third["rejected"] == first["input_rows"]
+    rows = {r["product_id"]: r for r in pd.read_csv(layout.catalog_csv, dtype=str, keep_default_na=False)
+            .to_dict("records") + pd.read_csv(layout.queries_csv, dtype=str, keep_default_na=False).to_dict("records")}
+    assert removed.stem not in rows and missing in rows
+    assert rows[changed.stem]["source_sha256"] == storage.sha256_bytes(changed.read_bytes())
+    assert (layout.catalog / rows[changed.stem]["image"]).read_bytes() != b""
+    fourth = acquire.run(f"fashion:{source}", data, workers=1, holdout=0.2, max_side=128)  # other settings
+    assert fourth["kept"] == 0 and fourth["decoded"] == fourth["accepted"] + fourth["held_out"]
+
+
+class _ETagServer:
+    """A local HTTP server of in-memory files that answers If-None-Match with 304 and counts full answers."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        import http.server
+        import threading
+
+        self.files, self.full, self.not_modified = files, 0, 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                body = outer.files.get(self.path.lstrip("/"))
+                if body is None:
+                    self.send_error(404)
+                    return
+                etag = '"' + storage.sha256_bytes(body)[:16] + '"'
+                if self.headers.get("If-None-Match") == etag:
+                    outer.not_modified += 1
+                    self.send_response(304)
+                    self.end_headers()
+                    return
+                outer.full += 1
+                self.send_response(200)
+                self.send_header("ETag", etag)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def jpeg(colour: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (48, 64), colour).save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_http_and_s3_images_are_not_fetched_again_when_their_etag_is_unchanged(s3_server, tmp_path: Path) -> None:
+    images = [jpeg(c) for c in ("red", "green", "blue", "orange", "purple", "navy", "olive", "teal")]
+    web = _ETagServer({f"{i}.jpg": images[i] for i in range(4)})
+    client = storage.s3_client()
+    client.create_bucket(Bucket="shop")
+    for i in range(4, 8):
+        client.put_object(Bucket="shop", Key=f"img/{i}.jpg", Body=images[i])
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("id,image,name,category\n" + "".join(
+        f"p{i},{web.base}/{i}.jpg,Web {i},Web\n" for i in range(4)) + "".join(
+        f"p{i},s3://shop/img/{i}.jpg,S3 {i},S3\n" for i in range(4, 8)))
+    try:
+        first = acquire.run(f"csv:{manifest}", tmp_path / "data", workers=1)
+        assert first["accepted"] == 8 and first["decoded"] == 8 and web.full == 4
+        catalog = pd.read_csv(Layout(tmp_path / "data").catalog_csv, dtype=str, keep_default_na=False)
+        assert (catalog["source_etag"] != "").all()
+        again = acquire.run(f"csv:{manifest}", tmp_path / "data", workers=1)
+        assert again["kept"] == 8 and again["decoded"] == 0 and web.full == 4 and web.not_modified == 4
+        web.files["1.jpg"] = jpeg("white")
+        client.put_object(Bucket="shop", Key="img/5.jpg", Body=jpeg("black"))
+        third = acquire.run(f"csv:{manifest}", tmp_path / "data", workers=1)
+        assert third["decoded"] == 2 and third["kept"] == 6 and web.full == 5
+    finally:
+        web.server.shutdown()
