@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import autoencoder, cli, composite, plots
+from pipeline import retrain as retrain_rule
 from pipeline.backbone_tuning import tune_backbone
 from pipeline.catalog import catalog_inputs, holdout_rows
 from pipeline.encoders import DEFAULT_ENCODER, load_encoder, with_multicrop
@@ -38,8 +39,9 @@ TFLITE_ENCODERS = ("mediapipe-embedder",)  # inference-only: never trained, what
 def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
         label_column: str | None = None, dim: int = DEFAULT_DIM, no_finetune: bool = False, val_split: float = 0.1,
         epochs: int = 100, ae_epochs: int = 15, seed: int = 0, backbone_epochs: int | None = None,
-        multicrop: float | None = None) -> dict:
-    """Compute (or reuse) backbone features for the catalog, train the head on them, export the extractor.
+        multicrop: float | None = None, retrain: str = "auto") -> dict:
+    """Compute (or reuse) backbone features for the catalog, train the head on them, export the extractor; or keep
+    the model when the catalog gives no reason to train it again (`pipeline.retrain`).
 
     Args:
         data_dir: the data directory; reads `catalog/`, writes `model/` and `cache/features/`.
@@ -61,13 +63,16 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
             (`runtime.views`; six backbone passes per image, in vectorize and per query too); 0 turns it off;
             None: the source's default (`pipeline.sources.default_multicrop`: 0.5 for grocery, else 0), except 0
             for one backbone that finetune trains (a trained MobileNet gained nothing from it on grocery).
+        retrain: with a model already trained with the same options: `auto` keeps it unless enough of the catalog
+            is new to it (`pipeline.retrain.decide`), `always` trains, `never` keeps it. The same images and
+            labels never train again. A kept model keeps its export id: vectorize embeds only new images.
 
     Returns:
-        The summary written to `model/finetune.json`.
+        The summary written to `model/finetune.json` (`reused` and `decision` say whether it trained, and why).
 
     Raises:
-        ValueError: an unknown label column, fewer than two classes, an encoder that cannot be loaded, or a
-            multi-crop fraction outside [0, 1).
+        ValueError: an unknown label column, fewer than two classes, an encoder that cannot be loaded, a
+            multi-crop fraction outside [0, 1), or `--retrain never` without a model trained with these options.
     """
     layout = Layout(Path(data_dir))
     catalog, keys, paths = catalog_inputs(layout)
@@ -76,6 +81,22 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
     if multicrop is None:  # multi-crop views lost only on a single trained backbone (README, "Quality levers")
         multicrop = 0.0 if _one_trained_backbone(encoder, backbone_epochs) else default_multicrop(source)
     started = time.perf_counter()
+    options = retrain_rule.options_digest({
+        "encoder": encoder, "encoder_weights": encoder_weights, "label_column": label_column, "dim": dim,
+        "no_finetune": no_finetune, "val_split": val_split, "epochs": epochs, "ae_epochs": ae_epochs, "seed": seed,
+        "backbone_epochs": backbone_epochs, "multicrop": multicrop})
+    labels = catalog[label_column].tolist() if label_column in catalog.columns else [""] * len(keys)
+    trains_on_catalog = not no_finetune or encoder == "autoencoder"
+    digest = retrain_rule.catalog_digest(keys, labels) if trains_on_catalog else "raw features"
+    decision = retrain_rule.decide(layout, retrain, options, digest, keys, labels)
+    log.info("finetune: %s (%s)", "training" if decision.train else "keeping the model", decision.reason)
+    if not decision.train:
+        summary = {**storage.read_json(layout.finetune_summary), "reused": True, "decision": decision.reason,
+                   "new_images": decision.new_images, "new_classes": decision.new_classes,
+                   "backbone_images_computed": 0, "products": len(keys),
+                   "seconds": round(time.perf_counter() - started, 1)}
+        storage.write_json(layout.finetune_summary, summary)
+        return summary
     if encoder == "autoencoder" and encoder_weights is None:
         encoder_weights = str(layout.model / AUTOENCODER_WEIGHTS)
         ae_history = autoencoder.train(paths, Path(encoder_weights), epochs=ae_epochs, seed=seed)
@@ -120,8 +141,10 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
             monitored = tuning["val_precision_at_5"]
             info.update({"backbone_epochs": backbone_epochs, "backbone_history": tuning,
                          "backbone_val_precision_at_5": max(monitored) if monitored else None})
-    summary.update(info, encoder_fingerprint=backbone.fingerprint)
+    summary.update(info, encoder_fingerprint=backbone.fingerprint, reused=False, decision=decision.reason,
+                   new_images=decision.new_images, new_classes=decision.new_classes)
     export(backbone, head, layout.extractor, info)
+    retrain_rule.record(layout, summary, options, digest, keys)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     storage.write_json(layout.finetune_summary, summary)
     return summary
@@ -197,10 +220,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pool features over the whole image and 5 crops of this share of the side (6 backbone "
                              "passes per image; 0: off; default 0.5 for a grocery: catalog unless one backbone is "
                              "trained, else 0)")
+    parser.add_argument("--retrain", choices=retrain_rule.RETRAIN, default="auto",
+                        help="after the catalog changed: auto (default) retrains when enough of it is new to the "
+                             "model, always, or never; the same images and labels never retrain")
 
 
 def describe(summary: dict, options: dict) -> str:
     """What the command line prints after a run."""
+    if summary.get("reused"):
+        return (f"finetune: kept the model ({summary['decision']}); {summary['new_images']} image(s) new to it, "
+                f"embedded by vectorize; extractor in {Layout(options['data_dir']).extractor}")
     if summary.get("val_precision_at_5") is not None:
         result = f"{summary['classes']} classes, held-out precision@5 {summary['val_precision_at_5']:.3f}"
     else:

@@ -182,7 +182,9 @@ def _catalog_row(record: Record, result: dict) -> dict[str, str]:
            **{k: str(v) for k, v in result.items()}, "duplicate_of": "", "source_image": record.image}
     for key, value in record.metadata.items():
         if key in row:
-            if row[key] != value:
+            # a clash keeps the source's value as source_<key>, unless that is a catalog column itself (a manifest's
+            # `image` as given: `source_image` is the full locator, what a rerun recognises the image by)
+            if row[key] != value and f"source_{key}" not in CATALOG_COLUMNS:
                 row[f"source_{key}"] = value
         else:
             row[key] = value

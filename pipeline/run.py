@@ -21,7 +21,7 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
         label_column: str | None = None, eval_split: float = 0.0, dim: int = finetune.DEFAULT_DIM,
         no_finetune: bool = False, trees: int = index.DEFAULT_TREES, category_column: str | None = None,
         queries: str | None = None, backbone_epochs: int | None = None, multicrop: float | None = None,
-        scoring: str = DEFAULT_SCORING, duplicate_threshold: float | None = None) -> dict:
+        scoring: str = DEFAULT_SCORING, duplicate_threshold: float | None = None, retrain: str = "auto") -> dict:
     """Run every stage on one source and return each stage's summary.
 
     Args:
@@ -39,6 +39,7 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
         trees: Annoy trees.
         scoring: how a product's images' similarities make its score (max, mean or mix).
         duplicate_threshold: near-duplicates' cosine similarity; None calibrates it on the index.
+        retrain: after the catalog changed, whether finetune trains again (auto, always, never).
         category_column: the source column that names the category.
     """
     layout = Layout(Path(data_dir))
@@ -47,7 +48,7 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
                                         holdout_column=label_column)}
     summaries["finetune"] = finetune.run(data_dir, encoder=encoder, encoder_weights=encoder_weights,
                                          label_column=label_column, dim=dim, no_finetune=no_finetune,
-                                         backbone_epochs=backbone_epochs, multicrop=multicrop)
+                                         backbone_epochs=backbone_epochs, multicrop=multicrop, retrain=retrain)
     summaries["vectorize"] = vectorize.run(data_dir)
     summaries["index"] = index.run(data_dir, trees=trees, scoring=scoring, duplicate_threshold=duplicate_threshold)
     if queries or eval_split:
@@ -78,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duplicate-threshold", type=cli.threshold, default=None, metavar="auto|T",
                         help="near-duplicates' cosine similarity, for collapse=true (default auto: calibrated on the "
                              "index)")
+    parser.add_argument("--retrain", choices=("auto", "always", "never"), default="auto",
+                        help="after the catalog changed: auto (default) retrains when enough of it is new to the "
+                             "model, always, or never; the same images and labels never retrain")
     parser.add_argument("--backbone-epochs", type=int, default=None,
                         help="epochs of training the backbone itself after the head (default: the encoder's: "
                              f"{finetune.BACKBONE_EPOCHS}, else 0)")
@@ -93,6 +97,7 @@ def describe(summary: dict, options: dict) -> str:
     lines = [f"acquire:   {a['input_rows']} images -> {a['accepted']} accepted ({a['products']} products), "
              f"{a['held_out']} held out, "
              f"{a['rejected']} rejected ({reasons}), {a['duplicates']} duplicates flagged",
+             f"finetune:  kept the model ({summary['finetune']['decision']})" if summary["finetune"].get("reused") else
              f"finetune:  {summary['finetune']['encoder']}, {summary['finetune']['backbone_images_computed']} "
              "backbone passes",
              f"vectorize: {summary['vectorize']['rows']} embeddings, "

@@ -14,9 +14,9 @@ from pipeline import cli, shards
 from pipeline.catalog import catalog_inputs
 from pipeline.feature_cache import FeatureCache
 from pipeline.features import BATCH_SIZE
-from runtime import embeddings
+from runtime import embeddings, storage
 from runtime.extractor import load_extractor
-from runtime.layout import Layout
+from runtime.layout import EXTRACTOR_CONFIG, Layout
 
 log = logging.getLogger(__name__)
 
@@ -59,24 +59,24 @@ def run(data_dir: Path, shard_rows: int = SHARD_ROWS, batch_size: int = BATCH_SI
         raise ValueError("an s3:// data dir needs --engine spark (the local engine reads a local folder)")
     layout = Layout(Path(data_dir))
     catalog, keys, paths = catalog_inputs(layout)
-    extractor = load_extractor(layout.extractor)
-    cache = FeatureCache(layout.features(extractor.fingerprint))
-    stamps = shards.plan(layout, keys, extractor.export_id, shard_rows)
+    config = storage.read_json(layout.extractor / EXTRACTOR_CONFIG)
+    cache = FeatureCache(layout.features(config["encoder_fingerprint"]))
+    stamps = shards.plan(layout, keys, config["export_id"], shard_rows)
+    stale = [i for i, stamp in enumerate(stamps) if not embeddings.is_current(layout, i, stamp)]
     layout.embeddings.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    kept = computed = 0
-    with tqdm(total=cache.count_missing(keys), desc="vectorize", unit="img", disable=None) as bar:
-        for i, stamp in enumerate(stamps):
-            if embeddings.is_current(layout, i, stamp):
-                kept += 1
-                continue
-            rows = slice(*stamp["rows"])
-            vectors, stamp, done = shards.embed_shard(extractor, cache, stamp, keys[rows], paths[rows], batch_size,
-                                                      bar)
-            embeddings.write_shard(layout, i, vectors, stamp)
-            computed += done
-    return shards.finish(layout, catalog, extractor.config, len(stamps), shard_rows, kept, computed,
-                  time.perf_counter() - started, "local")
+    computed = 0
+    if stale:  # the extractor (TensorFlow and the model) is loaded only when a shard needs it
+        extractor = load_extractor(layout.extractor)
+        with tqdm(total=cache.count_missing(keys), desc="vectorize", unit="img", disable=None) as bar:
+            for i in stale:
+                rows = slice(*stamps[i]["rows"])
+                vectors, stamp, done = shards.embed_shard(extractor, cache, stamps[i], keys[rows], paths[rows],
+                                                          batch_size, bar)
+                embeddings.write_shard(layout, i, vectors, stamp)
+                computed += done
+    return shards.finish(layout, catalog, config, len(stamps), shard_rows, len(stamps) - len(stale), computed,
+                         time.perf_counter() - started, "local")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

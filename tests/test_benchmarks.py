@@ -200,3 +200,26 @@ def test_near_duplicates_benchmark_prints_the_calibration_and_the_reproduction(d
     bench.main(["--synthetic", "3000"])
     out = capsys.readouterr().out
     assert "30 planted copies" in out and "1.0000 of them grouped with their original" in out
+
+
+def test_index_scale_builds_indexes_and_serves_them(demo_index, tmp_path, capsys) -> None:
+    from benchmarks import index_scale
+
+    index_scale.main(["--sizes", "3000", "--extractor-from", str(demo_index), "--work", str(tmp_path),
+                      "--requests", "5"])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| 3,000 |"))
+    assert row.count("|") == 12 and " ms |" in row
+    assert list(tmp_path.iterdir()) == []  # the data dir is deleted: at 10M it is tens of GB
+
+
+def test_catalog_refresh_runs_three_pipelines_and_prints_their_shares(tiny_hub_model, tmp_path, capsys) -> None:
+    from benchmarks import catalog_refresh
+
+    catalog_refresh.main(["--n", "120", "--work", str(tmp_path), "--encoder", f"hub:{tiny_hub_model}",
+                          "--encoder-weights", ""])
+    out = capsys.readouterr().out
+    assert "delta: 0 added, 0 removed, 1 renamed" in out
+    for stage in catalog_refresh.STAGES:
+        assert sum(line.startswith(f"| {stage} |") for line in out.splitlines()) == 1
+    assert "nothing changed: " in out and "of the first run (target <= 5%)" in out

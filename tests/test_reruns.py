@@ -228,3 +228,103 @@ def test_http_and_s3_images_are_not_fetched_again_when_their_etag_is_unchanged(s
         assert third["decoded"] == 2 and third["kept"] == 6 and web.full == 5
     finally:
         web.server.shutdown()
+
+
+@pytest.fixture()
+def trained(sample_catalog: Path, tiny_hub_model: Path, tmp_path: Path) -> tuple[Path, dict]:
+    """A data dir acquired (20% held out) and finetuned once with the tiny hub model."""
+    from pipeline import finetune
+
+    data = tmp_path / "trained"
+    acquire.run(f"fashion:{sample_catalog}", data, holdout=0.2)
+    return data, finetune.run(data, encoder=f"hub:{tiny_hub_model}", dim=16, epochs=5)
+
+
+def add_held_out(data: Path, n: int, category: str | None = None) -> None:
+    """Move n held-out products into the catalog: images the model never saw (optionally of a new category)."""
+    layout = Layout(data)
+    catalog = pd.read_csv(layout.catalog_csv, dtype=str, keep_default_na=False)
+    queries = pd.read_csv(layout.queries_csv, dtype=str, keep_default_na=False).head(n)
+    if category is not None:
+        queries["category"] = category
+    pd.concat([catalog, queries[catalog.columns]]).to_csv(layout.catalog_csv, index=False)
+
+
+def test_finetune_trains_nothing_on_the_same_images_and_labels(trained, tiny_hub_model: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import finetune
+
+    data, first = trained
+    export_id = storage.read_json(Layout(data).extractor / "extractor.json")["export_id"]
+    assert first["reused"] is False and first["training"]["images"] == first["products"]
+    monkeypatch.setattr(finetune, "train_head", lambda *a, **k: pytest.fail("trained again"))
+    again = finetune.run(data, encoder=f"hub:{tiny_hub_model}", dim=16, epochs=5)
+    assert again["reused"] is True and "the same images and labels" in again["decision"]
+    assert storage.read_json(Layout(data).extractor / "extractor.json")["export_id"] == export_id
+    add_held_out(data, 2)  # a few new products of known types: auto keeps the model
+    kept = finetune.run(data, encoder=f"hub:{tiny_hub_model}", dim=16, epochs=5)
+    assert kept["reused"] is True and kept["new_images"] == 2 and kept["new_classes"] == 0
+    assert storage.read_json(Layout(data).extractor / "extractor.json")["export_id"] == export_id
+    with pytest.raises(ValueError, match="other options"):
+        finetune.run(data, encoder=f"hub:{tiny_hub_model}", dim=24, epochs=5, retrain="never")
+
+
+@pytest.mark.parametrize("change, retrain, trains", [
+    ("many", "auto", True), ("new class", "auto", True), ("few", "always", True), ("many", "never", False),
+    ("options", "auto", True)])
+def test_retrain_follows_the_rule_and_the_option(trained, tiny_hub_model: Path, change: str, retrain: str,
+                                                 trains: bool) -> None:
+    from pipeline import finetune
+
+    data, first = trained
+    export_id = storage.read_json(Layout(data).extractor / "extractor.json")["export_id"]
+    if change in ("few", "many", "new class"):
+        add_held_out(data, {"few": 2, "many": 16, "new class": 1}[change],
+                     "Brand-new type" if change == "new class" else None)
+    summary = finetune.run(data, encoder=f"hub:{tiny_hub_model}", dim=24 if change == "options" else 16, epochs=5,
+                           retrain=retrain)
+    assert summary["reused"] is not trains, summary["decision"]
+    changed = storage.read_json(Layout(data).extractor / "extractor.json")["export_id"] != export_id
+    assert changed is trains
+    if change == "new class":
+        assert summary["new_classes"] == 1 and "class" in summary["decision"]
+
+
+def test_a_nightly_rerun_costs_what_changed_and_the_service_follows(tiny_hub_model: Path, tmp_path: Path) -> None:
+    import io
+
+    from benchmarks.catalog_refresh import apply_delta, make_catalog
+    from pipeline import run as pipeline
+    from service import create_app
+
+    source, data = tmp_path / "source", tmp_path / "data"
+    manifest = make_catalog(source, 400)  # every one of the 40 categories: the delta brings no new class
+    options = {"encoder": f"hub:{tiny_hub_model}", "dim": 16}
+    first = pipeline.run(f"csv:{manifest}", data, **options)
+    assert first["acquire"]["decoded"] == 400 and first["finetune"]["reused"] is False
+    again = pipeline.run(f"csv:{manifest}", data, **options)
+    assert again["acquire"]["decoded"] == 0 and again["finetune"]["reused"] is True
+    assert again["vectorize"]["backbone_images_computed"] == 0 and again["vectorize"]["shards_kept"] == \
+        again["vectorize"]["shards"]
+    assert again["index"]["unchanged"] is True and again["index"]["version"] == first["index"]["version"]
+
+    delta = apply_delta(source, manifest, added=0.02, removed=0.02, renamed=0.02)  # 8 of each
+    third = pipeline.run(f"csv:{manifest}", data, **options)
+    assert third["acquire"]["decoded"] == 8 and third["acquire"]["kept"] == 392
+    assert third["finetune"]["reused"] is True and third["finetune"]["new_images"] == 8  # 2% new: auto keeps it
+    assert third["vectorize"]["backbone_images_computed"] == 8  # only the new photos through the backbone
+    assert "unchanged" not in third["index"] and third["index"]["products"] == 400
+
+    app = create_app({"ARTIFACTS": str(data / "index" / "current"), "ARTIFACTS_CACHE": str(tmp_path / "cache"),
+                      "RELOAD_CHECK_S": 0})
+    client = app.test_client()
+    for product in delta["removed"]:
+        assert client.get(f"/api/products/{product}").status_code == 404
+    for product in delta["renamed"]:
+        assert client.get(f"/api/products/{product}").get_json()["name"].endswith("(new name)")
+    for product in delta["added"]:
+        photo = source / "images" / f"{int(product[1:]) // 1000:04d}" / f"{int(product[1:])}.jpg"
+        answer = client.post("/api/search?k=3", data={"image": (io.BytesIO(photo.read_bytes()), "q.jpg")},
+                             content_type="multipart/form-data").get_json()
+        assert answer["results"][0]["product_id"] == product
+        assert not {r["product_id"] for r in answer["results"]} & set(delta["removed"])
