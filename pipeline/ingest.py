@@ -121,11 +121,12 @@ def previous_results(catalog_dir: Path, settings: dict) -> dict[str, Previous]:
         table = read_catalog(path)
         if "source_sha256" not in table.columns:
             continue  # made before sources were hashed: decoded once more, then known
-        for row in table[["source_image", "source_sha256", "source_etag", "image", "sha256", "width", "height"]] \
-                .itertuples(index=False):
-            if row.source_sha256:
-                out[row.source_image] = Previous(Known(row.source_sha256, row.source_etag),
-                                                 str(Path(catalog_dir) / row.image), row.sha256, row.width, row.height)
+        root = str(catalog_dir)
+        for locator, source_sha, etag, image, sha, width, height in zip(
+                *(table[c].tolist() for c in ("source_image", "source_sha256", "source_etag", "image", "sha256",
+                                              "width", "height")), strict=True):
+            if source_sha:
+                out[locator] = Previous(Known(source_sha, etag), os.path.join(root, image), sha, width, height)
     rejects = Path(catalog_dir) / REJECTS_CSV
     if rejects.is_file():
         table = read_catalog(rejects)
@@ -221,7 +222,7 @@ def ingest(records: list[Record], out: Path, max_side: int = imaging.MAX_SIDE, m
     else:
         # spawn, not fork: the caller may already have TensorFlow loaded, which does not survive a fork.
         pool = multiprocessing.get_context("spawn").Pool(workers)
-        results = pool.imap(_process, jobs, chunksize=16)
+        results = pool.imap(_process, jobs, chunksize=128)
     accepted, rejects = [], []
     counts = {} if counts is None else counts
     counts.update(decoded=0, kept=0)

