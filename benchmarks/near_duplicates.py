@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.vectors import clustered
-from pipeline.near_duplicates import DISTANCE_FACTOR, Neighbours, calibrate, find
+from pipeline.near_duplicates import DISTANCE_FACTOR, Neighbours, calibrate, find, of_index
 from runtime import artifacts
-from runtime.duplicates import find_groups, group_count, index_product_vectors
-from runtime.layout import VECTORS_FILE, Layout
-from runtime.products import flatten, image_table
+from runtime.duplicates import find_groups, group_count
+from runtime.layout import Layout
 
 
 def agreement(first: np.ndarray, keys: np.ndarray) -> float:
@@ -47,17 +46,14 @@ def on_index(data_dir: Path, agree: list[str], thresholds: list[float], factors:
     folder = artifacts.resolve_index(Layout(data_dir).current_index)
     manifest = artifacts.verify(folder, check_hashes=False)
     items = artifacts.read_items(folder)
-    products = index_product_vectors(folder, items)
-    counts, flat = flatten([image["id"] for image in item["images"]] for item in items)
-    images = np.load(folder / VECTORS_FILE, mmap_mode="r")
-    single = len(images) == len(items) and (flat == np.arange(len(flat))).all()
-    neighbours = Neighbours(artifacts.load_annoy(folder, manifest), images if single else products,
-                            None if single else image_table(counts, flat, len(images))[0])
+    neighbours = of_index(folder, manifest, items)
+    products = np.asarray(neighbours.vectors, np.float32)
+    n_images = manifest["count"]
     keys = np.array(["\x1f".join(str(item["category"] if c == "category" else item["metadata"].get(c, ""))
                                  for c in agree) for item in items])
     first, _, info = find(neighbours)
     c = info["calibration"]
-    print(f"\nnear_duplicates: {data_dir} index {folder.name}: {len(items)} products, {len(images)} images, "
+    print(f"\nnear_duplicates: {data_dir} index {folder.name}: {len(items)} products, {n_images} images, "
           f"{manifest['encoder']}")
     print(f"calibrated: median similarity to the nearest other product {c['median_nearest_similarity']} "
           f"(sample {c['sample']}) -> threshold {info['threshold']}"

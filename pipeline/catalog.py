@@ -1,13 +1,16 @@
-"""The acquired catalog as the later stages read it, and the stratified split that acquire and finetune share."""
+"""The acquired catalog as the later stages read it, the stratified split that acquire and finetune share, and the
+catalog as an index's `items.jsonl` lines."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtime.layout import Layout
+from runtime.layout import Layout, thumbnail_name
 
 if TYPE_CHECKING:  # pandas is imported when a catalog is read, not by `--help`
     import pandas as pd
@@ -72,3 +75,25 @@ def holdout_split(rows: list[dict], fraction: float, column: str, seed: int = 0)
     is_held[held] = True
     return ([r for r, p in zip(rows, product_of, strict=True) if not is_held[p]],
             [r for r, p in zip(rows, product_of, strict=True) if is_held[p]])
+
+ITEM_COLUMNS = ("product_id", "name", "category", "image")  # an item's own fields; the rest is metadata but ...
+INTERNAL_COLUMNS = ("sha256", "width", "height", "source_image", "source_sha256", "source_etag")  # ... these
+
+
+def item_lines(catalog: pd.DataFrame) -> Iterator[str]:
+    """One JSON line per product, in order of first appearance: its id, name, category, first image and thumbnail,
+    every image (dense image id, path, thumbnail) and the rest of its first row as metadata."""
+    import pandas as pd
+
+    meta_columns = [c for c in catalog.columns if c not in ITEM_COLUMNS + INTERNAL_COLUMNS]
+    codes, _ = pd.factorize(catalog["product_id"], sort=False)
+    order = np.argsort(codes, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1) if len(order) else []
+    images, hashes = catalog["image"].tolist(), catalog["sha256"].tolist()
+    firsts = catalog.iloc[[int(rows[0]) for rows in groups]]  # one take, then a cheap tuple per product
+    for p, (rows, row) in enumerate(zip(groups, firsts.itertuples(index=False), strict=True)):
+        values = dict(zip(catalog.columns, row, strict=True))
+        item = {"id": p, **{c: values[c] for c in ITEM_COLUMNS}, "thumbnail": thumbnail_name(values["sha256"]),
+                "images": [{"id": int(r), "image": images[r], "thumbnail": thumbnail_name(hashes[r])} for r in rows],
+                "metadata": {c: values[c] for c in meta_columns if values[c] != ""}}
+        yield json.dumps(item, ensure_ascii=False)

@@ -22,9 +22,8 @@ import numpy as np
 from pipeline import cli, near_duplicates
 from pipeline.plots import contact_sheet
 from runtime import artifacts
-from runtime.duplicates import check_threshold, index_product_vectors, read_groups
-from runtime.layout import NEAR_DUPLICATES_CSV, NEAR_DUPLICATES_PNG, VECTORS_FILE, Layout
-from runtime.products import flatten, image_table
+from runtime.duplicates import check_threshold, read_groups
+from runtime.layout import NEAR_DUPLICATES_CSV, NEAR_DUPLICATES_PNG, Layout
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +54,12 @@ def run(data_dir: Path, threshold: float | None = None) -> dict:
     items = artifacts.read_items(folder)
     started = time.perf_counter()
     served = manifest.get("duplicate_threshold")
-    vectors = index_product_vectors(folder, items)
+    neighbours = near_duplicates.of_index(folder, manifest, items)
     stored = read_groups(folder, manifest) if threshold in (None, served) else None
     if stored is not None:
         first, threshold = stored.astype(np.int64), served
-        similarity = np.sum(vectors * vectors[first], axis=1)
+        similarity = np.sum(neighbours.vectors * np.asarray(neighbours.vectors)[first], axis=1)
     else:
-        counts, flat = flatten([image["id"] for image in item["images"]] for item in items)
-        images = np.load(folder / VECTORS_FILE, mmap_mode="r")
-        single = len(images) == len(items) and (flat == np.arange(len(flat))).all()
-        neighbours = near_duplicates.Neighbours(artifacts.load_annoy(folder, manifest), images if single else vectors,
-                                                None if single else image_table(counts, flat, len(images))[0])
         first, similarity, info = near_duplicates.find(neighbours, threshold)
         threshold = info["threshold"]
     seconds = time.perf_counter() - started

@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from pipeline import cli, near_duplicates
 from pipeline.annoy_tuning import TARGET_RECALL, K, choose_strategy, exact_ms_per_query, tune_search_k
-from pipeline.catalog import load_catalog
+from pipeline.catalog import item_lines, load_catalog
 from pipeline.reruns import check_shards, fingerprint, locked, remove_leftovers
 from pipeline.thumbnails import build_thumbnails
 from runtime import artifacts, storage
-from runtime.duplicates import check_threshold, product_vectors, write_groups
+from runtime.duplicates import check_threshold, write_groups
 from runtime.embeddings import iter_shards
 from runtime.layout import (
     DUPLICATES_FILE,
@@ -35,7 +33,6 @@ from runtime.layout import (
     VECTORIZE_REJECTS_CSV,
     VECTORS_FILE,
     Layout,
-    thumbnail_name,
 )
 from runtime.products import DEFAULT_SCORING, SCORINGS
 
@@ -46,29 +43,8 @@ log = logging.getLogger(__name__)
 
 METRIC = "angular"
 DEFAULT_TREES = 32  # recall follows search_k, not trees, from 25 to 100 trees (README, docs/benchmarks/)
-ITEM_COLUMNS = ("product_id", "name", "category", "image")
-INTERNAL_COLUMNS = ("sha256", "width", "height", "source_image", "source_sha256", "source_etag")
 ON_DISK_ABOVE = 200_000_000  # floats; larger indexes are built in their file, not in memory
 KEEP_VERSIONS = 3
-
-
-def _items(catalog: pd.DataFrame) -> Iterator[str]:
-    """One JSON line per product, in order of first appearance: its id, name, category, first image and thumbnail,
-    every image (dense image id, path, thumbnail) and the rest of its first row as metadata."""
-    import pandas as pd
-
-    meta_columns = [c for c in catalog.columns if c not in ITEM_COLUMNS + INTERNAL_COLUMNS]
-    codes, _ = pd.factorize(catalog["product_id"], sort=False)
-    order = np.argsort(codes, kind="stable")
-    groups = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1) if len(order) else []
-    images, hashes = catalog["image"].tolist(), catalog["sha256"].tolist()
-    firsts = catalog.iloc[[int(rows[0]) for rows in groups]]  # one take, then a cheap tuple per product
-    for p, (rows, row) in enumerate(zip(groups, firsts.itertuples(index=False), strict=True)):
-        values = dict(zip(catalog.columns, row, strict=True))
-        item = {"id": p, **{c: values[c] for c in ITEM_COLUMNS}, "thumbnail": thumbnail_name(values["sha256"]),
-                "images": [{"id": int(r), "image": images[r], "thumbnail": thumbnail_name(hashes[r])} for r in rows],
-                "metadata": {c: values[c] for c in meta_columns if values[c] != ""}}
-        yield json.dumps(item, ensure_ascii=False)
 
 
 def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
@@ -164,14 +140,15 @@ def _build(layout: Layout, catalog: pd.DataFrame, staging: Path, extractor_confi
     chosen, table = (search_k, []) if search_k else tune_search_k(index, vectors, trees, target=target_recall)
     exact_ms = exact_ms_per_query(vectors)
     product_of = catalog["product_id"].factorize(sort=False)[0]  # numbered by first appearance, as in items.jsonl
-    first, _, near = near_duplicates.find(_neighbours(index, vectors, product_of), duplicate_threshold)
+    first, _, near = near_duplicates.find(near_duplicates.over_images(index, vectors, product_of),
+                                             duplicate_threshold)
     groups = write_groups(first, staging / DUPLICATES_FILE)
     index.unload()
     del vectors  # the memory map of vectors.npy, complete since _stream_vectors flushed it
     images = dict(zip(catalog["sha256"], (layout.catalog / p for p in catalog["image"]), strict=True))
     build_thumbnails(images, layout.thumbs_cache, staging)
     with open(staging / ITEMS_FILE, "w", encoding="utf-8") as fh:
-        fh.writelines(line + "\n" for line in _items(catalog))
+        fh.writelines(line + "\n" for line in item_lines(catalog))
     storage.link_tree(layout.extractor, staging / EXTRACTOR_DIR)
     return {
         "format_version": artifacts.FORMAT_VERSION,
@@ -188,15 +165,6 @@ def _build(layout: Layout, catalog: pd.DataFrame, staging: Path, extractor_confi
         "build_peak_rss_mb": _peak_rss_mb(), "source": _catalog_source(layout),
         "files": artifacts.file_entries(staging),
     }
-
-
-def _neighbours(index: Any, vectors: np.ndarray, product_of: np.ndarray) -> near_duplicates.Neighbours:
-    """The candidate search over products: the image rows themselves when each product has one image."""
-    if len(vectors) == (product_of.max() + 1 if len(product_of) else 0):
-        return near_duplicates.Neighbours(index, vectors)
-    order = np.argsort(product_of, kind="stable")  # images product after product, as product_vectors wants them
-    means = product_vectors(np.asarray(vectors)[order], np.bincount(product_of))
-    return near_duplicates.Neighbours(index, means, product_of)
 
 
 def _current_manifest(layout: Layout) -> dict | None:

@@ -22,12 +22,16 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from runtime.duplicates import check_threshold, group_pairs
+from runtime import artifacts
+from runtime.duplicates import check_threshold, group_pairs, product_vectors
+from runtime.layout import VECTORS_FILE
+from runtime.products import flatten, image_table
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +159,30 @@ class Neighbours:
 
         return (join(a_parts, np.int64), join(b_parts, np.int64), join(s_parts, np.float32),
                 {"widened": widened, "capped": capped})
+
+
+def over_images(annoy: Any, images: np.ndarray, image_product: np.ndarray) -> Neighbours:
+    """The candidate search over products from Annoy over their images: the image rows themselves when each
+    product has one image (image i is product i), else each product's normalised mean.
+
+    Args:
+        annoy: the Annoy index over the images.
+        images: the image vectors [N, dim] (a memory map is fine).
+        image_product: each image's product number [N].
+    """
+    image_product = np.asarray(image_product, np.int64)
+    if len(images) == (int(image_product.max()) + 1 if len(image_product) else 0) and \
+            (image_product == np.arange(len(image_product))).all():
+        return Neighbours(annoy, images)
+    order = np.argsort(image_product, kind="stable")  # images product after product, as product_vectors wants them
+    return Neighbours(annoy, product_vectors(np.asarray(images)[order], np.bincount(image_product)), image_product)
+
+
+def of_index(folder: Path, manifest: dict, items: list[dict]) -> Neighbours:
+    """The candidate search over the products of a built index folder (its Annoy index, vectors and items)."""
+    counts, flat = flatten([image["id"] for image in item["images"]] for item in items)
+    images = np.load(Path(folder) / VECTORS_FILE, mmap_mode="r")
+    return over_images(artifacts.load_annoy(folder, manifest), images, image_table(counts, flat, len(images))[0])
 
 
 def calibrate(nearest: np.ndarray, factor: float = DISTANCE_FACTOR) -> tuple[float, dict]:
