@@ -20,7 +20,7 @@ from tqdm import tqdm
 from pipeline.records import Record, Reject
 from pipeline.source_bytes import Known, fetch
 from runtime import imaging, storage
-from runtime.layout import CATALOG_CSV, CONFLICTS_CSV, IMAGES_DIR, QUERIES_CSV, REJECTS_CSV
+from runtime.layout import CATALOG_CSV, CATALOG_SUMMARY, CONFLICTS_CSV, IMAGES_DIR, QUERIES_CSV, REJECTS_CSV
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def previous_results(catalog_dir: Path, settings: dict) -> dict[str, Previous]:
     from pipeline.catalog import read_catalog
 
     try:
-        made_with = storage.read_json(Path(catalog_dir) / "summary.json").get("normalise")
+        made_with = storage.read_json(Path(catalog_dir) / CATALOG_SUMMARY).get("normalise")
     except (OSError, ValueError):
         return {}
     if made_with != settings:

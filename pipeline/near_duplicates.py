@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -76,36 +77,36 @@ class Neighbours:
     def _candidates(self, p: int, floor: float, n: int) -> tuple[np.ndarray, int]:
         """Product p's candidates at `floor` or above (by Annoy's distances, loosened by MARGIN), and the number
         of images asked; widens while the farthest image returned is still within reach."""
-        multi = self.image_product is not None
         # a product's mean can be nearer than any of its images: reach further among images for other products
-        reach = 1 - (1 - floor) * (4 if multi else 1) - MARGIN
+        reach = 1 - (1 - floor) * (1 if self.image_product is None else 4) - MARGIN
         limit = math.sqrt(max(2 - 2 * reach, 0.0))  # Annoy's angular distance: sqrt(2 - 2 cos)
+        ids, dists, n = self._widening(p, n, lambda ids, dists: bisect.bisect_right(dists, limit) < len(ids))
+        return self._others(p, ids[:bisect.bisect_right(dists, limit)]), n
+
+    def _widening(self, p: int, n: int, enough: Callable[[list[int], list[float]], bool]
+                  ) -> tuple[list[int], list[float], int]:
+        """Ask for n images, then 4x as many, until `enough` says so, Annoy has no more, or MAX_NEIGHBOURS."""
         while True:
             ids, dists = self._ask(p, n)
-            within = bisect.bisect_right(dists, limit)
-            if within < len(ids) or len(ids) < n or n >= MAX_NEIGHBOURS:
-                break
+            if enough(ids, dists) or len(ids) < n or n >= MAX_NEIGHBOURS:
+                return ids, dists, n
             n = min(n * 4, MAX_NEIGHBOURS)
-        found = np.asarray(ids[:within], np.int64)
-        if multi:
+
+    def _others(self, p: int, ids: list[int]) -> np.ndarray:
+        """The products of these images, product p left out."""
+        found = np.asarray(ids, np.int64)
+        if self.image_product is not None:
             found = np.unique(self.image_product[found])
-        return found[found != p], n
+        return found[found != p]
 
     def nearest_other(self, products: np.ndarray) -> np.ndarray:
         """Each product's exact cosine similarity to its most similar other product among Annoy's candidates."""
         def task(chunk: np.ndarray) -> np.ndarray:
             out = np.full(len(chunk), np.nan, np.float32)
             for j, p in enumerate(chunk.tolist()):
-                n = NEIGHBOURS
-                while True:  # a product's own images may fill the answer: ask further until another shows
-                    ids, _ = self._ask(p, n)
-                    others = np.asarray(ids, np.int64)
-                    if self.image_product is not None:
-                        others = np.unique(self.image_product[others])
-                    others = others[others != p]
-                    if len(others) or len(ids) < n or n >= MAX_NEIGHBOURS:
-                        break
-                    n = min(n * 4, MAX_NEIGHBOURS)
+                # a product's own images may fill the answer: ask further until another product shows
+                ids, _, _ = self._widening(p, NEIGHBOURS, lambda ids, _dists, p=p: len(self._others(p, ids)) > 0)
+                others = self._others(p, ids)
                 if len(others):
                     out[j] = float(np.max(np.asarray(self.vectors[np.sort(others)]) @ self.vectors[p]))
             return out
@@ -114,8 +115,7 @@ class Neighbours:
             parts = list(pool.map(task, np.array_split(products, max(1, math.ceil(len(products) / CHUNK)))))
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
-    def pairs(self, floor: float, neighbours: int = NEIGHBOURS, desc: str = "near-duplicates"
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    def pairs(self, floor: float, neighbours: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
         """Every candidate pair of products at cosine similarity `floor` or more, similarity computed exactly.
 
         Returns:
@@ -143,7 +143,7 @@ class Neighbours:
         a_parts, b_parts, s_parts, widened, capped = [], [], [], 0, 0
         chunks = np.array_split(np.arange(n_products), max(1, math.ceil(n_products / CHUNK)))
         with ThreadPoolExecutor(self.workers) as pool, \
-                tqdm(total=n_products, desc=desc, unit="product", disable=None, mininterval=1.0) as bar:
+                tqdm(total=n_products, desc="near-duplicates", unit="product", disable=None, mininterval=1.0) as bar:
             for chunk, (a, b, s, w, c) in zip(chunks, pool.map(task, chunks), strict=True):
                 a_parts += a
                 b_parts += b
