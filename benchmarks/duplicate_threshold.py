@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     layout = Layout(args.data_dir)
     folder = artifacts.resolve_index(layout.current_index)
+    manifest = artifacts.verify(folder, check_hashes=False)
     items = artifacts.read_items(folder)
     extractor = load_extractor(folder / EXTRACTOR_DIR)
-    products = index_product_vectors(folder, items)
+    products = index_product_vectors(folder, manifest, items)
 
     rng = np.random.default_rng(args.seed)
     sample = rng.choice(len(items), min(args.sample, len(items)), replace=False)

@@ -3,8 +3,9 @@
 For each worker count (and each service set-up, side by side in one run) it starts gunicorn on the index
 folder, waits until every worker has loaded it, sends "more like this" queries (spread over the workers) so
 that the pages a query touches are resident, then reads each worker's /proc/PID/smaps: resident (RSS) and
-proportional (PSS: a shared page counts 1/n in each of the n processes mapping it) memory of index.ann and
-vectors.npy, the worker's private memory (pages no other process maps: its own cost) and its anonymous PSS.
+proportional (PSS: a shared page counts 1/n in each of the n processes mapping it) memory of index.ann (and of
+vectors.npy, for an index of format 2 that has one), the worker's private memory (pages no other process maps: its
+own cost) and its anonymous PSS.
 Shared index pages show as PSS(index.ann) per worker ~ file size / workers. Writes Markdown and JSON to --out.
 
     python -m benchmarks.worker_memory --index /tmp/syn1m/index/current --workers 1,2,4 --tag 1m
@@ -37,7 +38,8 @@ def product_ids(folder: Path, count: int, seed: int = 0) -> list[str]:
     return [json.loads(lines[rng.randrange(len(lines))])["product_id"] for _ in range(count)]
 
 
-def measure(folder: Path, workers: int, queries: list[str], python: str, app_dir: Path) -> list[dict]:
+def measure(folder: Path, workers: int, queries: list[str], python: str, app_dir: Path, files: list[str]
+            ) -> list[dict]:
     """Start gunicorn with `workers`, query it, and return each worker's memory figures."""
     port = free_port()
     process, pids = start_gunicorn(folder, port, workers, ROOT / "data" / ".cache", deadline_s=900, python=python,
@@ -47,7 +49,7 @@ def measure(folder: Path, workers: int, queries: list[str], python: str, app_dir
                        for pid in queries)
         if failures:
             raise SystemExit(f"{failures} of {len(queries)} queries failed")
-        return [{"workers": workers, "pid": pid, **{k: round(v, 1) for k, v in smaps(pid, FILES).items()}}
+        return [{"workers": workers, "pid": pid, **{k: round(v, 1) for k, v in smaps(pid, files).items()}}
                 for pid in sorted(pids)]
     finally:
         stop(process, timeout=60)
@@ -76,17 +78,18 @@ def main(argv: list[str] | None = None) -> None:
     setups = args.setup or [("this", sys.executable, ROOT)]
     folder = artifacts.resolve_index(args.index)
     manifest = json.loads((folder / MANIFEST).read_text())
-    sizes = {name: (folder / name).stat().st_size / 2**20 for name in FILES}
+    files = [name for name in FILES if (folder / name).is_file()]  # format 3 keeps its vectors in index.ann
+    sizes = {name: (folder / name).stat().st_size / 2**20 for name in files}
     queries = product_ids(folder, args.queries)
     rows = []
     for workers in (int(w) for w in args.workers.split(",")):
         for name, python, app_dir in setups:
-            for r in measure(folder, workers, queries, python, app_dir):
+            for r in measure(folder, workers, queries, python, app_dir, files):
                 r["setup"] = name
                 print(f"{name}: {workers} workers, pid {r['pid']}: private {r['private']:.1f} MiB, PSS {r['pss']:.1f} "
                       f"(anonymous {r['pss_anon']:.1f}); index.ann RSS {r['rss_index.ann']:.1f}, PSS "
                       f"{r['pss_index.ann']:.1f} (size/workers {sizes['index.ann'] / workers:.1f}); vectors.npy PSS "
-                      f"{r['pss_vectors.npy']:.1f}", flush=True)
+                      f"{r.get('pss_vectors.npy', '-')}", flush=True)
                 rows.append(r)
     stem = f"serving-memory-{date.today().isoformat()}{'-' + args.tag if args.tag else ''}"
     command = "python -m benchmarks.worker_memory " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -96,11 +99,13 @@ def main(argv: list[str] | None = None) -> None:
                                                        "sizes_mib": sizes, "rows": rows}, indent=1))
     lines = [f"# Serving memory, {date.today().isoformat()}", "",
              f"`{command}`: {manifest['count']:,} items, {manifest['dim']}-d, index.ann {sizes['index.ann']:.1f} MiB, "
-             f"vectors.npy {sizes['vectors.npy']:.1f} MiB; {args.queries} 'more like this' queries per run. MiB.", "",
+             f"vectors.npy {sizes.get('vectors.npy', 0):.1f} MiB; {args.queries} 'more like this' queries per run. "
+             "MiB.", "",
              "| set-up | workers | worker | private | index.ann RSS | index.ann PSS | size / workers | vectors.npy PSS "
              "| worker PSS | of it anonymous |", "|" + "---|" * 10]
     lines += [f"| {r['setup']} | {r['workers']} | {r['pid']} | {r['private']} | {r['rss_index.ann']} | "
-              f"{r['pss_index.ann']} | {sizes['index.ann'] / r['workers']:.1f} | {r['pss_vectors.npy']} | {r['pss']} | "
+              f"{r['pss_index.ann']} | {sizes['index.ann'] / r['workers']:.1f} | {r.get('pss_vectors.npy', '-')} | "
+              f"{r['pss']} | "
               f"{r['pss_anon']} |" for r in rows]
     totals = [f"{name}, {w} worker{'s' if w > 1 else ''}: "
               f"{sum(r['pss'] for r in rows if r['workers'] == w and r['setup'] == name) / 1024:.2f} GiB"

@@ -16,18 +16,27 @@ if TYPE_CHECKING:  # pandas is imported when a catalog is read, not by `--help`
     import pandas as pd
 
 
-def read_catalog(path: Path) -> pd.DataFrame:
-    """Read a catalog CSV with every column as text (product ids such as 00123 stay as written)."""
+SOURCE_COLUMNS = ("width", "height", "source_image", "source_sha256", "source_etag")  # acquire's own bookkeeping
+
+
+def read_catalog(path: Path, drop: tuple[str, ...] = (), columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Read a catalog CSV as text (product ids such as 00123 stay as written): every column but those in `drop`,
+    or only `columns`."""
     import pandas as pd
 
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    def wanted(column: str) -> bool:
+        return column not in drop and (columns is None or column in columns)
+
+    return pd.read_csv(path, dtype=str, keep_default_na=False, usecols=wanted)
 
 
-def load_catalog(layout: Layout) -> pd.DataFrame:
-    """Read the acquired catalog, with a clear error when acquire has not run or accepted nothing."""
+def load_catalog(layout: Layout, drop: tuple[str, ...] = (), columns: tuple[str, ...] | None = None
+                 ) -> pd.DataFrame:
+    """Read the acquired catalog (as `read_catalog`), with a clear error when acquire has not run or accepted
+    nothing."""
     if not layout.catalog_csv.is_file():
         raise FileNotFoundError(f"no catalog at {layout.catalog_csv}; run `python -m pipeline acquire` first")
-    catalog = read_catalog(layout.catalog_csv)
+    catalog = read_catalog(layout.catalog_csv, drop, columns)
     if catalog.empty:
         raise ValueError(f"{layout.catalog_csv} has no products: every row was rejected (see rejects.csv)")
     return catalog
@@ -77,23 +86,34 @@ def holdout_split(rows: list[dict], fraction: float, column: str, seed: int = 0)
             [r for r, p in zip(rows, product_of, strict=True) if is_held[p]])
 
 ITEM_COLUMNS = ("product_id", "name", "category", "image")  # an item's own fields; the rest is metadata but ...
-INTERNAL_COLUMNS = ("sha256", "width", "height", "source_image", "source_sha256", "source_etag")  # ... these
+INTERNAL_COLUMNS = ("sha256", *SOURCE_COLUMNS)  # ... these
+
+
+ITEM_CHUNK = 65_536  # products whose rows are taken from the table at once: memory stays flat as catalogs grow
 
 
 def item_lines(catalog: pd.DataFrame) -> Iterator[str]:
     """One JSON line per product, in order of first appearance: its id, name, category, first image and thumbnail,
-    every image (dense image id, path, thumbnail) and the rest of its first row as metadata."""
+    every image (dense image id, path, thumbnail) and the rest of its first row as metadata.
+
+    Products are taken `ITEM_CHUNK` at a time, so what this holds besides the table is a few integers per row.
+    """
     import pandas as pd
 
     meta_columns = [c for c in catalog.columns if c not in ITEM_COLUMNS + INTERNAL_COLUMNS]
     codes, _ = pd.factorize(catalog["product_id"], sort=False)
-    order = np.argsort(codes, kind="stable")
-    groups = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1) if len(order) else []
-    images, hashes = catalog["image"].tolist(), catalog["sha256"].tolist()
-    firsts = catalog.iloc[[int(rows[0]) for rows in groups]]  # one take, then a cheap tuple per product
-    for p, (rows, row) in enumerate(zip(groups, firsts.itertuples(index=False), strict=True)):
-        values = dict(zip(catalog.columns, row, strict=True))
-        item = {"id": p, **{c: values[c] for c in ITEM_COLUMNS}, "thumbnail": thumbnail_name(values["sha256"]),
-                "images": [{"id": int(r), "image": images[r], "thumbnail": thumbnail_name(hashes[r])} for r in rows],
-                "metadata": {c: values[c] for c in meta_columns if values[c] != ""}}
-        yield json.dumps(item, ensure_ascii=False)
+    order = np.argsort(codes, kind="stable")  # rows product after product, in catalog order within each
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(codes[order])) + 1, [len(order)]]) if len(order) else [0]
+    for first in range(0, len(starts) - 1, ITEM_CHUNK):
+        bounds = starts[first:first + ITEM_CHUNK + 1]
+        rows = order[bounds[0]:bounds[-1]]
+        images, hashes = catalog["image"].iloc[rows].tolist(), catalog["sha256"].iloc[rows].tolist()
+        heads = catalog.iloc[rows[bounds[:-1] - bounds[0]]]  # one take, then a cheap tuple per product
+        for p, row in enumerate(heads.itertuples(index=False), start=first):
+            values = dict(zip(catalog.columns, row, strict=True))
+            at = range(bounds[p - first] - bounds[0], bounds[p - first + 1] - bounds[0])
+            item = {"id": p, **{c: values[c] for c in ITEM_COLUMNS}, "thumbnail": thumbnail_name(values["sha256"]),
+                    "images": [{"id": int(rows[i]), "image": images[i], "thumbnail": thumbnail_name(hashes[i])}
+                               for i in at],
+                    "metadata": {c: values[c] for c in meta_columns if values[c] != ""}}
+            yield json.dumps(item, ensure_ascii=False)

@@ -22,7 +22,7 @@ from pipeline.ingest import ingest, write_tables
 from pipeline.sources import SOURCE_HELP, read_source
 from runtime import artifacts, storage
 from runtime.extractor import Extractor, load_extractor
-from runtime.layout import EXTRACTOR_DIR, VECTORS_FILE, Layout, report_details, report_grid
+from runtime.layout import EXTRACTOR_DIR, Layout, report_details, report_grid
 from runtime.preprocess import decode_image
 from runtime.products import Hit, ProductSearch, flatten
 
@@ -71,9 +71,10 @@ def run(data_dir: Path, queries: str, index: Path | None = None, label_column: s
     folder = artifacts.resolve_index(index or layout.root)
     manifest = artifacts.verify(folder)
     items = artifacts.read_items(folder)
-    search = ProductSearch(np.load(folder / VECTORS_FILE, mmap_mode="r"),
+    annoy = artifacts.load_annoy(folder, manifest, prefault=True)
+    search = ProductSearch(artifacts.load_vectors(folder, manifest, annoy),
                            *flatten([image["id"] for image in item["images"]] for item in items),
-                           artifacts.load_annoy(folder, manifest, prefault=True), int(manifest["search_k"]),
+                           annoy, int(manifest["search_k"]),
                            int(manifest["n_trees"]), exact=False, scoring=manifest["scoring"])
     extractor = load_extractor(folder / EXTRACTOR_DIR)
     labels = np.array([_label(item, label_column) for item in items])

@@ -10,14 +10,14 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
 from pipeline import cli, near_duplicates
 from pipeline.annoy_tuning import TARGET_RECALL, K, choose_strategy, exact_ms_per_query, tune_search_k
-from pipeline.catalog import item_lines, load_catalog
+from pipeline.catalog import SOURCE_COLUMNS, item_lines, load_catalog
 from pipeline.reruns import check_shards, fingerprint, locked, remove_leftovers
 from pipeline.thumbnails import build_thumbnails
 from runtime import artifacts, storage
@@ -31,7 +31,6 @@ from runtime.layout import (
     ITEMS_FILE,
     MANIFEST,
     VECTORIZE_REJECTS_CSV,
-    VECTORS_FILE,
     Layout,
 )
 from runtime.products import DEFAULT_SCORING, SCORINGS
@@ -77,12 +76,14 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     if duplicate_threshold is not None:
         check_threshold(duplicate_threshold)
     layout = Layout(Path(data_dir))
-    catalog = load_catalog(layout)
+    keys = load_catalog(layout, columns=("sha256",))["sha256"]  # the table itself is read after the Annoy build
+    catalog_stat = _stat(layout.catalog_csv)
     if not layout.embeddings_summary.is_file():
         raise FileNotFoundError(f"no embeddings in {layout.embeddings}; run `python -m pipeline vectorize` first")
     extractor_config = storage.read_json(layout.extractor / EXTRACTOR_CONFIG)
     embeddings_summary = storage.read_json(layout.embeddings_summary)
-    contents = check_shards(layout, catalog["sha256"].tolist(), embeddings_summary, extractor_config["export_id"])
+    contents = check_shards(layout, keys, embeddings_summary, extractor_config["export_id"])
+    del keys
     options = {"format_version": artifacts.FORMAT_VERSION, "trees": trees, "search_k": search_k,
                "target_recall": target_recall, "scoring": scoring, "duplicate_threshold": duplicate_threshold}
     inputs = fingerprint(layout, contents, options)
@@ -98,8 +99,8 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         staging = layout.index / f".tmp-{version}"
         staging.mkdir(parents=True)
         try:
-            manifest = _build(layout, catalog, staging, extractor_config, embeddings_summary, trees, search_k,
-                              target_recall, scoring, duplicate_threshold)
+            manifest = _build(layout, catalog_stat, staging, extractor_config, embeddings_summary, trees,
+                              search_k, target_recall, scoring, duplicate_threshold)
             manifest.update(version=version, created_at=now.isoformat(), inputs=inputs)
             storage.write_json(staging / MANIFEST, manifest)
             staging.rename(layout.index / version)
@@ -113,38 +114,43 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     return manifest
 
 
-def _build(layout: Layout, catalog: pd.DataFrame, staging: Path, extractor_config: dict, embeddings_summary: dict,
+def _build(layout: Layout, catalog_stat: tuple, staging: Path, extractor_config: dict, embeddings_summary: dict,
            trees: int, search_k: int | None, target_recall: float, scoring: str,
            duplicate_threshold: float | None) -> dict:
-    """Write every file of a version into `staging`; return its manifest (without version and creation time)."""
+    """Write every file of a version into `staging`; return its manifest (without version and creation time).
+
+    While Annoy builds and answers (its file is the memory that counts at 10M products), this holds a few integers
+    per image; the catalog table is read once Annoy is unloaded (docs/performance-and-scale.md).
+    """
     from annoy import AnnoyIndex
 
     started = time.perf_counter()
-    vectors, readable = _stream_vectors(layout.root, staging / VECTORS_FILE, embeddings_summary)
-    catalog = catalog[readable].reset_index(drop=True)  # dense ids: the readable rows, in catalog order
-    n, dim = vectors.shape
+    n, dim = embeddings_summary["rows"] - embeddings_summary.get("unreadable", 0), embeddings_summary["dim"]
     index = AnnoyIndex(dim, METRIC)
     on_disk = n * dim > ON_DISK_ABOVE
     if on_disk:
         index.on_disk_build(str(staging / INDEX_FILE))
-    for i in tqdm(range(n), desc="index", unit="item", disable=None, mininterval=1.0):
-        index.add_item(i, vectors[i])
+    readable = _add_vectors(index, layout.root, n, embeddings_summary["rows"])
     log.info("building %d trees over %d items on %d cores%s", trees, n, os.cpu_count() or 1,
              " (in the file: on_disk_build)" if on_disk else "")
     index.build(trees, n_jobs=-1)
     if not on_disk:
         index.save(str(staging / INDEX_FILE))
     storage.make_readable(staging / INDEX_FILE)
+    vectors = artifacts.annoy_vectors(staging / INDEX_FILE, n, dim, index)  # the only copy of the vectors
     build_s = time.perf_counter() - started
     log.info("built in %.1f s; measuring search_k for recall@%d >= %s", build_s, K, target_recall)
     chosen, table = (search_k, []) if search_k else tune_search_k(index, vectors, trees, target=target_recall)
     exact_ms = exact_ms_per_query(vectors)
-    product_of = catalog["product_id"].factorize(sort=False)[0]  # numbered by first appearance, as in items.jsonl
+    ids = _readable(_catalog_again(layout, catalog_stat, columns=("product_id",)), readable)["product_id"]
+    product_of = ids.factorize(sort=False)[0]  # numbered by first appearance, as in items.jsonl
+    del ids
     first, _, near = near_duplicates.find(near_duplicates.over_images(index, vectors, product_of),
                                              duplicate_threshold)
     groups = write_groups(first, staging / DUPLICATES_FILE)
     index.unload()
-    del vectors  # the memory map of vectors.npy, complete since _stream_vectors flushed it
+    del vectors
+    catalog = _readable(_catalog_again(layout, catalog_stat, drop=SOURCE_COLUMNS), readable)  # not in items.jsonl
     images = dict(zip(catalog["sha256"], (layout.catalog / p for p in catalog["image"]), strict=True))
     build_thumbnails(images, layout.thumbs_cache, staging)
     with open(staging / ITEMS_FILE, "w", encoding="utf-8") as fh:
@@ -156,7 +162,8 @@ def _build(layout: Layout, catalog: pd.DataFrame, staging: Path, extractor_confi
         "export_id": extractor_config["export_id"], "finetuned": extractor_config.get("finetuned", False),
         "dim": dim, "metric": METRIC, "n_trees": trees, "search_k": chosen, "target_recall": target_recall,
         "search_k_measurements": table, "exact_ms_per_query": exact_ms,
-        "strategy": choose_strategy(table, exact_ms), "rerank": "exact cosine with vectors.npy", "count": n,
+        "strategy": choose_strategy(table, exact_ms), "rerank": "exact cosine with the vectors in index.ann",
+        "count": n,
         "products": int(product_of.max() + 1) if n else 0, "scoring": scoring,
         "duplicate_threshold": near["threshold"], "duplicate_groups": groups, "near_duplicates": near,
         "unreadable_rows": int((~readable).sum()),
@@ -167,6 +174,24 @@ def _build(layout: Layout, catalog: pd.DataFrame, staging: Path, extractor_confi
     }
 
 
+def _stat(path: Path) -> tuple:
+    """What tells one catalog file from the next: acquire writes a new file and renames its folder into place."""
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _catalog_again(layout: Layout, catalog_stat: tuple, **columns: tuple[str, ...]) -> pd.DataFrame:
+    """Read the catalog again for another part of the build, refusing one that acquire replaced meanwhile."""
+    if not layout.catalog_csv.is_file() or _stat(layout.catalog_csv) != catalog_stat:
+        raise ValueError(f"{layout.catalog_csv} changed while the index was built (acquire ran); run index again")
+    return load_catalog(layout, **columns)
+
+
+def _readable(catalog: pd.DataFrame, readable: np.ndarray) -> pd.DataFrame:
+    """The catalog rows whose images were embedded, renumbered: row i is image id i (no copy when all were)."""
+    return catalog if readable.all() else catalog[readable].reset_index(drop=True)
+
+
 def _current_manifest(layout: Layout) -> dict | None:
     """The manifest of the version `index/current` names, or None when there is none (or it is unreadable)."""
     try:
@@ -175,29 +200,27 @@ def _current_manifest(layout: Layout) -> dict | None:
         return None
 
 
-def _stream_vectors(data_dir: Path, path: Path, summary: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Copy the readable rows of every shard into `path` (.npy) one shard at a time; return it memory-mapped (read
-    only) and the readable-row mask of the catalog."""
-    readable = np.ones(summary["rows"], bool)
-    n = summary["rows"] - summary.get("unreadable", 0)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, summary["dim"]))
+def _add_vectors(index: Any, data_dir: Path, n: int, rows: int) -> np.ndarray:
+    """Add the readable rows of every shard to the Annoy index as items 0..n-1, one shard at a time (Annoy's file
+    then holds the only copy of the vectors); return the readable-row mask of the catalog's `rows`."""
+    readable = np.ones(rows, bool)
     at = 0
-    for start, vectors, ok in iter_shards(data_dir):
-        readable[start:start + len(ok)] = ok
-        if at + ok.sum() > n:
-            break
-        out[at:at + ok.sum()] = vectors[ok]
-        at += int(ok.sum())
+    with tqdm(total=n, desc="index", unit="item", disable=None, mininterval=1.0) as bar:
+        for start, vectors, ok in iter_shards(data_dir):
+            readable[start:start + len(ok)] = ok
+            if at + ok.sum() > n:
+                break
+            for vector in vectors[ok]:
+                index.add_item(at, vector)
+                at += 1
+            bar.update(int(ok.sum()))
     if readable.sum() != n:  # a shard's `missing` disagrees with the summary: vectorize did not finish cleanly
         raise ValueError(f"{Layout(Path(data_dir)).embeddings}: {int(readable.sum())} readable rows in the shards, "
                          f"{n} in embeddings.json; re-run vectorize")
-    out.flush()
-    del out
-    storage.make_readable(path)
     if len(readable) - readable.sum():
         log.warning("index: %d catalog row(s) left out: their images could not be read (catalog/%s)",
                     len(readable) - readable.sum(), VECTORIZE_REJECTS_CSV)
-    return np.load(path, mmap_mode="r"), readable
+    return readable
 
 
 def _catalog_source(layout: Layout) -> str | None:

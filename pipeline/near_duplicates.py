@@ -31,7 +31,6 @@ from tqdm import tqdm
 
 from runtime import artifacts
 from runtime.duplicates import check_threshold, group_pairs, product_vectors
-from runtime.layout import VECTORS_FILE
 from runtime.products import flatten, image_table
 
 log = logging.getLogger(__name__)
@@ -181,8 +180,9 @@ def over_images(annoy: Any, images: np.ndarray, image_product: np.ndarray) -> Ne
 def of_index(folder: Path, manifest: dict, items: list[dict]) -> Neighbours:
     """The candidate search over the products of a built index folder (its Annoy index, vectors and items)."""
     counts, flat = flatten([image["id"] for image in item["images"]] for item in items)
-    images = np.load(Path(folder) / VECTORS_FILE, mmap_mode="r")
-    return over_images(artifacts.load_annoy(folder, manifest), images, image_table(counts, flat, len(images))[0])
+    annoy = artifacts.load_annoy(folder, manifest)
+    images = artifacts.load_vectors(folder, manifest, annoy)
+    return over_images(annoy, images, image_table(counts, flat, len(images))[0])
 
 
 def calibrate(nearest: np.ndarray, factor: float = DISTANCE_FACTOR) -> tuple[float, dict]:

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from runtime.layout import LOCK, Layout
 log = logging.getLogger(__name__)
 
 
-def check_shards(layout: Layout, keys: list[str], summary: dict, export_id: str) -> list[str]:
+def check_shards(layout: Layout, keys: Sequence[str], summary: dict, export_id: str) -> list[str]:
     """Check that every embedding shard was made from the catalog rows it must hold, by the current extractor.
 
     A shard's stamp names the image hashes it embedded (`runtime.embeddings.shard_stamp`); a catalog acquired
@@ -28,7 +28,7 @@ def check_shards(layout: Layout, keys: list[str], summary: dict, export_id: str)
 
     Args:
         layout: the data directory.
-        keys: the catalog's image sha256s, in row order.
+        keys: the catalog's image sha256s, in row order (a list, or a column: a shard's worth is taken at once).
         summary: `embeddings/embeddings.json`.
         export_id: the extractor's export id.
 
@@ -45,7 +45,7 @@ def check_shards(layout: Layout, keys: list[str], summary: dict, export_id: str)
         raise ValueError("the embeddings were made by another extractor than model/extractor; re-run vectorize")
     contents = []
     for i, start in enumerate(range(0, len(keys), rows)):
-        part = keys[start:start + rows]
+        part = list(keys[start:start + rows])
         expected = embeddings.shard_stamp(i, start, part, export_id)
         path = layout.shard_stamp(i)
         written = storage.read_json(path) if path.is_file() and layout.shard(i).is_file() else None

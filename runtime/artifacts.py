@@ -7,12 +7,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from runtime import storage
 from runtime.layout import CURRENT, INDEX_DIR, INDEX_FILE, ITEMS_FILE, MANIFEST, VECTORS_FILE
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: items.jsonl has a line per product, listing its images
+FORMAT_VERSION = 3  # 3: no vectors.npy, the vectors are read from index.ann (`annoy_vectors`)
+READABLE_FORMATS = (2, 3)  # 2: items.jsonl has a line per product, listing its images; the vectors in vectors.npy
+ANNOY_NODE_HEADER = 3  # int32 fields before an angular Annoy node's vector: n_descendants, two children (annoylib.h)
 
 
 class ArtifactError(ValueError):
@@ -52,9 +56,9 @@ def verify(folder: Path, check_hashes: bool = True) -> dict:
         manifest = storage.read_json(folder / MANIFEST)
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"cannot read {folder / MANIFEST}: {exc}") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_FORMATS:
         raise ArtifactError(f"{folder}: index format {manifest.get('format_version')!r}, this code reads "
-                            f"{FORMAT_VERSION}; rebuild it with `python -m pipeline index`")
+                            f"{READABLE_FORMATS}; rebuild it with `python -m pipeline index`")
     for rel, entry in manifest.get("files", {}).items():
         path = folder / rel
         if not path.is_file():
@@ -63,7 +67,7 @@ def verify(folder: Path, check_hashes: bool = True) -> dict:
             raise ArtifactError(f"{folder}: {rel} has {path.stat().st_size} bytes, the manifest says {entry['bytes']}")
         if check_hashes and storage.sha256_file(path) != entry["sha256"]:
             raise ArtifactError(f"{folder}: {rel} does not match its sha256 in the manifest (altered or corrupt)")
-    for required in (INDEX_FILE, ITEMS_FILE, VECTORS_FILE):
+    for required in (INDEX_FILE, ITEMS_FILE) + ((VECTORS_FILE,) if manifest["format_version"] == 2 else ()):
         if required not in manifest.get("files", {}):
             raise ArtifactError(f"{folder}: the manifest lists no {required}")
     return manifest
@@ -89,3 +93,44 @@ def load_annoy(folder: Path, manifest: dict, prefault: bool = False) -> Any:
         raise ArtifactError(f"{folder}: the index holds {index.get_n_items()} items, the manifest says "
                             f"{manifest['count']}")
     return index
+
+
+def load_vectors(folder: Path, manifest: dict, index: Any = None) -> np.ndarray:
+    """Memory-map the image vectors of a verified folder: one row per image id, unit length.
+
+    A version of format 3 keeps them only in its Annoy file (`annoy_vectors`); one of format 2 in vectors.npy.
+    """
+    folder = Path(folder)
+    if manifest["format_version"] == 2:
+        vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
+    else:
+        vectors = annoy_vectors(folder / INDEX_FILE, int(manifest["count"]), int(manifest["dim"]), index)
+    if vectors.shape != (manifest["count"], manifest["dim"]):
+        raise ArtifactError(f"{folder}: vectors of shape {vectors.shape}, the manifest says "
+                            f"({manifest['count']}, {manifest['dim']})")
+    return vectors
+
+
+def annoy_vectors(path: Path, count: int, dim: int, index: Any = None) -> np.ndarray:
+    """The item vectors that an angular Annoy file holds, memory-mapped without a copy, read only.
+
+    Annoy writes item i as node i: three int32 fields (an item's n_descendants is 1) and then its `dim` float32
+    values as they were added. Reading them here spares a second copy of every vector on disk and in the page cache
+    (half of what a worker maps at 128-d, docs/performance-and-scale.md). Sampled rows are checked against the
+    layout and, given the loaded `index`, against `get_item_vector`, so that another Annoy file layout is refused
+    instead of read wrongly.
+    """
+    node = ANNOY_NODE_HEADER + dim
+    raw = np.memmap(path, dtype=np.float32, mode="r")
+    if raw.size < count * node:
+        raise ArtifactError(f"{path}: {raw.size * 4} bytes, too small for {count} items of {dim} floats")
+    nodes = raw[:count * node].reshape(count, node)
+    sample = np.unique(np.linspace(0, count - 1, min(count, 16)).astype(np.int64))
+    ok = (nodes[sample, 0].view(np.int32) == 1).all()
+    if ok and index is not None:
+        ok = all(np.array_equal(nodes[i, ANNOY_NODE_HEADER:], np.float32(index.get_item_vector(int(i))))
+                 for i in sample)
+    if not ok:
+        raise ArtifactError(f"{path}: its items are not laid out as this code reads them (another Annoy version?); "
+                            f"rebuild the index with `python -m pipeline index`")
+    return nodes[:, ANNOY_NODE_HEADER:]

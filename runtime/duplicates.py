@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import storage
+from runtime import artifacts, storage
 from runtime.artifacts import ArtifactError
-from runtime.layout import DUPLICATES_FILE, VECTORS_FILE
+from runtime.layout import DUPLICATES_FILE
 from runtime.products import flatten
 
 BLOCK = 1024  # products compared with the whole catalog at once: BLOCK x products float32 in memory
@@ -38,10 +38,10 @@ def product_vectors(vectors: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
 
 
-def index_product_vectors(folder: Path, items: list[dict]) -> np.ndarray:
-    """Each product's unit embedding in an index folder, from its `vectors.npy` and items (`product_vectors`)."""
+def index_product_vectors(folder: Path, manifest: dict, items: list[dict]) -> np.ndarray:
+    """Each product's unit embedding in an index folder, from its image vectors and items (`product_vectors`)."""
     counts, flat = flatten([image["id"] for image in item["images"]] for item in items)
-    return product_vectors(np.load(Path(folder) / VECTORS_FILE, mmap_mode="r")[flat], counts)
+    return product_vectors(artifacts.load_vectors(folder, manifest)[flat], counts)
 
 
 def group_count(first: np.ndarray) -> int:

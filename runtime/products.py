@@ -1,6 +1,6 @@
 """Search that answers products, not images: a product's images are scored together and it is returned once.
 
-The Annoy index and `vectors.npy` hold one row per image (dense image ids); `items.jsonl` holds one line per
+The Annoy index and its vectors hold one row per image (dense image ids); `items.jsonl` holds one line per
 product, listing its image ids. A query's nearest images name candidate products; every image of each candidate
 is scored exactly, and a product's score is its images' maximum, mean or their mix (`SCORINGS`).
 """

@@ -21,8 +21,8 @@ from runtime.artifacts import ArtifactError
 class ItemStore(Sequence):
     """Entry i is the dict of product i (id, product_id, name, category, image, thumbnail, images, metadata).
 
-    `image_counts` and `image_ids` list each product's images (dense image ids: rows of the Annoy index and
-    vectors.npy), product after product.
+    `image_counts` and `image_ids` list each product's images (dense image ids: items of the Annoy index and
+    rows of its vectors), product after product.
 
     Args:
         path: an index folder's `items.jsonl` (line i describes item i).

@@ -14,7 +14,7 @@ import numpy as np
 from runtime import artifacts
 from runtime.duplicates import read_groups
 from runtime.extractor import load_extractor
-from runtime.layout import EXTRACTOR_DIR, ITEMS_FILE, VECTORS_FILE
+from runtime.layout import EXTRACTOR_DIR, ITEMS_FILE
 from runtime.preprocess import prepare_array
 from runtime.products import Hit, ProductSearch
 from service.items import ItemStore
@@ -60,10 +60,7 @@ class Searcher:
         self.manifest = artifacts.verify(self.folder, check_hashes=check_hashes)
         self.index = artifacts.load_annoy(self.folder, self.manifest, prefault=True)
         self.items = ItemStore(self.folder / ITEMS_FILE)
-        self.vectors = np.load(self.folder / VECTORS_FILE, mmap_mode="r")
-        if self.vectors.shape != (self.manifest["count"], self.manifest["dim"]):
-            raise artifacts.ArtifactError(f"{self.folder}: vectors.npy has shape {self.vectors.shape}, expected "
-                                          f"({self.manifest['count']}, {self.manifest['dim']})")
+        self.vectors = artifacts.load_vectors(self.folder, self.manifest, self.index)
         self.products = ProductSearch(self.vectors, self.items.image_counts, self.items.image_ids, self.index,
                                       int(self.manifest["search_k"]), int(self.manifest["n_trees"]),
                                       exact=self.manifest.get("strategy", "annoy") == "exact",  # measured at build

@@ -82,6 +82,25 @@ def test_a_failed_build_leaves_no_staging_folder_and_the_next_run_removes_old_on
     assert (data / "index" / "current").resolve().name == current  # still served
 
 
+def test_a_catalog_replaced_during_the_build_is_refused(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the stage reads the catalog's columns at three points (keys, products, then the table after Annoy)
+    current = (data / "index" / "current").resolve().name
+    layout = Layout(data)
+    find = index.near_duplicates.find
+
+    def acquire_meanwhile(*args, **kwargs):
+        fresh = layout.catalog_csv.with_name("fresh.csv")
+        fresh.write_text(layout.catalog_csv.read_text().replace(",", ", ", 1))
+        fresh.replace(layout.catalog_csv)  # as acquire swaps its catalog in
+        return find(*args, **kwargs)
+
+    monkeypatch.setattr(index.near_duplicates, "find", acquire_meanwhile)
+    with pytest.raises(ValueError, match="changed while the index was built"):
+        index.run(data, trees=4)
+    assert list((data / "index").glob(".tmp-*")) == []
+    assert (data / "index" / "current").resolve().name == current
+
+
 def test_one_run_per_folder_at_a_time(data: Path, tmp_path: Path) -> None:
     with reruns.locked(data / "index", "index"):
         with pytest.raises(ValueError, match="another index run is working in"):

@@ -114,7 +114,7 @@ def test_more_like_this_uses_the_stored_vector(client, app, monkeypatch, exact: 
     assert searcher.extractor.images_seen == seen  # no encoder pass
     ids = [r["product_id"] for r in body["results"]]
     assert len(ids) == 6 and product_id not in ids and body["product"]["product_id"] == product_id
-    vectors = np.load(searcher.folder / "vectors.npy")
+    vectors = np.array(searcher.vectors)
     exact = np.argsort(-(vectors @ vectors[7]))[1:7]
     assert ids == [searcher.items[i]["product_id"] for i in exact]
     filtered = client.get(f"/api/products/{product_id}/similar?k=3&category=Socks").get_json()["results"]

@@ -91,7 +91,7 @@ def test_index_folder_is_self_describing_and_verified(built: Path, tmp_path: Pat
     assert manifest["index_bytes"] == (folder / "index.ann").stat().st_size and manifest["build_peak_rss_mb"] > 0
     umask = os.umask(0)
     os.umask(umask)
-    for name in ("manifest.json", "index.ann", "items.jsonl", "vectors.npy"):  # a service user can read them
+    for name in ("manifest.json", "index.ann", "items.jsonl"):  # a service user can read them
         assert stat.S_IMODE((folder / name).stat().st_mode) == 0o666 & ~umask, name
     assert {"index.ann", "items.jsonl", "extractor/extractor.json"} <= set(manifest["files"])
     items = artifacts.read_items(folder)
@@ -100,7 +100,9 @@ def test_index_folder_is_self_describing_and_verified(built: Path, tmp_path: Pat
     assert items[0]["metadata"]["baseColour"] and "sha256" not in items[0]["metadata"]
     annoy = artifacts.load_annoy(folder, manifest)
     assert annoy.get_nns_by_item(3, 1) == [3]
-    assert np.load(folder / "vectors.npy").shape == (len(catalog), 32)
+    assert not (folder / "vectors.npy").exists()  # index.ann holds the only copy of the vectors
+    vectors = artifacts.load_vectors(folder, manifest, annoy)
+    assert np.array_equal(vectors, load_embeddings(built)) and not vectors.flags.writeable
     from PIL import Image
 
     with Image.open(folder / items[0]["thumbnail"]) as thumb:
