@@ -14,24 +14,96 @@ each kind go one at a time on new connections: POST /api/search with a real phot
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.common import ROOT, free_port, load_script, multipart, percentiles, raw_request, start_gunicorn, stop
-from benchmarks.feature_memory import peak_mib
+from pipeline.index import DEFAULT_TREES
 from runtime import storage
 from runtime.layout import MANIFEST, Layout
 
+CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 
-def stage(data: Path) -> tuple[float, float, dict]:
-    """Run the index stage in a fresh process; return (seconds, peak RSS MiB, the new manifest)."""
-    rss, seconds = peak_mib([sys.executable, "-m", "pipeline", "index", "--data-dir", str(data)])
-    return seconds, rss, storage.read_json(Layout(data).current_index / MANIFEST)
+
+def stage(data: Path, trees: int, limit_gib: float | None) -> tuple[float, dict[str, float], dict]:
+    """Run the index stage in a fresh process; return (seconds, peak memory in MiB, the new manifest).
+
+    Peak memory: `rss` as the kernel reports it (ru_maxrss: it counts the pages of index.ann that the process has
+    touched through its memory map, which the kernel may drop and read again), `anon` (its private memory, sampled
+    every 0.2 s: what no page cache can give back), and with `limit_gib`, `cgroup`: the most the process was
+    charged while it ran in a memory cgroup of that limit, page cache included, so that it ran within it.
+    """
+    command = [sys.executable, "-m", "pipeline", "index", "--data-dir", str(data), "--trees", str(trees)]
+    group = _memory_group(limit_gib) if limit_gib else None
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                               preexec_fn=(lambda: (group / "cgroup.procs").write_text(str(os.getpid())))
+                               if group else None)
+    anon = [0.0]
+    sampler = threading.Thread(target=_sample_anon, args=(process.pid, anon), daemon=True)
+    sampler.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - started
+        sampler.join()
+        peaks = {"rss": usage.ru_maxrss / 1024, "anon": anon[0]}
+        if group:
+            peaks["cgroup"] = int((group / "memory.max_usage_in_bytes").read_text()) / 2**20
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if group:
+            group.rmdir()
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}"
+                           + (f" (in a {limit_gib} GiB memory cgroup)" if group else ""))
+    return seconds, peaks, storage.read_json(Layout(data).current_index / MANIFEST)
+
+
+def cgroups_available() -> bool:
+    """Whether this process can make a memory cgroup (root, the cgroup v1 memory controller mounted writable)."""
+    probe = CGROUP_V1 / f"index-scale-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+        return True
+    except OSError:
+        return False
+
+
+def _memory_group(limit_gib: float) -> Path:
+    """A new cgroup (v1 memory controller) limited to `limit_gib`: needs root, as on this machine."""
+    group = CGROUP_V1 / f"index-scale-{os.getpid()}"
+    if not CGROUP_V1.is_dir():
+        raise SystemExit(f"--memory-limit needs the cgroup v1 memory controller at {CGROUP_V1}")
+    group.mkdir()
+    (group / "memory.limit_in_bytes").write_text(str(int(limit_gib * 2**30)))
+    return group
+
+
+def _sample_anon(pid: int, peak: list[float]) -> None:
+    """Keep the largest RssAnon (MiB) of a running process in peak[0], until it exits."""
+    status = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
+            peak[0] = max(peak[0], int(fields["RssAnon"].split()[0]) / 1024)
+        except (OSError, KeyError, ValueError):
+            return
+        if fields.get("State", "").strip().startswith("Z"):
+            return
+        time.sleep(0.2)
 
 
 def serve(data: Path, workers: int, requests: int, photo: bytes, seed: int = 0) -> dict[str, list[float]]:
@@ -68,6 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers")
     parser.add_argument("--requests", type=int, default=200, help="requests of each kind")
     parser.add_argument("--keep", action="store_true", help="keep the data dirs (in --work)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="index the data dirs --keep left in --work again, from scratch")
+    parser.add_argument("--trees", type=int, default=DEFAULT_TREES, help="Annoy trees of the index stage")
+    parser.add_argument("--memory-limit", type=float, default=None, metavar="GIB",
+                        help="run the stage in a memory cgroup of this many GiB (root, cgroup v1)")
     args = parser.parse_args(argv)
     synthetic = load_script("make_synthetic_data_dir")
     photo = next((Layout(args.extractor_from).images).rglob("*.jpg")).read_bytes()
@@ -76,11 +153,15 @@ def main(argv: list[str] | None = None) -> None:
         for n in [int(s) for s in args.sizes.split(",")]:
             data = (args.work if args.keep and args.work else Path(tmp)) / f"n{n}"
             started = time.perf_counter()
-            synthetic.make(data, n, args.extractor_from)
+            if args.reuse and (data / "embeddings").is_dir():
+                shutil.rmtree(Layout(data).index, ignore_errors=True)  # a build from scratch, not "nothing changed"
+            else:
+                synthetic.make(data, n, args.extractor_from)
             made = time.perf_counter() - started
-            seconds, rss, manifest = stage(data)
+            seconds, peaks, manifest = stage(data, args.trees, args.memory_limit)
             near = manifest.get("near_duplicates", {})
-            print(f"N={n:,}: data dir written in {made:.0f} s; index stage {seconds:.0f} s, peak RSS {rss:.0f} MiB "
+            memory = ", ".join(f"{name} {mib / 1024:.2f} GiB" for name, mib in peaks.items())
+            print(f"N={n:,}: data dir ready in {made:.0f} s; index stage {seconds:.0f} s, peak memory: {memory} "
                   f"(Annoy build {manifest['build_seconds']:.0f} s, near-duplicates {near.get('seconds', 0):.0f} s, "
                   f"{near.get('threshold')}, {manifest['duplicate_groups']} groups), index.ann "
                   f"{manifest['index_bytes'] / 2**30:.2f} GiB, search_k {manifest['search_k']}", flush=True)
@@ -88,21 +169,24 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  service ({args.workers} worker(s), loaded in {timings['load'][0]:.0f} s): search "
                   f"{percentiles(timings['search'])}; similar {percentiles(timings['similar'])}", flush=True)
             files = {p.name: p.stat().st_size for p in Layout(data).current_index.resolve().iterdir() if p.is_file()}
-            rows.append((n, manifest["dim"], seconds, rss, manifest["build_seconds"], near.get("seconds", 0),
+            rows.append((n, manifest["dim"], seconds, peaks, manifest["build_seconds"], near.get("seconds", 0),
                          files, np.percentile(timings["search"], 50) * 1000,
                          np.percentile(timings["similar"], 50) * 1000, timings["load"][0]))
             if not args.keep:
                 shutil.rmtree(data)  # before the next size: 10M x 256-d takes tens of GB
-    print(f"\nindex_scale: synthetic clustered vectors, {ROOT.name} checkout, index stage in a fresh process, "
-          f"{args.workers} gunicorn worker(s), {args.requests} requests of each kind")
-    print("| products | dim | index stage | peak RSS | Annoy build | near-duplicates | index.ann | vectors.npy | "
-          "search p50 | similar p50 | worker load |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for n, dim, seconds, rss, build, near_s, files, search, similar, load in rows:
-        print(f"| {n:,} | {dim} | {seconds / 60:.1f} min | {rss / 1024:.2f} GiB | {build:.0f} s | {near_s:.0f} s | "
-              f"{files.get('index.ann', 0) / 2**30:.2f} GiB | {files.get('vectors.npy', 0) / 2**30:.2f} GiB | "
-              f"{search:.1f} ms | {similar:.1f} ms | {load:.0f} s |")
+    limit = f", in a {args.memory_limit} GiB memory cgroup" if args.memory_limit else ""
+    print(f"\nindex_scale: synthetic clustered vectors, {ROOT.name} checkout, index stage in a fresh process with "
+          f"{args.trees} trees{limit}, {args.workers} gunicorn worker(s), {args.requests} requests of each kind")
+    print("| products | dim | index stage | peak RSS | peak anonymous | peak cgroup | Annoy build | near-duplicates | "
+          "index.ann | search p50 | similar p50 | worker load |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for n, dim, seconds, peaks, build, near_s, files, search, similar, load in rows:
+        cgroup = f"{peaks['cgroup'] / 1024:.2f} GiB" if "cgroup" in peaks else "-"
+        print(f"| {n:,} | {dim} | {seconds / 60:.1f} min | {peaks['rss'] / 1024:.2f} GiB | "
+              f"{peaks['anon'] / 1024:.2f} GiB | {cgroup} | {build:.0f} s | {near_s:.0f} s | "
+              f"{files.get('index.ann', 0) / 2**30:.2f} GiB | {search:.1f} ms | {similar:.1f} ms | {load:.0f} s |")
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stage and remove its cgroup on the way out
     main()

@@ -70,7 +70,7 @@ def test_synthetic_data_dir_goes_through_the_index_stage_and_the_searcher(demo_i
     for exact in (True, False):
         searcher.exact = exact
         found = [m.item["id"] for m in searcher.similar("S0000007", 10)]
-        vectors = np.load(searcher.folder / "vectors.npy")
+        vectors = np.array(searcher.vectors)
         truth = exact_truth(vectors, vectors[7:8], 11)[0][1:].tolist()
         assert len(set(found) & set(truth)) >= 9
     with pytest.raises(FileExistsError, match="not empty"):
@@ -205,11 +205,18 @@ def test_near_duplicates_benchmark_prints_the_calibration_and_the_reproduction(d
 def test_index_scale_builds_indexes_and_serves_them(demo_index, tmp_path, capsys) -> None:
     from benchmarks import index_scale
 
+    cgroup = index_scale.cgroups_available()  # root with cgroup v1, as on this machine
     index_scale.main(["--sizes", "3000", "--extractor-from", str(demo_index), "--work", str(tmp_path),
-                      "--requests", "5"])
+                      "--requests", "5", "--trees", "4", *(["--memory-limit", "4"] if cgroup else [])])
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| 3,000 |"))
-    assert row.count("|") == 12 and " ms |" in row
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert len(cells) == 12 and cells[-3].endswith(" ms") and cells[4].endswith(" GiB")  # peak anonymous
+    assert "with 4 trees" in out
+    if cgroup:  # the stage's cgroup peak, and the group removed afterwards
+        assert cells[5].endswith(" GiB") and not list(index_scale.CGROUP_V1.glob("index-scale-*"))
+    else:
+        assert cells[5] == "-"
     assert list(tmp_path.iterdir()) == []  # the data dir is deleted: at 10M it is tens of GB
 
 
@@ -223,3 +230,15 @@ def test_catalog_refresh_runs_three_pipelines_and_prints_their_shares(tiny_hub_m
     for stage in catalog_refresh.STAGES:
         assert sum(line.startswith(f"| {stage} |") for line in out.splitlines()) == 1
     assert "nothing changed: " in out and "of the first run (target <= 5%)" in out
+
+
+def test_catalog_memory_measures_each_way_in_a_fresh_process(tmp_path, capsys) -> None:
+    from benchmarks import catalog_memory
+
+    catalog_memory.main(["--rows", "3000", "--work", str(tmp_path)])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and " GiB |" in line]
+    assert any(line.startswith("| without acquire's source columns, Python strings (the index stage) |")
+               for line in rows)
+    assert len(rows) + out.count("left out, pyarrow is not installed") == len(catalog_memory.WAYS)
+    assert list(tmp_path.iterdir()) == []  # the CSV goes with its temporary folder
