@@ -34,7 +34,8 @@ from runtime.layout import MANIFEST, Layout
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 
 
-def stage(data: Path, trees: int, limit_gib: float | None) -> tuple[float, dict[str, float], dict]:
+def stage(data: Path, trees: int, limit_gib: float | None,
+          target_recall: float | None = None) -> tuple[float, dict[str, float], dict]:
     """Run the index stage in a fresh process; return (seconds, peak memory in MiB, the new manifest).
 
     Peak memory: `rss` as the kernel reports it (ru_maxrss: it counts the pages of index.ann that the process has
@@ -43,6 +44,8 @@ def stage(data: Path, trees: int, limit_gib: float | None) -> tuple[float, dict[
     charged while it ran in a memory cgroup of that limit, page cache included, so that it ran within it.
     """
     command = [sys.executable, "-m", "pipeline", "index", "--data-dir", str(data), "--trees", str(trees)]
+    if target_recall is not None:
+        command += ["--target-recall", str(target_recall)]
     group = _memory_group(limit_gib) if limit_gib else None
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
@@ -143,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="index the data dirs --keep left in --work again, from scratch")
     parser.add_argument("--trees", type=int, default=DEFAULT_TREES, help="Annoy trees of the index stage")
+    parser.add_argument("--target-recall", type=float, default=None,
+                        help="recall@10 the stage's search_k must reach (default: the stage's)")
     parser.add_argument("--memory-limit", type=float, default=None, metavar="GIB",
                         help="run the stage in a memory cgroup of this many GiB (root, cgroup v1)")
     args = parser.parse_args(argv)
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 synthetic.make(data, n, args.extractor_from)
             made = time.perf_counter() - started
-            seconds, peaks, manifest = stage(data, args.trees, args.memory_limit)
+            seconds, peaks, manifest = stage(data, args.trees, args.memory_limit, args.target_recall)
             near = manifest.get("near_duplicates", {})
             memory = ", ".join(f"{name} {mib / 1024:.2f} GiB" for name, mib in peaks.items())
             print(f"N={n:,}: data dir ready in {made:.0f} s; index stage {seconds:.0f} s, peak memory: {memory} "
@@ -175,8 +180,10 @@ def main(argv: list[str] | None = None) -> None:
             if not args.keep:
                 shutil.rmtree(data)  # before the next size: 10M x 256-d takes tens of GB
     limit = f", in a {args.memory_limit} GiB memory cgroup" if args.memory_limit else ""
+    recall = f", search_k for recall@10 >= {args.target_recall}" if args.target_recall else ""
     print(f"\nindex_scale: synthetic clustered vectors, {ROOT.name} checkout, index stage in a fresh process with "
-          f"{args.trees} trees{limit}, {args.workers} gunicorn worker(s), {args.requests} requests of each kind")
+          f"{args.trees} trees{limit}{recall}, {args.workers} gunicorn worker(s), {args.requests} requests of each "
+          "kind")
     print("| products | dim | index stage | peak RSS | peak anonymous | peak cgroup | Annoy build | near-duplicates | "
           "index.ann | search p50 | similar p50 | worker load |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

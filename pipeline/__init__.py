@@ -6,4 +6,4 @@ own helpers, never another stage. `python -m pipeline <stage>` or `python -m pip
 """
 
 __version__ = "0.1.0"
-STAGES = ("acquire", "finetune", "vectorize", "index", "evaluate", "duplicates")
+STAGES = ("acquire", "finetune", "vectorize", "index", "evaluate", "duplicates", "remove")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline import acquire, cli, duplicates, evaluate, finetune, index, run, vectorize
+from pipeline import acquire, cli, duplicates, evaluate, finetune, index, remove, run, vectorize
 
-COMMANDS = (acquire, finetune, vectorize, index, evaluate, duplicates, run)
+COMMANDS = (acquire, finetune, vectorize, index, evaluate, duplicates, remove, run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,8 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline", description="Visual product search pipeline. Stages run in order: "
         "acquire -> finetune -> vectorize -> index -> evaluate; `duplicates` reports near-duplicate products of the "
-        "index; `run` does them all. They share only the data "
-        "directory (--data-dir, see data/README.md).")
+        "index; `remove` takes products out of the served index at once (a delta version); `run` does them all. "
+        "They share only the data directory (--data-dir, see data/README.md).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         name = cli.stage_name(module)

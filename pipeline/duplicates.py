@@ -50,7 +50,8 @@ def run(data_dir: Path, threshold: float | None = None) -> dict:
         check_threshold(threshold)
     layout = Layout(Path(data_dir))
     folder = artifacts.resolve_index(layout.current_index)
-    manifest = artifacts.verify(folder, check_hashes=False)
+    # A delta (`pipeline remove`) shares its base's groups: the report is the base's, removed products included.
+    folder, manifest = artifacts.base_of(folder, artifacts.verify(folder, check_hashes=False), check_hashes=False)
     items = artifacts.read_items(folder)
     started = time.perf_counter()
     served = manifest.get("duplicate_threshold")

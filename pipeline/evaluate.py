@@ -68,14 +68,17 @@ def run(data_dir: Path, queries: str, index: Path | None = None, label_column: s
         ValueError: no usable query image, or a label column the queries lack.
     """
     layout = Layout(Path(data_dir))
-    folder = artifacts.resolve_index(index or layout.root)
-    manifest = artifacts.verify(folder)
+    served = artifacts.resolve_index(index or layout.root)
+    served_manifest = artifacts.verify(served)
+    folder, manifest = artifacts.base_of(served, served_manifest)  # a delta (`pipeline remove`) is its base ...
     items = artifacts.read_items(folder)
+    gone = set(artifacts.read_removed(served, served_manifest))  # ... less the products it removed
     annoy = artifacts.load_annoy(folder, manifest, prefault=True)
     search = ProductSearch(artifacts.load_vectors(folder, manifest, annoy),
                            *flatten([image["id"] for image in item["images"]] for item in items),
                            annoy, int(manifest["search_k"]),
-                           int(manifest["n_trees"]), exact=False, scoring=manifest["scoring"])
+                           int(manifest["n_trees"]), exact=False, scoring=manifest["scoring"],
+                           removed=np.array([i for i, item in enumerate(items) if item["product_id"] in gone], int))
     extractor = load_extractor(folder / EXTRACTOR_DIR)
     labels = np.array([_label(item, label_column) for item in items])
     report = Path(report or layout.report)
@@ -97,7 +100,7 @@ def run(data_dir: Path, queries: str, index: Path | None = None, label_column: s
     result["latency_ms_p50"] = round(1000 * float(np.median(latencies)), 3) if latencies else None
     storage.write_json(report, result)
     storage.write_json(report_details(report), {
-        "index": str(folder), "version": manifest["version"], "encoder": manifest["encoder"],
+        "index": str(served), "version": served_manifest["version"], "encoder": manifest["encoder"],
         "label_column": label_column, "k": k, "search_k": manifest["search_k"], "queries": queries,
         "strategy": manifest.get("strategy", "annoy"),
         "measured_path": "annoy, always: with strategy 'exact' the service scans instead, and its answers are "

@@ -8,14 +8,13 @@ import os
 import shutil
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import cli, near_duplicates
+from pipeline import cli, near_duplicates, versions
 from pipeline.annoy_tuning import TARGET_RECALL, K, choose_strategy, exact_ms_per_query, tune_search_k
 from pipeline.catalog import SOURCE_COLUMNS, item_lines, load_catalog
 from pipeline.reruns import check_shards, fingerprint, locked, remove_leftovers
@@ -43,7 +42,7 @@ log = logging.getLogger(__name__)
 METRIC = "angular"
 DEFAULT_TREES = 32  # recall follows search_k, not trees, from 25 to 100 trees (README, docs/benchmarks/)
 ON_DISK_ABOVE = 200_000_000  # floats; larger indexes are built in their file, not in memory
-KEEP_VERSIONS = 3
+KEEP_VERSIONS = versions.KEEP_VERSIONS
 
 
 def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
@@ -89,13 +88,12 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     inputs = fingerprint(layout, contents, options)
     with locked(layout.index, "index"):
         remove_leftovers(layout.index, (".tmp-*", ".current-*"))
-        current = _current_manifest(layout)
+        current = versions.current_manifest(layout)
         if current is not None and current.get("inputs") == inputs:
             log.info("index: the catalog, embeddings and options are those of version %s; index/current stays",
                      current["version"])
             return {**current, "unchanged": True}
-        now = datetime.now(UTC)
-        version = now.strftime("%Y%m%dT%H%M%S") + f"-{now.microsecond:06d}"
+        version, now = versions.new_version()
         staging = layout.index / f".tmp-{version}"
         staging.mkdir(parents=True)
         try:
@@ -107,8 +105,8 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)  # a failed build leaves nothing behind, whatever its size
             raise
-        _point_current(layout, version)
-        _prune(layout, keep)
+        versions.point_current(layout, version)
+        versions.prune(layout, keep)
     log.info("index %s: %d items, %d trees, search_k %d, %.1f s", version, manifest["count"], trees,
              manifest["search_k"], manifest["build_seconds"])
     return manifest
@@ -192,14 +190,6 @@ def _readable(catalog: pd.DataFrame, readable: np.ndarray) -> pd.DataFrame:
     return catalog if readable.all() else catalog[readable].reset_index(drop=True)
 
 
-def _current_manifest(layout: Layout) -> dict | None:
-    """The manifest of the version `index/current` names, or None when there is none (or it is unreadable)."""
-    try:
-        return storage.read_json(layout.current_index / MANIFEST)
-    except (OSError, ValueError):
-        return None
-
-
 def _add_vectors(index: Any, data_dir: Path, n: int, rows: int) -> np.ndarray:
     """Add the readable rows of every shard to the Annoy index as items 0..n-1, one shard at a time (Annoy's file
     then holds the only copy of the vectors); return the readable-row mask of the catalog's `rows`."""
@@ -236,23 +226,6 @@ def _peak_rss_mb() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-
-
-def _point_current(layout: Layout, version: str) -> None:
-    """Switch `index/current` to a version atomically (a new symlink renamed over the old one)."""
-    tmp = layout.index / f".current-{version}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(version)
-    os.replace(tmp, layout.current_index)
-
-
-def _prune(layout: Layout, keep: int) -> None:
-    versions = sorted(p for p in layout.index.iterdir() if p.is_dir() and not p.name.startswith(".")
-                      and not p.is_symlink())
-    current = layout.current_index.resolve().name
-    for old in versions[:-keep] if keep > 0 else []:
-        if old.name != current:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

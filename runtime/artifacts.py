@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from runtime import storage
-from runtime.layout import CURRENT, INDEX_DIR, INDEX_FILE, ITEMS_FILE, MANIFEST, VECTORS_FILE
+from runtime.layout import CURRENT, INDEX_DIR, INDEX_FILE, ITEMS_FILE, MANIFEST, REMOVED_FILE, VECTORS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,54 @@ def verify(folder: Path, check_hashes: bool = True) -> dict:
             raise ArtifactError(f"{folder}: {rel} has {path.stat().st_size} bytes, the manifest says {entry['bytes']}")
         if check_hashes and storage.sha256_file(path) != entry["sha256"]:
             raise ArtifactError(f"{folder}: {rel} does not match its sha256 in the manifest (altered or corrupt)")
-    for required in (INDEX_FILE, ITEMS_FILE) + ((VECTORS_FILE,) if manifest["format_version"] == 2 else ()):
-        if required not in manifest.get("files", {}):
-            raise ArtifactError(f"{folder}: the manifest lists no {required}")
+    if manifest.get("delta"):
+        required: tuple[str, ...] = (REMOVED_FILE,)
+    else:
+        required = (INDEX_FILE, ITEMS_FILE) + ((VECTORS_FILE,) if manifest["format_version"] == 2 else ())
+    for name in required:
+        if name not in manifest.get("files", {}):
+            raise ArtifactError(f"{folder}: the manifest lists no {name}")
     return manifest
+
+
+def manifest_sha256(folder: Path) -> str:
+    """The sha256 of a version's manifest: what a delta records to name its base exactly."""
+    return storage.sha256_file(Path(folder) / MANIFEST)
+
+
+def base_of(folder: Path, manifest: dict, check_hashes: bool = True) -> tuple[Path, dict]:
+    """The full version a delta version is served over, verified, with its manifest; (folder, manifest) itself
+    for a full version.
+
+    A delta (`pipeline remove`) holds only what changed; its base is the sibling folder its manifest names, and
+    must be the very version the delta was made over (its manifest's sha256), not another build of that name.
+
+    Raises:
+        ArtifactError: the base is missing, altered or not the one recorded.
+    """
+    delta = manifest.get("delta")
+    if not delta:
+        return Path(folder), manifest
+    base = Path(folder).parent / delta["base"]
+    if not (base / MANIFEST).is_file():
+        raise ArtifactError(f"{folder} is a delta over version {delta['base']}, which is not beside it in "
+                            f"{Path(folder).parent}; fetch or rebuild that version")
+    if manifest_sha256(base) != delta["base_manifest_sha256"]:
+        raise ArtifactError(f"{base} is not the version {folder} was made over (its manifest's sha256 differs)")
+    base_manifest = verify(base, check_hashes=check_hashes)
+    if base_manifest.get("delta"):
+        raise ArtifactError(f"{folder}: its base {base} is itself a delta")
+    return base, base_manifest
+
+
+def read_removed(folder: Path, manifest: dict) -> list[str]:
+    """The product ids a delta version no longer serves ([] for a full version)."""
+    if not manifest.get("delta"):
+        return []
+    removed = storage.read_json(Path(folder) / REMOVED_FILE)
+    if not isinstance(removed, list) or not all(isinstance(p, str) for p in removed):
+        raise ArtifactError(f"{folder}: {REMOVED_FILE} is not a list of product ids")
+    return removed
 
 
 def read_items(folder: Path) -> list[dict]:
@@ -134,3 +179,38 @@ def annoy_vectors(path: Path, count: int, dim: int, index: Any = None) -> np.nda
         raise ArtifactError(f"{path}: its items are not laid out as this code reads them (another Annoy version?); "
                             f"rebuild the index with `python -m pipeline index`")
     return nodes[:, ANNOY_NODE_HEADER:]
+
+
+_PRODUCT_ID = re.compile(rb'^\{"id": (\d+), "product_id": ("(?:[^"\\\n]|\\.)*")', re.MULTILINE)
+
+
+def find_products(folder: Path, product_ids: set[str]) -> dict[str, int]:
+    """Return {product id: product number} for those of `product_ids` that the version's items.jsonl lists.
+
+    One pass over the file's bytes that parses only the product ids (the index stage writes each line's id and
+    product_id first), so that it costs seconds at millions of products; a line written otherwise is parsed whole.
+    """
+    import mmap
+
+    wanted = {json.dumps(p, ensure_ascii=False).encode(): p for p in product_ids}
+    found: dict[str, int] = {}
+    path = Path(folder) / ITEMS_FILE
+    with open(path, "rb") as fh:
+        if not path.stat().st_size:
+            return found
+        data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            lines = int(np.count_nonzero(np.frombuffer(data, np.uint8) == ord("\n"))) + (data[-1:] != b"\n")
+            matched = 0
+            for match in _PRODUCT_ID.finditer(data):
+                matched += 1
+                if match.group(2) in wanted:
+                    found[wanted[match.group(2)]] = int(match.group(1))
+            if matched != lines:  # not the index stage's key order: the slow, sure way
+                found = {}
+                for item in (json.loads(line) for line in data[:].splitlines() if line.strip()):
+                    if str(item["product_id"]) in product_ids:
+                        found[str(item["product_id"])] = int(item["id"])
+        finally:
+            data.close()
+    return found

@@ -89,10 +89,13 @@ class ProductSearch:
         search_k: Annoy's nodes per query; n_trees: its trees (a wider query inspects n * n_trees nodes).
         exact: scan every image instead of asking Annoy (the index stage measured it faster).
         scoring: how a product's image scores combine, one of `SCORINGS`.
+        removed: product numbers never to return (a delta version's removed products): they stay in the vectors
+            and in Annoy, and are left out of every result.
     """
 
     def __init__(self, vectors: np.ndarray, counts: np.ndarray, flat: np.ndarray, annoy: Any = None,
-                 search_k: int = -1, n_trees: int = 1, exact: bool = False, scoring: str = DEFAULT_SCORING) -> None:
+                 search_k: int = -1, n_trees: int = 1, exact: bool = False, scoring: str = DEFAULT_SCORING,
+                 removed: np.ndarray | None = None) -> None:
         if scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
         self.vectors, self.annoy, self.search_k, self.n_trees = vectors, annoy, search_k, n_trees
@@ -101,6 +104,12 @@ class ProductSearch:
         self.images = flat
         self.n_products = len(self.offsets) - 1
         self.one_image_each = len(vectors) == self.n_products  # a product's score is its image's: no aggregation
+        self.removed: np.ndarray | None = None  # bool per product, only when some are removed
+        self.n_removed = 0
+        if removed is not None and len(removed):
+            self.removed = np.zeros(self.n_products, bool)
+            self.removed[np.asarray(removed, np.int64)] = True
+            self.n_removed = int(self.removed.sum())
 
     def images_of(self, products: Sequence[int] | np.ndarray) -> np.ndarray:
         """Every image id of the given products."""
@@ -124,9 +133,12 @@ class ProductSearch:
             exact: force (True) or forbid (False) the exact scan; None: as measured at build, or for a narrow mask.
         """
         allowed = None  # every product: no per-query array of the catalog's size on the hot path
-        n_allowed = self.n_products - (exclude is not None)
+        removed = self.removed
+        if exclude is not None and removed is not None and removed[exclude]:
+            exclude = None  # already left out
+        n_allowed = self.n_products - self.n_removed - (exclude is not None)
         if mask is not None:
-            allowed = mask.copy()
+            allowed = mask & ~removed if removed is not None else mask.copy()
             if exclude is not None:
                 allowed[exclude] = False
             n_allowed = int(allowed.sum())
@@ -135,7 +147,7 @@ class ProductSearch:
             return []
         narrow = mask is not None and n_allowed <= EXACT_FILTER_BELOW
         if exact or (exact is None and (self.exact or narrow)):
-            if allowed is None and exclude is None:
+            if allowed is None and exclude is None and removed is None:
                 return self._rank_all(vector, wanted)
             return self._rank(self._allowed(allowed, exclude), vector, wanted)
         n_images = len(self.vectors)
@@ -144,18 +156,23 @@ class ProductSearch:
         while True:
             ids = self.annoy.get_nns_by_vector(vector, n, search_k=max(self.search_k, n * self.n_trees))
             products = np.unique(self.image_product[np.asarray(ids, np.int64)])
-            products = products[allowed[products]] if allowed is not None else products[products != exclude]
+            if allowed is not None:
+                products = products[allowed[products]]
+            else:
+                products = products[products != exclude]
+                if removed is not None:
+                    products = products[~removed[products]]
             if len(products) >= wanted or n >= n_images:
                 return self._rank(products if len(products) >= wanted else self._allowed(allowed, exclude), vector,
                                   wanted)
             n = min(n_images, n * WIDEN)
 
     def _allowed(self, allowed: np.ndarray | None, exclude: int | None) -> np.ndarray:
-        """The allowed product numbers: the mask's, or every product but `exclude`."""
+        """The allowed product numbers: the mask's, or every product but `exclude` and the removed ones."""
         if allowed is not None:
             return np.flatnonzero(allowed)
-        everything = np.arange(self.n_products)
-        return everything if exclude is None else np.delete(everything, exclude)
+        everything = np.arange(self.n_products) if self.removed is None else np.flatnonzero(~self.removed)
+        return everything if exclude is None else everything[everything != exclude]
 
     def _rank_all(self, vector: np.ndarray, k: int) -> list[Hit]:
         """`_rank` over every product: one product of the whole matrix and nothing of the catalog's size besides

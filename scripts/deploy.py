@@ -64,30 +64,53 @@ def upload_artifacts(folder: Path, bucket: str, prefix: str, client=None) -> dic
     """Upload a verified index folder to s3://bucket/prefix/<version>/, skipping files already there, then point
     s3://bucket/prefix/CURRENT at it (last, so no instance sees a half-uploaded version).
 
+    A delta version (`pipeline remove`) needs its base beside it: the base is uploaded first unless its manifest
+    is already there (the same sha256), so publishing a delta over a published base uploads the delta's files only.
+
     Returns:
-        Counts of uploaded and skipped files, the version, and the S3 URI the service's ARTIFACTS should name.
+        Counts of uploaded and skipped files and the bytes uploaded, the version, and the S3 URI the service's
+        ARTIFACTS should name; for a delta, `base` with the same counts for its base.
     """
     folder = artifacts.resolve_index(folder)
     manifest = artifacts.verify(folder)
     client = client or storage.s3_client()
-    base = f"{prefix.strip('/')}/{manifest['version']}" if prefix.strip("/") else manifest["version"]
-    uploaded = skipped = 0
-    for rel, entry in sorted(manifest["files"].items()) + [(MANIFEST, None)]:
-        key = f"{base}/{rel}"
-        sha = entry["sha256"] if entry else storage.sha256_file(folder / rel)
-        try:
-            head = client.head_object(Bucket=bucket, Key=key)
-            if head.get("Metadata", {}).get("sha256") == sha:
-                skipped += 1
-                continue
-        except client.exceptions.ClientError:
-            pass
-        client.upload_file(str(folder / rel), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}})
-        uploaded += 1
+    base_result = None
+    if manifest.get("delta"):
+        base_folder, _ = artifacts.base_of(folder, manifest)
+        base_result = _upload_version(base_folder, bucket, prefix, client, skip_if_published=True)
+    result = _upload_version(folder, bucket, prefix, client)
     pointer = f"{prefix.strip('/')}/{S3_POINTER}" if prefix.strip("/") else S3_POINTER
     client.put_object(Bucket=bucket, Key=pointer, Body=manifest["version"].encode())
-    return {"uploaded": uploaded, "skipped": skipped, "version": manifest["version"],
+    return {**result, **({"base": base_result} if base_result else {}),
             "artifacts": f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")}
+
+
+def _upload_version(folder: Path, bucket: str, prefix: str, client, skip_if_published: bool = False) -> dict:
+    """Upload one version folder's files (those whose sha256 is not already there), its manifest last."""
+    manifest = artifacts.verify(folder, check_hashes=False)
+    base = f"{prefix.strip('/')}/{manifest['version']}" if prefix.strip("/") else manifest["version"]
+    manifest_sha = artifacts.manifest_sha256(folder)
+    if skip_if_published and _published_sha(client, bucket, f"{base}/{MANIFEST}") == manifest_sha:
+        return {"uploaded": 0, "skipped": len(manifest["files"]) + 1, "bytes": 0, "version": manifest["version"]}
+    uploaded = skipped = sent = 0
+    for rel, entry in sorted(manifest["files"].items()) + [(MANIFEST, None)]:
+        key = f"{base}/{rel}"
+        sha = entry["sha256"] if entry else manifest_sha
+        if _published_sha(client, bucket, key) == sha:
+            skipped += 1
+            continue
+        client.upload_file(str(folder / rel), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}})
+        uploaded += 1
+        sent += (folder / rel).stat().st_size
+    return {"uploaded": uploaded, "skipped": skipped, "bytes": sent, "version": manifest["version"]}
+
+
+def _published_sha(client, bucket: str, key: str) -> str | None:
+    """The sha256 an earlier upload recorded on an object, or None when it is not there."""
+    try:
+        return client.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("sha256")
+    except client.exceptions.ClientError:
+        return None
 
 
 def build_bundle(root: Path = ROOT) -> tuple[bytes, str]:
@@ -146,7 +169,11 @@ def deploy(artifacts_dir: Path, bucket: str, application: str, environment: str,
     s3 = clients.get("s3") or storage.s3_client()
     result: dict = {"artifacts": upload_artifacts(artifacts_dir, bucket, prefix, s3)}
     if artifacts_only:
-        print(f"deploy: s3://{bucket}/{prefix.strip('/')}/{S3_POINTER} -> {result['artifacts']['version']}; "
+        up = result["artifacts"]
+        base = up.get("base")
+        sent = f"{up['bytes'] / 2**20:.2f} MiB uploaded" + (
+            f" (a delta; its base {base['version']}: {base['bytes'] / 2**20:.2f} MiB)" if base else "")
+        print(f"deploy: s3://{bucket}/{prefix.strip('/')}/{S3_POINTER} -> {up['version']}, {sent}; "
               "every instance loads it within RELOAD_CHECK_S (see /health)", flush=True)
         return result
     eb = clients.get("elasticbeanstalk") or boto3.client("elasticbeanstalk")

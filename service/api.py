@@ -129,5 +129,5 @@ def filters():  # noqa: ANN201
     """Return the filterable columns, with value counts for those with few distinct values, and whether results
     can be collapsed to one per near-duplicate group."""
     searcher = get_searcher()
-    return jsonify({"columns": searcher.columns, "facets": searcher.facets, "count": len(searcher.items),
+    return jsonify({"columns": searcher.columns, "facets": searcher.facets, "count": searcher.count,
                     "collapse": searcher.groups is not None})

@@ -25,7 +25,7 @@ def health():  # noqa: ANN201
     if searcher is None:
         body = {"status": "error" if holder.error else "loading", "message": holder.error or "loading the index"}
         return jsonify(body), 503
-    return jsonify({"status": "ok", "version": searcher.version, "items": len(searcher.items),
+    return jsonify({"status": "ok", "version": searcher.version, "items": searcher.count,
                     "encoder": searcher.manifest["encoder"], "dim": searcher.manifest["dim"],
                     "worker": os.getpid(), "loaded_at": round(holder.loaded_at, 3),
                     "load_seconds": round(holder.load_seconds, 3), "refused": holder.refused})
@@ -60,4 +60,4 @@ def reload():  # noqa: ANN201
     current_app.config["ARTIFACTS"] = location
     holder.announce(location)
     return jsonify({"status": "reloaded", "previous_version": old, "version": searcher.version,
-                    "items": len(searcher.items)})
+                    "items": searcher.count})

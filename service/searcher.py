@@ -7,7 +7,7 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -45,30 +45,73 @@ class Match(NamedTuple):
     image: int
 
 
+class Base(NamedTuple):
+    """What a full index version loads: shared by every delta version served over it (`Searcher.reuse`)."""
+
+    folder: Path
+    manifest: dict
+    index: Any
+    items: ItemStore
+    vectors: np.ndarray
+    groups: np.ndarray | None
+    extractor: Any
+
+
+def load_base(folder: Path, manifest: dict, threads: int | None = None) -> Base:
+    """Memory-map a verified full version's Annoy index, items and vectors, and load its extractor."""
+    index = artifacts.load_annoy(folder, manifest, prefault=True)
+    vectors = artifacts.load_vectors(folder, manifest, index)
+    return Base(folder, manifest, index, ItemStore(folder / ITEMS_FILE), vectors, read_groups(folder, manifest),
+                load_extractor(folder / EXTRACTOR_DIR, threads))
+
+
 class Searcher:
     """Everything one index version needs to answer queries: extractor, Annoy index, vectors, product maps.
+
+    A delta version (`pipeline remove`) is served over its base, the full version it names: the base's files
+    answer, and the delta's removed products are left out of every answer. A worker already serving that base
+    (`reuse`) keeps its memory maps and extractor and loads only the delta.
 
     Args:
         folder: an index version folder (or anything `runtime.artifacts.resolve_index` accepts).
         check_hashes: verify every file's sha256 against the manifest before loading.
         threads: threads of a TFLite backbone (None: one per core).
+        reuse: the searcher being served, whose base this one may share.
     """
 
-    def __init__(self, folder: Path, check_hashes: bool = True, threads: int | None = None) -> None:
+    def __init__(self, folder: Path, check_hashes: bool = True, threads: int | None = None,
+                 reuse: Searcher | None = None) -> None:
         started = time.perf_counter()
         self.folder = artifacts.resolve_index(folder)
         self.manifest = artifacts.verify(self.folder, check_hashes=check_hashes)
-        self.index = artifacts.load_annoy(self.folder, self.manifest, prefault=True)
-        self.items = ItemStore(self.folder / ITEMS_FILE)
-        self.vectors = artifacts.load_vectors(self.folder, self.manifest, self.index)
+        delta = self.manifest.get("delta")
+        if delta and reuse is not None and reuse.base.manifest["version"] == delta["base"] \
+                and reuse.base.folder == self.folder.parent / delta["base"] \
+                and artifacts.manifest_sha256(reuse.base.folder) == delta["base_manifest_sha256"]:
+            self.base = reuse.base
+        else:
+            self.base = load_base(*artifacts.base_of(self.folder, self.manifest, check_hashes=check_hashes), threads)
+        self.index, self.items, self.vectors = self.base.index, self.base.items, self.base.vectors
+        self.groups, self.extractor = self.base.groups, self.base.extractor
+        removed = self._removed_numbers(artifacts.read_removed(self.folder, self.manifest))
         self.products = ProductSearch(self.vectors, self.items.image_counts, self.items.image_ids, self.index,
                                       int(self.manifest["search_k"]), int(self.manifest["n_trees"]),
                                       exact=self.manifest.get("strategy", "annoy") == "exact",  # measured at build
-                                      scoring=self.manifest["scoring"])
-        self.groups = read_groups(self.folder, self.manifest)  # near-duplicate group of each product, if built
-        self.extractor = load_extractor(self.folder / EXTRACTOR_DIR, threads)
+                                      scoring=self.manifest["scoring"], removed=removed)
+        self.removed = self.products.removed  # bool per product, or None
+        self.count = len(self.items) - self.products.n_removed  # products served
         self.columns = self.items.columns
         self.load_seconds = time.perf_counter() - started
+
+    def _removed_numbers(self, product_ids: list[str]) -> np.ndarray:
+        numbers = []
+        for product_id in product_ids:
+            try:
+                numbers.append(self.items.lookup(product_id))
+            except KeyError:
+                raise artifacts.ArtifactError(f"{self.folder}: removes {product_id!r}, which its base "
+                                              f"{self.base.folder.name} does not have") from None
+        return np.asarray(numbers, np.int64)
 
     @property
     def exact(self) -> bool:
@@ -96,9 +139,16 @@ class Searcher:
     def product(self, product_id: str) -> dict:
         """Return a product's item (id, product_id, name, category, image, thumbnail, metadata)."""
         try:
-            return self.items[self.items.lookup(product_id)]
+            number = self.items.lookup(product_id)
         except KeyError:
             raise UnknownProduct(product_id) from None
+        if self.removed is not None and self.removed[number]:
+            raise UnknownProduct(product_id)
+        return self.items[number]
+
+    def image_file(self, item: dict, position: int) -> Path:
+        """The thumbnail file of one of a product's images (a delta's products are its base's)."""
+        return self.base.folder / item["images"][position]["thumbnail"]
 
     def allowed(self, filters: dict[str, list[str]]) -> np.ndarray:
         """Return a boolean mask of the products matching every column's filter (any of its values)."""
@@ -111,6 +161,8 @@ class Searcher:
             for value in values:
                 column_mask[by_value.get(value, np.empty(0, np.int32))] = True
             mask &= column_mask
+        if self.removed is not None:
+            mask &= ~self.removed
         return mask
 
     @functools.cached_property
@@ -118,12 +170,17 @@ class Searcher:
         """Each low-cardinality column's values with their product counts, most common first: columns with 2 to
         FACET_MAX_VALUES values, each shared by two products on average (a name or an id is not a facet)."""
         out = {}
-        most = min(FACET_MAX_VALUES, len(self.items) // 2)
+        most = min(FACET_MAX_VALUES, self.count // 2)
         for column in (c for c in self.columns if c not in NOT_FACETS):
-            counts = Counter({v: len(ids) for v, ids in self.items.ids_by_value[column].items() if v != ""})
+            counts = Counter({v: self._served(ids) for v, ids in self.items.ids_by_value[column].items() if v != ""})
+            counts = +counts  # values whose every product was removed are no facet values
             if 1 < len(counts) <= most:
                 out[column] = [{"value": v, "count": c} for v, c in counts.most_common()]
         return out
+
+    def _served(self, ids: np.ndarray) -> int:
+        """How many of these products are served (not removed by a delta)."""
+        return len(ids) if self.removed is None else int(len(ids) - self.removed[ids].sum())
 
     def search(self, vector: np.ndarray, k: int, filters: dict[str, list[str]] | None = None,
                exclude: int | None = None, collapse: bool = False, min_score: float | None = None) -> list[Match]:
@@ -159,10 +216,10 @@ class Searcher:
                 kept = [hits[i] for i in np.sort(first)]
             else:
                 kept = hits
-            exhausted = len(hits) < fetch or fetch >= len(self.items)
+            exhausted = len(hits) < fetch or fetch >= self.count
             if len(kept) >= k or exhausted or (min_score is not None and hits[-1].score < min_score):
                 break
-            fetch = min(fetch * 4, len(self.items))  # dropped duplicates: look further down the ranking
+            fetch = min(fetch * 4, self.count)  # dropped duplicates: look further down the ranking
         kept = kept[:k] if min_score is None else [h for h in kept[:k] if h.score >= min_score]
         return [self._match(hit) for hit in kept]
 

@@ -105,12 +105,12 @@ class SearcherHolder:
         with self._load_lock:
             started = time.perf_counter()
             searcher = Searcher(local_folder(location, Path(self.config["ARTIFACTS_CACHE"])),
-                                threads=encoder_threads(self.config))
+                                threads=encoder_threads(self.config), reuse=self.searcher)
             searcher.warm_up()
             self.searcher, self.error, self.refused, self.loaded_at = searcher, None, None, time.time()
             self.location, self.load_seconds = location, time.perf_counter() - started
-        metrics.serving(len(searcher.items))
-        log.info("serving index %s (%d items, %s) from %s", searcher.version, len(searcher.items),
+        metrics.serving(searcher.count)
+        log.info("serving index %s (%d items, %s) from %s", searcher.version, searcher.count,
                  searcher.manifest["encoder"], location)
         return searcher
 

@@ -18,8 +18,9 @@ KEEP_VERSIONS = 3  # cached index versions kept per S3 prefix: the one being loa
 def fetch_s3(uri: str, cache_dir: Path) -> Path:
     """Download the index at `uri` (a version folder, or a prefix whose CURRENT object names one) and verify it.
 
-    Files already in the cache with the right sha256 are not downloaded again. Nothing is returned unless
-    every file matches the manifest.
+    Files already in the cache with the right sha256 are not downloaded again. A delta version's base (the full
+    version beside it that its manifest names) is fetched too, into the folder beside it. Nothing is returned
+    unless every file matches its manifest.
 
     Raises:
         ArtifactError: no manifest, or a file whose size or sha256 differs from the manifest (tampering).
@@ -33,12 +34,26 @@ def fetch_s3(uri: str, cache_dir: Path) -> Path:
         prefix = f"{prefix}/{pointer}"
     except ClientError:
         pass  # no pointer: the URI names a version folder itself
+    local, manifest = _fetch_version(client, bucket, prefix, Path(cache_dir))
+    base = (manifest.get("delta") or {}).get("base")
+    if base:
+        if "/" in base or base in ("", ".", ".."):
+            raise artifacts.ArtifactError(f"manifest at s3://{bucket}/{prefix} names an unsafe base {base!r}")
+        _fetch_version(client, bucket, f"{prefix.rpartition('/')[0]}/{base}".lstrip("/"), Path(cache_dir))
+    prune_cache(local, keep_also=(base,) if base else ())
+    return local
+
+
+def _fetch_version(client, bucket: str, prefix: str, cache_dir: Path) -> tuple[Path, dict]:
+    """Download one version folder's files (those not already cached with the right sha256), then its manifest."""
+    from botocore.exceptions import ClientError
+
     try:
         manifest_bytes = client.get_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}")["Body"].read()
     except ClientError as exc:
         raise artifacts.ArtifactError(f"no {MANIFEST} at s3://{bucket}/{prefix}: {exc}") from None
     manifest = json.loads(manifest_bytes)
-    local = Path(cache_dir) / bucket / prefix
+    local = cache_dir / bucket / prefix
     for rel, entry in manifest.get("files", {}).items():
         if ".." in Path(rel).parts or Path(rel).is_absolute():
             raise artifacts.ArtifactError(f"manifest at s3://{bucket}/{prefix} lists an unsafe path {rel!r}")
@@ -55,23 +70,24 @@ def fetch_s3(uri: str, cache_dir: Path) -> Path:
                                           "refusing to load these artifacts")
         os.replace(tmp, target)
     storage.atomic_write_bytes(local / MANIFEST, manifest_bytes)
-    log.info("fetched %s (%d files) into %s", uri, len(manifest.get("files", {})), local)
-    prune_cache(local)
-    return local
+    log.info("fetched s3://%s/%s (%d files) into %s", bucket, prefix, len(manifest.get("files", {})), local)
+    return local, manifest
 
 
-def prune_cache(current: Path, keep: int = KEEP_VERSIONS) -> list[Path]:
-    """Delete cached versions beside `current` but the `keep` most recently fetched (current among them).
+def prune_cache(current: Path, keep: int = KEEP_VERSIONS, keep_also: tuple[str, ...] = ()) -> list[Path]:
+    """Delete cached versions beside `current` but the `keep` most recently fetched (current among them) and
+    those named in `keep_also` (the base a delta is served over).
 
-    Each catalog publish adds a full version to every instance's cache; without pruning the disk fills. A few are
+    Each catalog publish adds a version to every instance's cache; without pruning the disk fills. A few are
     kept because another worker of the instance may still be serving (memory-mapping) an older one.
 
     Returns:
         The folders removed.
     """
-    versions = [p for p in current.parent.iterdir() if p.is_dir() and (p / MANIFEST).is_file() and p != current]
+    versions = [p for p in current.parent.iterdir() if p.is_dir() and (p / MANIFEST).is_file() and p != current
+                and p.name not in keep_also]
     versions.sort(key=lambda p: (p / MANIFEST).stat().st_mtime, reverse=True)
-    removed = versions[keep - 1:]
+    removed = versions[max(keep - 1 - len(keep_also), 0):]
     for folder in removed:
         shutil.rmtree(folder, ignore_errors=True)
         log.info("removed %s from the artifacts cache (keeping the %d newest versions)", folder, keep)

@@ -30,4 +30,4 @@ def product_image(product_id: str):  # noqa: ANN201
     if not raw.isdigit() or int(raw) >= len(item["images"]):
         raise APIError(404, "unknown_image", f"product {product_id!r} has images n=0..{len(item['images']) - 1}, "
                                              f"not n={raw!r}")
-    return send_file(searcher.folder / item["images"][int(raw)]["thumbnail"], mimetype="image/jpeg", max_age=86400)
+    return send_file(searcher.image_file(item, int(raw)), mimetype="image/jpeg", max_age=86400)

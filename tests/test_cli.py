@@ -80,7 +80,10 @@ def test_help_lists_the_commands() -> None:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_stage_prints_its_usage_both_ways(command: str) -> None:
     module = importlib.import_module(f"pipeline.{command}")
-    flags = {f"--{name.replace('_', '-')}" for name in inspect.signature(module.run).parameters}
+    parser = cli.configure(argparse.ArgumentParser(), module)
+    positional = {a.dest for a in parser._actions if not a.option_strings}
+    flags = {f"--{name.replace('_', '-')}" for name in inspect.signature(module.run).parameters
+             if name not in positional}
     for form, prog in ((["-m", f"pipeline.{command}"], f"python -m pipeline.{command}"),
                        (["-m", "pipeline", command], f"python -m pipeline {command}")):
         done = cli_run(*form, "--help", timeout=60)
