@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import cli, plots
+from pipeline import cli, deltas, plots
 from pipeline.catalog import read_catalog
 from pipeline.ingest import ingest, write_tables
 from pipeline.sources import SOURCE_HELP, read_source
@@ -24,7 +24,7 @@ from runtime import artifacts, storage
 from runtime.extractor import Extractor, load_extractor
 from runtime.layout import EXTRACTOR_DIR, Layout, report_details, report_grid
 from runtime.preprocess import decode_image
-from runtime.products import Hit, ProductSearch, flatten
+from runtime.products import CombinedSearch, Hit, ProductSearch, flatten
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +70,21 @@ def run(data_dir: Path, queries: str, index: Path | None = None, label_column: s
     layout = Layout(Path(data_dir))
     served = artifacts.resolve_index(index or layout.root)
     served_manifest = artifacts.verify(served)
-    folder, manifest = artifacts.base_of(served, served_manifest)  # a delta (`pipeline remove`) is its base ...
+    folder, manifest = artifacts.base_of(served, served_manifest)  # a delta (`pipeline.deltas`) is its base ...
     items = artifacts.read_items(folder)
-    gone = set(artifacts.read_removed(served, served_manifest))  # ... less the products it removed
+    gone = set(artifacts.read_removed(served, served_manifest))  # ... less the products it removed ...
     annoy = artifacts.load_annoy(folder, manifest, prefault=True)
-    search = ProductSearch(artifacts.load_vectors(folder, manifest, annoy),
-                           *flatten([image["id"] for image in item["images"]] for item in items),
-                           annoy, int(manifest["search_k"]),
-                           int(manifest["n_trees"]), exact=False, scoring=manifest["scoring"],
-                           removed=np.array([i for i, item in enumerate(items) if item["product_id"] in gone], int))
+    base = ProductSearch(artifacts.load_vectors(folder, manifest, annoy),
+                         *flatten([image["id"] for image in item["images"]] for item in items),
+                         annoy, int(manifest["search_k"]),
+                         int(manifest["n_trees"]), exact=False, scoring=manifest["scoring"],
+                         removed=np.array([i for i, item in enumerate(items) if item["product_id"] in gone], int))
+    added = deltas.read_added(served, served_manifest)  # ... and with the products it added, numbered after
+    offset = len(items)
+    search = CombinedSearch(base, ProductSearch(
+        added.vectors, *flatten([image["id"] for image in item["images"]] for item in added.items), None,
+        scoring=manifest["scoring"]) if added.items else None)
+    items += [{**item, "id": offset + i} for i, item in enumerate(added.items)]
     extractor = load_extractor(folder / EXTRACTOR_DIR)
     labels = np.array([_label(item, label_column) for item in items])
     report = Path(report or layout.report)
@@ -89,7 +95,7 @@ def run(data_dir: Path, queries: str, index: Path | None = None, label_column: s
                          f"columns: {list(qcat.columns)}")
     qpaths = [str(work.catalog / p) for p in qcat["image"]]
     # A query that is itself in the index (same product id) must not count finding itself.
-    number = {item["product_id"]: i for i, item in enumerate(items)}
+    number = {item["product_id"]: i for i, item in enumerate(items) if item["product_id"] not in gone or i >= offset}
     self_ids = np.array([number.get(q, -1) for q in qcat["product_id"]])
     hits, qvectors, latencies = _query(extractor, search, qpaths, k, self_ids)
     found = [[h.product for h in row] for row in hits]
@@ -107,7 +113,8 @@ def run(data_dir: Path, queries: str, index: Path | None = None, label_column: s
                          "then exact (ann_recall_at_10 is what Annoy alone would give)",
         "latency_ms_p99": round(1000 * float(np.percentile(latencies, 99)), 3) if latencies else None,
         "query_rows_rejected": n_rejected})
-    thumbs = [[search_thumb(items[h.product], h.image) for h in row] for row in hits]
+    thumbs = [[str((served if h.product >= offset else folder) / search_thumb(items[h.product], h.image))
+               for h in row] for row in hits]
     _grid(report_grid(report), folder, thumbs, [[labels[i] for i in f] for f in found], qpaths, qlabels)
     log.info("evaluate: %s", result)
     return result
@@ -125,7 +132,7 @@ def _acquire_queries(queries: str, work: Layout) -> tuple[Any, int]:
     return read_catalog(work.catalog_csv), len(rejects) + len(failed)
 
 
-def _query(extractor: Extractor, search: ProductSearch, paths: list[str], k: int, self_ids: np.ndarray
+def _query(extractor: Extractor, search: CombinedSearch, paths: list[str], k: int, self_ids: np.ndarray
            ) -> tuple[list[list[Hit]], np.ndarray, list[float]]:
     """Embed and look up each query alone through Annoy, as the service would, timing decode + embedding + search."""
     found, vectors, latencies = [], [], []

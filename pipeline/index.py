@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import cli, near_duplicates, versions
+from pipeline import cli, deltas, near_duplicates, versions
 from pipeline.annoy_tuning import TARGET_RECALL, K, choose_strategy, exact_ms_per_query, tune_search_k
 from pipeline.catalog import SOURCE_COLUMNS, item_lines, load_catalog
 from pipeline.reruns import check_shards, fingerprint, locked, remove_leftovers
@@ -43,12 +43,18 @@ METRIC = "angular"
 DEFAULT_TREES = 32  # recall follows search_k, not trees, from 25 to 100 trees (README, docs/benchmarks/)
 ON_DISK_ABOVE = 200_000_000  # floats; larger indexes are built in their file, not in memory
 KEEP_VERSIONS = versions.KEEP_VERSIONS
+DELTA_LIMIT = 0.05  # a larger change is a full build (docs/live-catalog.md: query cost against delta size)
 
 
 def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         target_recall: float = TARGET_RECALL, keep: int = KEEP_VERSIONS, scoring: str = DEFAULT_SCORING,
-        duplicate_threshold: float | None = None) -> dict:
+        duplicate_threshold: float | None = None, delta_limit: float = DELTA_LIMIT, full: bool = False) -> dict:
     """Build a new index version from the embeddings and make it current, unless nothing changed.
+
+    When less than `delta_limit` of the products changed since the full version being served (its base, if a
+    delta is served) and that version was built with the same options and model, a delta version over it is
+    written instead (`pipeline.deltas`): the removed and changed products' ids, and the new and changed ones'
+    items, vectors and thumbnails. `full` (or a larger change) builds a full version, folding every delta in.
 
     Args:
         data_dir: the data directory; reads `catalog/`, `embeddings/`, `model/extractor/`; writes `index/`.
@@ -60,6 +66,8 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
             evaluate.
         duplicate_threshold: near-duplicates' cosine similarity, for collapse=true; None calibrates it from the
             index (`pipeline.near_duplicates`).
+        delta_limit: the largest changed share of the products written as a delta (0: always full).
+        full: build a full version whatever changed.
 
     Returns:
         The manifest of the new version; or, when the current version was built from the same catalog,
@@ -89,17 +97,24 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
     with locked(layout.index, "index"):
         remove_leftovers(layout.index, (".tmp-*", ".current-*"))
         current = versions.current_manifest(layout)
-        if current is not None and current.get("inputs") == inputs:
+        if current is not None and current.get("inputs") == inputs and not (full and current.get("delta")):
             log.info("index: the catalog, embeddings and options are those of version %s; index/current stays",
                      current["version"])
             return {**current, "unchanged": True}
+        if current is not None and not full and delta_limit > 0:
+            delta = deltas.index_delta(layout, layout.current_index.resolve(),
+                                       lambda **kw: _catalog_again(layout, catalog_stat, **kw),
+                                       embeddings_summary["rows"], embeddings_summary["dim"],
+                                       extractor_config["export_id"], options, inputs, delta_limit, keep)
+            if delta is not None:
+                return delta
         version, now = versions.new_version()
         staging = layout.index / f".tmp-{version}"
         staging.mkdir(parents=True)
         try:
             manifest = _build(layout, catalog_stat, staging, extractor_config, embeddings_summary, trees,
                               search_k, target_recall, scoring, duplicate_threshold)
-            manifest.update(version=version, created_at=now.isoformat(), inputs=inputs)
+            manifest.update(version=version, created_at=now.isoformat(), inputs=inputs, options=options)
             storage.write_json(staging / MANIFEST, manifest)
             staging.rename(layout.index / version)
         except BaseException:
@@ -241,11 +256,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duplicate-threshold", type=cli.threshold, default=None, metavar="auto|T",
                         help="near-duplicates' cosine similarity, for collapse=true (default auto: calibrated on the "
                              "index, recorded in its manifest)")
+    parser.add_argument("--delta-limit", type=float, default=DELTA_LIMIT, metavar="SHARE",
+                        help=f"write a delta version when at most this share of the products changed since the full "
+                             f"version served (default {DELTA_LIMIT}; 0: always a full build)")
+    parser.add_argument("--full", action="store_true", help="build a full version, folding every delta in")
 
 
 def describe(summary: dict, options: dict) -> str:
     """What the command line prints after a run."""
     m = summary
+    if m.get("delta"):
+        c = m.get("changes", {})
+        return (f"index: a delta over full version {m['delta']['base']}: {c.get('removed', 0)} removed, "
+                f"{c.get('added', 0)} added, {c.get('changed', 0)} changed ({100 * c.get('share', 0):.2f}% of the "
+                f"products, within --delta-limit) in {c.get('seconds', '?')} s; {m['products']} products served -> "
+                f"{Layout(options['data_dir']).index / m['version']}")
     if m.get("unchanged"):
         return (f"index: nothing changed since version {m['version']} (same catalog, embeddings and options): no new "
                 f"version; index/current stays {Layout(options['data_dir']).index / m['version']}")

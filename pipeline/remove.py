@@ -15,22 +15,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline import cli, versions
+from pipeline import cli, deltas, versions
 from pipeline.reruns import locked, remove_leftovers
-from runtime import artifacts, storage
-from runtime.layout import MANIFEST, REMOVED_FILE, Layout
+from runtime import artifacts
+from runtime.layout import Layout
 
 log = logging.getLogger(__name__)
-
-NOT_COPIED = ("files", "inputs", "version", "created_at", "delta", "search_k_measurements", "build_peak_rss_mb",
-              "near_duplicates")  # a delta's own, or the base build's record that the base's manifest keeps
-
 
 def read_ids(product_ids: Sequence[str], from_file: Path | None) -> list[str]:
     """The product ids given on the command line and in `from_file` (one per line; blank lines and lines starting
@@ -73,9 +68,11 @@ def run(data_dir: Path, product_ids: Sequence[str] = (), from_file: Path | None 
         manifest = artifacts.verify(current, check_hashes=False)
         base, base_manifest = artifacts.base_of(current, manifest, check_hashes=False)
         before = set(artifacts.read_removed(current, manifest))
-        served = artifacts.find_products(base, set(wanted) - before)
-        removed_now = [p for p in wanted if p in served]
-        unknown = [p for p in wanted if p not in served]
+        added = deltas.read_added(current, manifest)
+        added_ids = {str(item["product_id"]) for item in added.items}
+        in_base = artifacts.find_products(base, set(wanted) - added_ids - before)
+        removed_now = [p for p in wanted if p in added_ids or p in in_base]
+        unknown = [p for p in wanted if p not in added_ids and p not in in_base]
         for product_id in unknown:
             log.warning("remove: %r is not served by version %s (%s)", product_id, manifest["version"],
                         "removed before" if product_id in before else "no such product")
@@ -83,28 +80,11 @@ def run(data_dir: Path, product_ids: Sequence[str] = (), from_file: Path | None 
             raise ValueError(f"none of the {len(wanted)} product id(s) is served by version {manifest['version']} "
                              f"(unknown or removed before: {', '.join(unknown[:10])}"
                              f"{' ...' if len(unknown) > 10 else ''}); nothing written")
-        removed = sorted(before | set(removed_now))
-        version, now = versions.new_version()
-        staging = layout.index / f".tmp-{version}"
-        staging.mkdir(parents=True)
-        try:
-            storage.write_json(staging / REMOVED_FILE, removed)
-            delta = {**{k: v for k, v in base_manifest.items() if k not in NOT_COPIED},
-                     "format_version": artifacts.FORMAT_VERSION, "version": version, "created_at": now.isoformat(),
-                     "delta": {"base": base.name, "base_manifest_sha256": artifacts.manifest_sha256(base),
-                               "removed": len(removed), "added": 0},
-                     "products": int(base_manifest["products"]) - len(removed),
-                     "files": artifacts.file_entries(staging)}
-            storage.write_json(staging / MANIFEST, delta)
-            staging.rename(layout.index / version)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        versions.point_current(layout, version)
-        versions.prune(layout, keep)
+        delta = deltas.write(layout, base, base_manifest, sorted(before | set(in_base)),
+                             added.without(set(removed_now)), keep)
     seconds = time.perf_counter() - started
-    log.info("index %s: %d product(s) removed now, %d in all over base %s, %.2f s", version, len(removed_now),
-             len(removed), base.name, seconds)
+    log.info("index %s: %d product(s) removed now, over base %s, %.2f s", delta["version"], len(removed_now),
+             base.name, seconds)
     return {**delta, "removed_now": removed_now, "unknown": unknown, "seconds": round(seconds, 3)}
 
 

@@ -21,7 +21,8 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
         label_column: str | None = None, eval_split: float = 0.0, dim: int = finetune.DEFAULT_DIM,
         no_finetune: bool = False, trees: int = index.DEFAULT_TREES, category_column: str | None = None,
         queries: str | None = None, backbone_epochs: int | None = None, multicrop: float | None = None,
-        scoring: str = DEFAULT_SCORING, duplicate_threshold: float | None = None, retrain: str = "auto") -> dict:
+        scoring: str = DEFAULT_SCORING, duplicate_threshold: float | None = None, retrain: str = "auto",
+        delta_limit: float = index.DELTA_LIMIT) -> dict:
     """Run every stage on one source and return each stage's summary.
 
     Args:
@@ -40,6 +41,7 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
         scoring: how a product's images' similarities make its score (max, mean or mix).
         duplicate_threshold: near-duplicates' cosine similarity; None calibrates it on the index.
         retrain: after the catalog changed, whether finetune trains again (auto, always, never).
+        delta_limit: the largest changed share of the products that index writes as a delta version.
         category_column: the source column that names the category.
     """
     layout = Layout(Path(data_dir))
@@ -50,7 +52,8 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
                                          label_column=label_column, dim=dim, no_finetune=no_finetune,
                                          backbone_epochs=backbone_epochs, multicrop=multicrop, retrain=retrain)
     summaries["vectorize"] = vectorize.run(data_dir)
-    summaries["index"] = index.run(data_dir, trees=trees, scoring=scoring, duplicate_threshold=duplicate_threshold)
+    summaries["index"] = index.run(data_dir, trees=trees, scoring=scoring, duplicate_threshold=duplicate_threshold,
+                                   delta_limit=delta_limit)
     if queries or eval_split:
         summaries["evaluate"] = evaluate.run(data_dir, queries or f"csv:{layout.queries_csv}",
                                              label_column=label_column)
@@ -82,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retrain", choices=("auto", "always", "never"), default="auto",
                         help="after the catalog changed: auto (default) retrains when enough of it is new to the "
                              "model, always, or never; the same images and labels never retrain")
+    parser.add_argument("--delta-limit", type=float, default=index.DELTA_LIMIT, metavar="SHARE",
+                        help="index writes a delta version when at most this share of the products changed "
+                             f"(default {index.DELTA_LIMIT}; 0: always a full build)")
     parser.add_argument("--backbone-epochs", type=int, default=None,
                         help="epochs of training the backbone itself after the head (default: the encoder's: "
                              f"{finetune.BACKBONE_EPOCHS}, else 0)")
@@ -103,7 +109,8 @@ def describe(summary: dict, options: dict) -> str:
              f"vectorize: {summary['vectorize']['rows']} embeddings, "
              f"{summary['vectorize']['backbone_images_computed']} new passes",
              f"index:     nothing changed since version {m['version']}: no new version, index/current stays"
-             if m.get("unchanged") else
+             if m.get("unchanged") else "index:     " + index.describe(m, options).removeprefix("index: ")
+             if m.get("delta") else
              f"index:     {m['products']} products ({m['count']} images), {m['dim']}-d, {m['n_trees']} trees, "
              f"search_k {m['search_k']}, {m['duplicate_groups']} near-duplicate groups at {m['duplicate_threshold']} "
              f"-> {layout.index / m['version']}"]

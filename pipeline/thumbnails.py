@@ -28,22 +28,24 @@ def _make(job: tuple[Path, Path]) -> None:
     os.replace(tmp, target)
 
 
-def build_thumbnails(images: dict[str, Path], cache: Path, out: Path) -> int:
+def build_thumbnails(images: dict[str, Path], cache: Path, out: Path | None) -> int:
     """Write one thumbnail per distinct image hash into `out/thumbs/`, reusing those already in `cache`.
 
     Args:
         images: image sha256 -> the catalog's normalised JPEG.
         cache: a folder that keeps thumbnails between index builds (only new images are resized).
-        out: the index folder being built; thumbnails are hard-linked (or copied) into it.
+        out: the index folder being built; thumbnails are hard-linked (or copied) into it (None: only the cache).
 
     Returns:
         How many thumbnails had to be made.
     """
     cache.mkdir(parents=True, exist_ok=True)
-    (out / THUMBS_DIR).mkdir(parents=True, exist_ok=True)
     todo = [(src, cache / f"{sha}.jpg") for sha, src in images.items() if not (cache / f"{sha}.jpg").is_file()]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(tqdm(pool.map(_make, todo), total=len(todo), desc="thumbnails", unit="img", disable=None))
+    if out is None:
+        return len(todo)
+    (out / THUMBS_DIR).mkdir(parents=True, exist_ok=True)
     for sha in images:
         src, dst = cache / f"{sha}.jpg", out / thumbnail_name(sha)
         try:

@@ -11,7 +11,17 @@ from typing import Any
 import numpy as np
 
 from runtime import storage
-from runtime.layout import CURRENT, INDEX_DIR, INDEX_FILE, ITEMS_FILE, MANIFEST, REMOVED_FILE, VECTORS_FILE
+from runtime.layout import (
+    ADDED_ITEMS,
+    ADDED_VECTORS,
+    CURRENT,
+    INDEX_DIR,
+    INDEX_FILE,
+    ITEMS_FILE,
+    MANIFEST,
+    REMOVED_FILE,
+    VECTORS_FILE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +79,8 @@ def verify(folder: Path, check_hashes: bool = True) -> dict:
         if check_hashes and storage.sha256_file(path) != entry["sha256"]:
             raise ArtifactError(f"{folder}: {rel} does not match its sha256 in the manifest (altered or corrupt)")
     if manifest.get("delta"):
-        required: tuple[str, ...] = (REMOVED_FILE,)
+        required: tuple[str, ...] = (REMOVED_FILE,) + ((ADDED_ITEMS, ADDED_VECTORS) if manifest["delta"].get("added")
+                                                       else ())
     else:
         required = (INDEX_FILE, ITEMS_FILE) + ((VECTORS_FILE,) if manifest["format_version"] == 2 else ())
     for name in required:
@@ -106,6 +117,15 @@ def base_of(folder: Path, manifest: dict, check_hashes: bool = True) -> tuple[Pa
     if base_manifest.get("delta"):
         raise ArtifactError(f"{folder}: its base {base} is itself a delta")
     return base, base_manifest
+
+
+def load_added_vectors(folder: Path, manifest: dict) -> np.ndarray:
+    """Memory-map the vectors of a delta's added products' images (float32 [n, dim], unit length)."""
+    vectors = np.load(Path(folder) / ADDED_VECTORS, mmap_mode="r")
+    if vectors.ndim != 2 or vectors.shape[1] != manifest["dim"] or vectors.dtype != np.float32:
+        raise ArtifactError(f"{folder}: {ADDED_VECTORS} is {vectors.dtype} {vectors.shape}, expected float32 "
+                            f"[n, {manifest['dim']}]")
+    return vectors
 
 
 def read_removed(folder: Path, manifest: dict) -> list[str]:

@@ -61,6 +61,8 @@ ITEMS_FILE = "items.jsonl"
 VECTORS_FILE = "vectors.npy"
 DUPLICATES_FILE = "duplicates.npy"  # int [products]: the near-duplicate group (its first product) of each product
 REMOVED_FILE = "removed.json"  # a delta version's: the product ids of its base that it no longer serves
+ADDED_ITEMS = "added.jsonl"  # a delta version's new and changed products, as items.jsonl (ids from 0) ...
+ADDED_VECTORS = "added.npy"  # ... and their images' vectors, float32 [n, dim]
 THUMBNAIL = THUMBS_DIR + "/{sha256}.jpg"
 S3_POINTER = "CURRENT"  # s3://bucket/prefix/CURRENT names the version folder to serve
 
@@ -96,6 +98,7 @@ WRITTEN = (
     f"{EMBEDDINGS_DIR}/{EMBEDDINGS_SUMMARY}",
     f"{INDEX_DIR}/*/{MANIFEST}", f"{INDEX_DIR}/*/{INDEX_FILE}", f"{INDEX_DIR}/*/{ITEMS_FILE}",
     f"{INDEX_DIR}/*/{VECTORS_FILE}", f"{INDEX_DIR}/*/{DUPLICATES_FILE}", f"{INDEX_DIR}/*/{REMOVED_FILE}",
+    f"{INDEX_DIR}/*/{ADDED_ITEMS}", f"{INDEX_DIR}/*/{ADDED_VECTORS}",
     f"{INDEX_DIR}/*/{THUMBS_DIR}/*.jpg", f"{INDEX_DIR}/*/{EXTRACTOR_DIR}/*",
     f"{INDEX_DIR}/{CURRENT}", f"{INDEX_DIR}/{LOCK}", LOCK,
     f"{EVAL_DIR}/*{REPORT_DETAILS}", f"{EVAL_DIR}/*.json", f"{EVAL_DIR}/*{REPORT_GRID}",

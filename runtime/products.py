@@ -214,3 +214,33 @@ def top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None) -> np.
     value (default: the lower position)."""
     chosen = np.argpartition(scores, len(scores) - k)[-k:] if len(scores) > k else np.arange(len(scores))
     return chosen[np.lexsort((chosen if tiebreak is None else tiebreak[chosen], -scores[chosen]))]
+
+
+class CombinedSearch:
+    """A full version's products and a delta's added ones ranked as one catalog: products 0..P-1 are the base's
+    (`base`, with the delta's removed products left out), P..P+A-1 the delta's (`added`, always scanned exactly:
+    a delta is small). Same `search` and `product_vector` as `ProductSearch`, over the P + A numbers."""
+
+    def __init__(self, base: ProductSearch, added: ProductSearch | None = None) -> None:
+        self.base, self.added = base, added
+        self.offset = base.n_products
+        self.n_products = base.n_products + (added.n_products if added is not None else 0)
+
+    def product_vector(self, product: int) -> np.ndarray:
+        """A product's "more like this" vector, from whichever side holds it."""
+        if product < self.offset:
+            return self.base.product_vector(product)
+        return self.added.product_vector(product - self.offset)
+
+    def search(self, vector: np.ndarray, k: int, mask: np.ndarray | None = None, exclude: int | None = None,
+               exact: bool | None = None) -> list[Hit]:
+        """The k best products of both sides, best first (`ProductSearch.search`; `mask` covers P + A)."""
+        p = self.offset
+        hits = self.base.search(vector, k, None if mask is None else mask[:p],
+                                exclude if exclude is not None and exclude < p else None, exact)
+        if self.added is None:
+            return hits
+        extra = self.added.search(vector, k, None if mask is None else mask[p:],
+                                  exclude - p if exclude is not None and exclude >= p else None, exact=True)
+        merged = hits + [hit._replace(product=hit.product + p) for hit in extra]
+        return sorted(merged, key=lambda hit: -hit.score)[:k]

@@ -14,9 +14,9 @@ import numpy as np
 from runtime import artifacts
 from runtime.duplicates import read_groups
 from runtime.extractor import load_extractor
-from runtime.layout import EXTRACTOR_DIR, ITEMS_FILE
+from runtime.layout import ADDED_ITEMS, EXTRACTOR_DIR, ITEMS_FILE
 from runtime.preprocess import prepare_array
-from runtime.products import Hit, ProductSearch
+from runtime.products import CombinedSearch, Hit, ProductSearch
 from service.items import ItemStore
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,18 @@ class Searcher:
                                       int(self.manifest["search_k"]), int(self.manifest["n_trees"]),
                                       exact=self.manifest.get("strategy", "annoy") == "exact",  # measured at build
                                       scoring=self.manifest["scoring"], removed=removed)
-        self.removed = self.products.removed  # bool per product, or None
-        self.count = len(self.items) - self.products.n_removed  # products served
-        self.columns = self.items.columns
+        self.removed = self.products.removed  # bool per base product, or None
+        self.added_items: ItemStore | None = None  # a delta's new and changed products: numbers P.. after the base's
+        added = None
+        if (delta or {}).get("added"):
+            self.added_items = ItemStore(self.folder / ADDED_ITEMS)
+            added = ProductSearch(artifacts.load_added_vectors(self.folder, self.manifest),
+                                  self.added_items.image_counts, self.added_items.image_ids, None,
+                                  scoring=self.manifest["scoring"])
+        self.ranker = CombinedSearch(self.products, added)
+        self.offset = len(self.items)  # the first added product's number
+        self.count = self.ranker.n_products - self.products.n_removed  # products served
+        self.columns = sorted(set(self.items.columns) | set(self.added_items.columns if self.added_items else ()))
         self.load_seconds = time.perf_counter() - started
 
     def _removed_numbers(self, product_ids: list[str]) -> np.ndarray:
@@ -138,6 +147,11 @@ class Searcher:
 
     def product(self, product_id: str) -> dict:
         """Return a product's item (id, product_id, name, category, image, thumbnail, metadata)."""
+        if self.added_items is not None:
+            try:
+                return self.item(self.offset + self.added_items.lookup(product_id))
+            except KeyError:
+                pass
         try:
             number = self.items.lookup(product_id)
         except KeyError:
@@ -146,24 +160,36 @@ class Searcher:
             raise UnknownProduct(product_id)
         return self.items[number]
 
+    def item(self, number: int) -> dict:
+        """Product `number`'s item: the base's for 0..P-1, a delta's added product after (its id made global)."""
+        if number < self.offset:
+            return self.items[number]
+        return {**self.added_items[number - self.offset], "id": number}
+
     def image_file(self, item: dict, position: int) -> Path:
-        """The thumbnail file of one of a product's images (a delta's products are its base's)."""
-        return self.base.folder / item["images"][position]["thumbnail"]
+        """The thumbnail file of one of a product's images: in the base, or in the delta for a product it added."""
+        folder = self.folder if item["id"] >= self.offset else self.base.folder
+        return folder / item["images"][position]["thumbnail"]
 
     def allowed(self, filters: dict[str, list[str]]) -> np.ndarray:
         """Return a boolean mask of the products matching every column's filter (any of its values)."""
-        mask = np.ones(len(self.items), dtype=bool)
+        mask = np.ones(self.ranker.n_products, dtype=bool)
         for column, values in filters.items():
             if column not in self.columns:
                 raise UnknownFilter(column)
-            by_value = self.items.ids_by_value[column]
-            column_mask = np.zeros(len(self.items), dtype=bool)
-            for value in values:
-                column_mask[by_value.get(value, np.empty(0, np.int32))] = True
+            column_mask = np.zeros(self.ranker.n_products, dtype=bool)
+            for store, offset in self._stores():
+                by_value = store.ids_by_value.get(column, {"": np.arange(len(store), dtype=np.int32)})
+                for value in values:
+                    column_mask[offset + by_value.get(value, np.empty(0, np.int32))] = True
             mask &= column_mask
         if self.removed is not None:
-            mask &= ~self.removed
+            mask[:self.offset] &= ~self.removed
         return mask
+
+    def _stores(self) -> list[tuple[ItemStore, int]]:
+        """The item stores and the number of each one's first product: the base's, then a delta's added ones."""
+        return [(self.items, 0)] + ([(self.added_items, self.offset)] if self.added_items is not None else [])
 
     @functools.cached_property
     def facets(self) -> dict[str, list[dict]]:
@@ -172,7 +198,11 @@ class Searcher:
         out = {}
         most = min(FACET_MAX_VALUES, self.count // 2)
         for column in (c for c in self.columns if c not in NOT_FACETS):
-            counts = Counter({v: self._served(ids) for v, ids in self.items.ids_by_value[column].items() if v != ""})
+            counts: Counter = Counter()
+            for store, offset in self._stores():
+                for value, ids in store.ids_by_value.get(column, {}).items():
+                    if value != "":
+                        counts[value] += self._served(ids) if offset == 0 else len(ids)
             counts = +counts  # values whose every product was removed are no facet values
             if 1 < len(counts) <= most:
                 out[column] = [{"value": v, "count": c} for v, c in counts.most_common()]
@@ -210,9 +240,9 @@ class Searcher:
             raise NoDuplicateGroups(self.version)
         fetch = k
         while True:
-            hits = self.products.search(vector, fetch, mask, exclude)
+            hits = self.ranker.search(vector, fetch, mask, exclude)
             if collapse:
-                _, first = np.unique(self.groups[[h.product for h in hits]], return_index=True)
+                _, first = np.unique([self._group(h.product) for h in hits], return_index=True)
                 kept = [hits[i] for i in np.sort(first)]
             else:
                 kept = hits
@@ -223,8 +253,12 @@ class Searcher:
         kept = kept[:k] if min_score is None else [h for h in kept[:k] if h.score >= min_score]
         return [self._match(hit) for hit in kept]
 
+    def _group(self, product: int) -> int:
+        """A product's near-duplicate group: the base's, or its own for a product a delta added (not grouped)."""
+        return int(self.groups[product]) if product < self.offset else product
+
     def _match(self, hit: Hit) -> Match:
-        item = self.items[hit.product]
+        item = self.item(hit.product)
         position = next(i for i, image in enumerate(item["images"]) if image["id"] == hit.image)
         return Match(item, hit.score, position)
 
@@ -233,9 +267,9 @@ class Searcher:
         """Return the products most similar to a catalog product, by its stored vectors (no encoder pass): the query
         is the normalised mean of its images' vectors. With `collapse`, its own near-duplicates are left out too."""
         item = self.product(product_id)
-        results = self.search(self.products.product_vector(item["id"]), k + bool(collapse), filters,
+        results = self.search(self.ranker.product_vector(item["id"]), k + bool(collapse), filters,
                               exclude=item["id"], collapse=collapse, min_score=min_score)
         if collapse:
-            own = self.groups[item["id"]]
-            results = [m for m in results if self.groups[m.item["id"]] != own]
+            own = self._group(item["id"])
+            results = [m for m in results if self._group(m.item["id"]) != own]
         return results[:k]

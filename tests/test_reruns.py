@@ -44,10 +44,12 @@ def test_the_same_inputs_make_no_new_version(data: Path) -> None:
     catalog = pd.read_csv(Layout(data).catalog_csv, dtype=str, keep_default_na=False)
     catalog.loc[0, "name"] = "Renamed product"
     catalog.to_csv(Layout(data).catalog_csv, index=False)
-    renamed = index.run(data, trees=4)
+    renamed = index.run(data, trees=4)  # one product changed: a delta version over the first
     assert "unchanged" not in renamed and renamed["version"] not in before
-    items = (data / "index" / "current" / "items.jsonl").read_text()
-    assert "Renamed product" in items
+    assert renamed["delta"]["base"] == first["version"] and renamed["changes"]["changed"] == 1
+    assert "Renamed product" in (data / "index" / "current" / "added.jsonl").read_text()
+    full = index.run(data, trees=4, full=True)
+    assert "delta" not in full and "Renamed product" in (data / "index" / "current" / "items.jsonl").read_text()
     assert "unchanged" not in index.run(data, trees=4, scoring="max")  # another option: another version
 
 
@@ -333,17 +335,44 @@ def test_a_nightly_rerun_costs_what_changed_and_the_service_follows(tiny_hub_mod
     assert third["finetune"]["reused"] is True and third["finetune"]["new_images"] == 8  # 2% new: auto keeps it
     assert third["vectorize"]["backbone_images_computed"] == 8  # only the new photos through the backbone
     assert "unchanged" not in third["index"] and third["index"]["products"] == 400
+    assert "delta" not in third["index"]  # 6% of the products changed: more than --delta-limit, a full build
+
+    small = apply_delta(source, manifest, added=0.005, removed=0.005, renamed=0.01, seed=2)  # 2, 2 and 4
+    fourth = pipeline.run(f"csv:{manifest}", data, **options)
+    assert fourth["vectorize"]["backbone_images_computed"] == 2
+    assert fourth["index"]["delta"]["base"] == third["index"]["version"]  # 2%: a delta over the full version
+    assert {k: fourth["index"]["changes"][k] for k in ("removed", "added", "changed")} == \
+        {"removed": 2, "added": 2, "changed": 4}
+    assert fourth["index"]["products"] == 400
+    delta_files = set(storage.read_json(data / "index" / "current" / "manifest.json")["files"])
+    assert {"removed.json", "added.jsonl", "added.npy"} <= delta_files and "index.ann" not in delta_files
 
     app = create_app({"ARTIFACTS": str(data / "index" / "current"), "ARTIFACTS_CACHE": str(tmp_path / "cache"),
                       "RELOAD_CHECK_S": 0})
     client = app.test_client()
-    for product in delta["removed"]:
+    assert client.get("/api/filters").get_json()["count"] == 400
+    gone = set(delta["removed"]) | set(small["removed"])
+    for product in gone:
         assert client.get(f"/api/products/{product}").status_code == 404
-    for product in delta["renamed"]:
+    for product in delta["renamed"] + small["renamed"]:
         assert client.get(f"/api/products/{product}").get_json()["name"].endswith("(new name)")
-    for product in delta["added"]:
+    for product in delta["added"] + small["added"] + small["renamed"]:
         photo = source / "images" / f"{int(product[1:]) // 1000:04d}" / f"{int(product[1:])}.jpg"
         answer = client.post("/api/search?k=3", data={"image": (io.BytesIO(photo.read_bytes()), "q.jpg")},
                              content_type="multipart/form-data").get_json()
         assert answer["results"][0]["product_id"] == product
-        assert not {r["product_id"] for r in answer["results"]} & set(delta["removed"])
+        assert not {r["product_id"] for r in answer["results"]} & gone
+        similar = client.get(f"/api/products/{product}/similar?k=5").get_json()["results"]
+        assert len(similar) == 5 and not {r["product_id"] for r in similar} & (gone | {product})
+        assert client.get(answer["results"][0]["image_url"]).status_code == 200
+
+    from pipeline import remove  # sold out at 14:05: out of the delta's added products too, base untouched
+    sold = [small["added"][0], small["renamed"][0]]
+    out = remove.run(data, sold)
+    assert out["removed_now"] == sold and out["delta"]["added"] == fourth["index"]["delta"]["added"] - 2
+    assert out["delta"]["base"] == third["index"]["version"]
+    client = create_app({"ARTIFACTS": str(data / "index" / "current"), "ARTIFACTS_CACHE": str(tmp_path / "cache"),
+                         "RELOAD_CHECK_S": 0}).test_client()
+    assert client.get("/api/filters").get_json()["count"] == 398
+    assert all(client.get(f"/api/products/{product}").status_code == 404 for product in sold)
+    assert client.get(f"/api/products/{small['added'][1]}").status_code == 200
