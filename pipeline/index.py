@@ -43,7 +43,7 @@ METRIC = "angular"
 DEFAULT_TREES = 32  # recall follows search_k, not trees, from 25 to 100 trees (README, docs/benchmarks/)
 ON_DISK_ABOVE = 200_000_000  # floats; larger indexes are built in their file, not in memory
 KEEP_VERSIONS = versions.KEEP_VERSIONS
-DELTA_LIMIT = 0.05  # a larger change is a full build (docs/live-catalog.md: query cost against delta size)
+DELTA_LIMIT = 0.02  # a larger change is a full build: added products cost every query a scan (docs/live-catalog.md)
 
 
 def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,

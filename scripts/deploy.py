@@ -171,8 +171,8 @@ def deploy(artifacts_dir: Path, bucket: str, application: str, environment: str,
     if artifacts_only:
         up = result["artifacts"]
         base = up.get("base")
-        sent = f"{up['bytes'] / 2**20:.2f} MiB uploaded" + (
-            f" (a delta; its base {base['version']}: {base['bytes'] / 2**20:.2f} MiB)" if base else "")
+        sent = f"{up['bytes']:,} bytes uploaded" + (
+            f" (a delta; its base {base['version']}: {base['bytes']:,} bytes)" if base else "")
         print(f"deploy: s3://{bucket}/{prefix.strip('/')}/{S3_POINTER} -> {up['version']}, {sent}; "
               "every instance loads it within RELOAD_CHECK_S (see /health)", flush=True)
         return result

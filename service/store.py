@@ -39,13 +39,20 @@ def fetch_s3(uri: str, cache_dir: Path) -> Path:
     if base:
         if "/" in base or base in ("", ".", ".."):
             raise artifacts.ArtifactError(f"manifest at s3://{bucket}/{prefix} names an unsafe base {base!r}")
-        _fetch_version(client, bucket, f"{prefix.rpartition('/')[0]}/{base}".lstrip("/"), Path(cache_dir))
+        _fetch_version(client, bucket, f"{prefix.rpartition('/')[0]}/{base}".lstrip("/"), Path(cache_dir),
+                       trust_cached=True)
     prune_cache(local, keep_also=(base,) if base else ())
     return local
 
 
-def _fetch_version(client, bucket: str, prefix: str, cache_dir: Path) -> tuple[Path, dict]:
-    """Download one version folder's files (those not already cached with the right sha256), then its manifest."""
+def _fetch_version(client, bucket: str, prefix: str, cache_dir: Path, trust_cached: bool = False
+                   ) -> tuple[Path, dict]:
+    """Download one version folder's files (those not already cached with the right sha256), then its manifest.
+
+    With `trust_cached` (a delta's base), a cached copy whose manifest is the same is taken as it is: the manifest
+    is written last, so the files were complete and checked then, and the searcher checks them again when it
+    loads the base itself; a worker already serving the base must not hash gigabytes for a delta of kilobytes.
+    """
     from botocore.exceptions import ClientError
 
     try:
@@ -54,6 +61,8 @@ def _fetch_version(client, bucket: str, prefix: str, cache_dir: Path) -> tuple[P
         raise artifacts.ArtifactError(f"no {MANIFEST} at s3://{bucket}/{prefix}: {exc}") from None
     manifest = json.loads(manifest_bytes)
     local = cache_dir / bucket / prefix
+    if trust_cached and (local / MANIFEST).is_file() and (local / MANIFEST).read_bytes() == manifest_bytes:
+        return local, manifest
     for rel, entry in manifest.get("files", {}).items():
         if ".." in Path(rel).parts or Path(rel).is_absolute():
             raise artifacts.ArtifactError(f"manifest at s3://{bucket}/{prefix} lists an unsafe path {rel!r}")

@@ -242,3 +242,22 @@ def test_catalog_memory_measures_each_way_in_a_fresh_process(tmp_path, capsys) -
                for line in rows)
     assert len(rows) + out.count("left out, pyarrow is not installed") == len(catalog_memory.WAYS)
     assert list(tmp_path.iterdir()) == []  # the CSV goes with its temporary folder
+
+
+def test_delta_benchmarks_measure_and_leave_the_data_dir_as_it_was(own_index, capsys) -> None:
+    from benchmarks import delta_index, delta_serving
+
+    current = (own_index / "index" / "current").resolve()
+    catalog = (own_index / "catalog" / "catalog.csv").read_bytes()
+    delta_serving.main(["--data-dir", str(own_index), "--shares", "0.1", "--queries", "20"])
+    out = capsys.readouterr().out
+    assert "| 10% removed |" in out and "| 10% changed |" in out
+    changed = next(line for line in out.splitlines() if line.startswith("| 10% changed |"))
+    assert float(changed.rstrip(" |").split("|")[-1]) >= 0.98  # scanned exactly: the same top 10 (ties aside)
+    delta_index.main(["--data-dir", str(own_index), "--share", "0.05"])
+    out = capsys.readouterr().out
+    assert "'changed': " in out and "'removed': 0, 'added': 0" in out
+    assert (own_index / "index" / "current").resolve() == current
+    assert sorted(p.name for p in (own_index / "index").iterdir() if p.is_dir() and not p.is_symlink()) == \
+        [current.name]
+    assert (own_index / "catalog" / "catalog.csv").read_bytes() == catalog

@@ -104,3 +104,45 @@ def test_a_published_catalog_reaches_every_instance_under_load(two_instances, ow
     # refused once per instance in 6 checks: not tried again until CURRENT changes
     assert [loads_refused(b) - r for b, r in zip(bases, refused_before, strict=True)] == [1.0, 1.0]
     assert load.counts() == {200: len(load.statuses)}, load.counts()
+
+
+def search_ids(base: str, body: bytes, content_type: str) -> list[str]:
+    request = urllib.request.Request(f"{base}/api/search?k=10", data=body, headers={"Content-Type": content_type})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return [r["product_id"] for r in json.loads(response.read())["results"]]
+
+
+def test_a_published_delta_reaches_every_instance_under_load(two_instances, own_index: Path) -> None:
+    from pipeline import remove
+    from runtime import artifacts
+
+    bases, first = two_instances
+    items = artifacts.read_items(own_index / "index" / "current")
+    gone = items[12]
+    image = own_index / "catalog" / gone["image"]
+    body, content_type = multipart("image", image.name, image.read_bytes())
+    assert all(gone["product_id"] in search_ids(b, body, content_type) for b in bases)
+    requests = [(f"{base}/api/search?k=3", body, content_type) for base in bases]
+    version = remove.run(own_index, [gone["product_id"]])["version"]
+    with Load(requests, clients=3) as load:
+        time.sleep(1)
+        published = deploy.deploy(own_index / "index" / "current", BUCKET, "app", "env", PREFIX,
+                                  artifacts_only=True)["artifacts"]
+        at = time.monotonic()
+        reached: dict[str, float] = {}
+        while len(reached) < 2 and time.monotonic() - at < 60:
+            for base in bases:
+                if base not in reached and health(base)["version"] == version:
+                    reached[base] = time.monotonic() - at
+            time.sleep(0.05)
+        time.sleep(1)
+    states = [health(b) for b in bases]
+    print(f"\ndelta {version} ({published['uploaded']} files, {published['bytes']} bytes uploaded) reached the "
+          f"instances in {sorted(round(v, 2) for v in reached.values())} s, loaded in "
+          f"{[round(s['load_seconds'], 3) for s in states]} s; requests {load.counts()}")
+    assert published["uploaded"] == 2 and published["base"]["uploaded"] == 0  # removed.json and the manifest
+    assert len(reached) == 2 and max(reached.values()) <= 2 * CHECK_S + 1.0, reached
+    assert load.counts() == {200: len(load.statuses)} and len(load.statuses) > 10, load.counts()
+    for base, state in zip(bases, states, strict=True):
+        assert state["items"] == len(items) - 1
+        assert gone["product_id"] not in search_ids(base, body, content_type)
