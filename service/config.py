@@ -23,8 +23,8 @@ DEFAULTS: dict[str, Any] = {
     # false: a worker loads and warms its index before it accepts a connection (gunicorn hands a socket only to a
     # booted worker), so no shopper meets a loading worker; true: load in a thread, /health says 503 meanwhile
     "LOAD_IN_BACKGROUND": False,
-    # how often each worker looks for a new version where ARTIFACTS points (one S3 HEAD of CURRENT) and for a
-    # reload asked of another worker; 0 turns watching off
+    # how often each worker reads ARTIFACTS' pointer (one S3 HEAD of CURRENT, or a readlink of index/current)
+    # and loads the version it names when it moved; 0 turns watching off
     "RELOAD_CHECK_S": 5.0,
 }
 TYPES = {key: type(value) for key, value in DEFAULTS.items()}

@@ -8,9 +8,10 @@ import os
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from runtime.artifacts import ArtifactError
 from service import metrics as prometheus
 from service.errors import APIError
-from service.state import get_holder
+from service.state import get_holder, move_pointer
 from service.uploads import request_json
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ def health():  # noqa: ANN201
     return jsonify({"status": "ok", "version": searcher.version, "items": searcher.count,
                     "encoder": searcher.manifest["encoder"], "dim": searcher.manifest["dim"],
                     "worker": os.getpid(), "loaded_at": round(holder.loaded_at, 3),
-                    "load_seconds": round(holder.load_seconds, 3), "refused": holder.refused})
+                    "load_seconds": round(holder.load_seconds, 3), "refused": holder.refused,
+                    "retrying": holder.transient})
 
 
 @bp.get("/metrics")
@@ -40,7 +42,8 @@ def metrics() -> Response:
 
 @bp.post("/api/admin/reload")
 def reload():  # noqa: ANN201
-    """Load new artifacts (JSON {"artifacts": location}, default: the configured ARTIFACTS) and swap them in."""
+    """Move ARTIFACTS' pointer to another of its versions (JSON {"version": name}) or, without one, check it now,
+    and load what it names; every other worker and instance follows the pointer within RELOAD_CHECK_S."""
     token = current_app.config["ADMIN_TOKEN"]
     if not token:
         raise APIError(403, "reload_disabled", "reload is disabled: set ADMIN_TOKEN in the environment to enable it")
@@ -49,15 +52,26 @@ def reload():  # noqa: ANN201
         raise APIError(401, "unauthorized", "send the admin token as 'Authorization: Bearer <token>'")
     if not hmac.compare_digest(given.removeprefix("Bearer ").encode(), token.encode()):
         raise APIError(403, "forbidden", "wrong admin token")
-    location = request_json(request).get("artifacts") or current_app.config["ARTIFACTS"]
+    body = request_json(request)
+    if "artifacts" in body:
+        raise APIError(400, "bad_parameter", "a reload follows ARTIFACTS' pointer (CURRENT on S3, index/current "
+                                             "locally): name one of its versions with {\"version\": ...}, or "
+                                             "publish another with `deploy --artifacts-only`")
+    version = body.get("version")
+    if version is not None and not isinstance(version, str):
+        raise APIError(400, "bad_parameter", "version must be a version folder's name")
     holder = get_holder()
     old = holder.searcher.version if holder.searcher else None
+    if version is not None:
+        try:
+            move_pointer(holder.location, version)
+        except ArtifactError as exc:
+            raise APIError(404, "unknown_version", f"{exc}; still serving {old}") from None
     try:
-        searcher = holder.load(location)
+        searcher = holder.reload()
     except Exception as exc:  # noqa: BLE001 - the old index keeps serving; the caller learns why
-        log.exception("reload of %s failed", location)
-        raise APIError(422, "reload_failed", f"could not load {location}: {exc}; still serving {old}") from None
-    current_app.config["ARTIFACTS"] = location
-    holder.announce(location)
+        log.exception("reload of %s failed", holder.location)
+        raise APIError(422, "reload_failed", f"could not load what {holder.location} names: {exc}; still serving "
+                                             f"{old}") from None
     return jsonify({"status": "reloaded", "previous_version": old, "version": searcher.version,
                     "items": searcher.count})

@@ -1,15 +1,16 @@
-"""The searcher behind an accessor: loaded before a worker serves, swapped atomically when what ARTIFACTS names changes.
+"""The searcher behind an accessor: loaded before a worker serves, swapped atomically when ARTIFACTS' pointer moves.
 
-Each worker watches, every RELOAD_CHECK_S seconds in a background thread:
-- what ARTIFACTS points at: the ETag of s3://bucket/prefix/CURRENT (one HEAD request), or the folder a local
-  `index/current` resolves to; a change is loaded once, and a version that fails is refused and kept out until
-  the pointer changes again (every instance does this by itself, so a new catalog reaches them all);
-- a marker file in ARTIFACTS_CACHE, by which an admin reload sent to one worker reaches the others.
+Where a worker's index comes from has one source of truth: the pointer that ARTIFACTS names, the object
+s3://bucket/prefix/CURRENT or a local `index/current` symlink. Every RELOAD_CHECK_S each worker reads it (one
+HEAD request, or one readlink) in a background thread and loads the version it names when it moved; an admin
+reload moves the pointer (or only asks for a check) and so reaches every worker of every instance. Reading the
+pointer and loading happen under one lock, so the watcher and a reload request never race. A transient error
+(S3 unreachable, a download cut) is retried with backoff and at the next check; only a version that fails
+verification is refused, and kept out until the pointer moves again.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 from flask import Flask, current_app
 
 from runtime import artifacts, storage
-from runtime.layout import S3_POINTER
+from runtime.layout import CURRENT, INDEX_DIR, MANIFEST, S3_POINTER
 from service import metrics
 from service.config import encoder_threads
 from service.errors import APIError
@@ -30,6 +31,19 @@ from service.store import local_folder
 log = logging.getLogger(__name__)
 
 EXTENSION = "visual_search"
+RETRIES = 3  # reads of the pointer before a check gives up until the next one
+BACKOFF_S = 0.2  # first wait between them, doubled each time
+MAX_BACKOFF_S = 300.0  # the longest wait before a version that failed to load (not to verify) is tried again
+
+
+def local_pointer(location: str) -> Path | None:
+    """The `index/current` symlink a local ARTIFACTS names (itself, or inside an index folder or a data dir); None
+    when it names a version folder, which nothing moves."""
+    path = Path(location)
+    for candidate in (path, path / CURRENT, path / INDEX_DIR / CURRENT):
+        if candidate.name == CURRENT and candidate.is_symlink():
+            return candidate
+    return None
 
 
 def pointer_of(location: str) -> str | None:
@@ -53,110 +67,151 @@ def pointer_of(location: str) -> str | None:
         return None
 
 
+def move_pointer(location: str, version: str) -> None:
+    """Point ARTIFACTS' pointer at another of its versions (a sibling folder, or a version under the S3 prefix).
+
+    Raises:
+        ArtifactError: no such version there, or ARTIFACTS names a version folder rather than a pointer.
+    """
+    if "/" in version or version in ("", ".", "..", CURRENT):
+        raise artifacts.ArtifactError(f"{version!r} is not a version name")
+    if location.startswith("s3://"):
+        from botocore.exceptions import ClientError
+
+        bucket, prefix = storage.split_s3(location.rstrip("/"))
+        client = storage.s3_client()
+        try:
+            client.head_object(Bucket=bucket, Key=f"{prefix}/{version}/{MANIFEST}")
+        except ClientError:
+            raise artifacts.ArtifactError(f"no version {version} in s3://{bucket}/{prefix}") from None
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{S3_POINTER}", Body=version.encode())
+        return
+    pointer = local_pointer(location)
+    if pointer is None:
+        raise artifacts.ArtifactError(f"ARTIFACTS {location} names a version folder, not an index/current pointer")
+    if not (pointer.parent / version / MANIFEST).is_file():
+        raise artifacts.ArtifactError(f"no version {version} in {pointer.parent}")
+    tmp = pointer.parent / f".current-{version}-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(version)
+    os.replace(tmp, pointer)
+
+
 class SearcherHolder:
     """Holds the current Searcher; a load builds the next one aside and swaps the reference in one step.
 
     A request takes the reference once and keeps using it, so requests in flight finish on the old
-    index while new ones get the new one.
+    index while new ones get the new one. Only `check` (under `_lock`) changes what is served.
     """
 
     def __init__(self, config: dict) -> None:
         self.config = config
+        self.location = config["ARTIFACTS"]  # the pointer followed; never changed by the service
         self.searcher: Searcher | None = None
         self.error: str | None = None  # why nothing is served yet
-        self.refused: dict | None = None  # the newest version offered, when it could not be loaded
+        self.refused: dict | None = None  # the newest version offered, when it failed verification
+        self.transient: str | None = None  # the last error that will be retried (S3 unreachable...)
         self.loaded_at = 0.0
         self.load_seconds = 0.0  # how long the last successful load took (fetch, verify, warm up)
-        self.configured = config["ARTIFACTS"]  # as deployed; an admin reload changes `location`, not this
-        self.location = self.configured
-        self.marker = Path(config["ARTIFACTS_CACHE"]) / "reload.json"
-        self._pointer: str | None = None
-        self._marker_seen = 0.0
-        self._load_lock = threading.Lock()  # one load at a time: two would hold two indexes in memory
-
-    def _read_marker(self) -> dict | None:
-        try:
-            marker = json.loads(self.marker.read_text())
-        except (OSError, ValueError):
-            return None
-        return marker if isinstance(marker, dict) and {"artifacts", "at", "by"} <= set(marker) else None
+        self._pointer: str | None = None  # what the pointer said when the served (or refused) version was loaded
+        self._failed: tuple[str | None, int, float] = (None, 0, 0.0)  # pointer, failures in a row, next try
+        self._lock = threading.Lock()  # one reader of the pointer and one load at a time
 
     def start(self) -> None:
-        """Load what this worker starts with: ARTIFACTS, or what a reload asked for since (so a restarted worker
-        joins its peers) unless the configured ARTIFACTS changed since that reload (a new deployment wins).
+        """Load what the pointer names now. A failure is kept for /health (503 with the reason) and the worker goes
+        on watching for a new version."""
+        self.check(force=True)
+        if self.searcher is None and self.error is None:
+            self.error = self.transient or f"nothing to serve at {self.location}"
 
-        A failure is kept for /health (503 with the reason) and the worker goes on watching for a new version.
+    def _read_pointer(self) -> str | None:
+        """The pointer's token, read up to RETRIES times with doubling waits before the error is raised."""
+        for attempt in range(RETRIES):
+            try:
+                return pointer_of(self.location)
+            except Exception:
+                if attempt == RETRIES - 1:
+                    raise
+                time.sleep(BACKOFF_S * 2 ** attempt)
+        return None  # unreachable
+
+    def check(self, force: bool = False) -> Searcher | None:
+        """Read the pointer and load the version it names if it moved since the last load (or `force`).
+
+        Returns:
+            The searcher loaded now, or None when nothing was loaded (no change, or a failure, which is recorded:
+            `refused` for a version that failed verification, `transient` for an error retried at the next check).
         """
-        marker = self._read_marker()
-        if marker:
-            self._marker_seen = marker["at"]
-            if marker.get("configured") == self.configured:
-                self.location = marker["artifacts"]
-        self._pointer = self._safe_pointer(self.location)  # before loading: a change during the load is seen
-        try:
-            self.load(self.location)
-        except Exception as exc:  # noqa: BLE001 - reported by /health; the watcher may bring a good version
-            log.exception("could not load %s", self.location)
-            self.error = f"{type(exc).__name__}: {exc}"
-            metrics.refused()
+        with self._lock:
+            try:
+                pointer = self._read_pointer()
+            except Exception as exc:  # noqa: BLE001 - S3 unreachable for a while: the old index keeps serving
+                log.warning("cannot read where %s points; will look again", self.location, exc_info=True)
+                self.transient = f"{type(exc).__name__}: {exc}"
+                return None
+            if pointer is None and self.searcher is not None:
+                return None  # the pointer is gone for a moment (a local rebuild): keep serving
+            if pointer == self._pointer and not force:
+                return None
+            failed, failures, next_try = self._failed
+            if not force and pointer == failed and time.monotonic() < next_try:
+                return None  # the same version failed for another reason just now: back off
+            log.info("loading %s (it points at %s)", self.location, pointer)
+            try:
+                searcher = self._load()
+            except artifacts.ArtifactError as exc:
+                log.exception("refused %s; still serving %s", pointer,
+                              self.searcher.version if self.searcher else "nothing")
+                self._pointer = pointer  # not tried again until the pointer moves
+                self.refused = {"artifacts": self.location, "pointer": pointer,
+                                "error": f"{type(exc).__name__}: {exc}", "at": time.time()}
+                if self.searcher is None:
+                    self.error = self.refused["error"]
+                metrics.refused()
+                return None
+            except Exception as exc:  # noqa: BLE001 - a download cut, a full disk...: retried, backing off
+                failures = failures + 1 if pointer == failed else 1
+                base = max(float(self.config["RELOAD_CHECK_S"]), 1.0)
+                wait = min(MAX_BACKOFF_S, base * 2 ** (failures - 1))
+                log.exception("could not load %s (failure %d); will try again in %.0f s", self.location, failures,
+                              wait)
+                self._failed = (pointer, failures, time.monotonic() + wait)
+                self.transient = f"{type(exc).__name__}: {exc}"
+                if self.searcher is None:
+                    self.error = self.transient
+                return None
+            self._pointer, self.transient, self._failed = pointer, None, (None, 0, 0.0)
+            return searcher
 
-    def load(self, location: str) -> Searcher:
-        """Fetch (from S3 if needed), verify, load and warm up an index, then make it current."""
-        with self._load_lock:
-            started = time.perf_counter()
-            searcher = Searcher(local_folder(location, Path(self.config["ARTIFACTS_CACHE"])),
-                                threads=encoder_threads(self.config), reuse=self.searcher)
-            searcher.warm_up()
-            self.searcher, self.error, self.refused, self.loaded_at = searcher, None, None, time.time()
-            self.location, self.load_seconds = location, time.perf_counter() - started
+    def _load(self) -> Searcher:
+        """Fetch (from S3 if needed), verify, load and warm up what the pointer names, then make it current."""
+        started = time.perf_counter()
+        searcher = Searcher(local_folder(self.location, Path(self.config["ARTIFACTS_CACHE"])),
+                            threads=encoder_threads(self.config), reuse=self.searcher)
+        searcher.warm_up()
+        self.searcher, self.error, self.refused, self.loaded_at = searcher, None, None, time.time()
+        self.load_seconds = time.perf_counter() - started
         metrics.serving(searcher.count)
         log.info("serving index %s (%d items, %s) from %s", searcher.version, searcher.count,
-                 searcher.manifest["encoder"], location)
+                 searcher.manifest["encoder"], self.location)
         return searcher
 
-    def _attempt(self, location: str, why: str) -> None:
-        """Load `location` once; on failure keep serving the current index and record the refusal."""
-        log.info("loading %s (%s)", location, why)
-        try:
-            self.load(location)
-        except Exception as exc:  # noqa: BLE001 - the old index keeps serving; /health and /metrics tell
-            log.exception("refused %s; still serving %s", location,
-                          self.searcher.version if self.searcher else "nothing")
-            self.refused = {"artifacts": location, "pointer": self._pointer, "error": f"{type(exc).__name__}: {exc}",
-                            "at": time.time()}
-            metrics.refused()
+    def reload(self, version: str | None = None) -> Searcher:
+        """Move the pointer to `version` (None: leave it) and load what it names now; the other workers and
+        instances follow the pointer within RELOAD_CHECK_S.
 
-    def _safe_pointer(self, location: str) -> str | None:
-        try:
-            return pointer_of(location)
-        except Exception:  # noqa: BLE001 - S3 unreachable for a moment: look again at the next check
-            log.warning("cannot read where %s points; will look again", location, exc_info=True)
-            return self._pointer
-
-    def check(self) -> None:
-        """Look once for a reload announced by another worker, then for a new version where ARTIFACTS points."""
-        marker = self._read_marker()
-        if marker and marker["at"] > self._marker_seen:
-            self._marker_seen = marker["at"]
-            if marker["by"] != os.getpid() and marker["artifacts"] != self.location:
-                self.location = marker["artifacts"]
-                self._pointer = self._safe_pointer(self.location)
-                self._attempt(self.location, f"announced by worker {marker['by']}")
-                return
-        pointer = self._safe_pointer(self.location)
-        if pointer != self._pointer:
-            self._pointer = pointer
-            if pointer is not None:
-                self._attempt(self.location, f"{self.location} now points at {pointer}")
-
-    def announce(self, location: str) -> None:
-        """Tell the other workers to load `location` (they notice within RELOAD_CHECK_S)."""
-        now = time.time()
-        self._marker_seen = now
-        self._pointer = self._safe_pointer(location)
-        payload = json.dumps({"artifacts": location, "at": now, "by": os.getpid(),
-                              "configured": self.configured}).encode()
-        storage.atomic_write_bytes(self.marker, payload)
+        Raises:
+            ArtifactError: no such version, or it failed verification (the old index keeps serving).
+            RuntimeError: the pointer could not be read or the version loaded (the cause is in the message).
+        """
+        if version is not None:
+            move_pointer(self.location, version)
+        searcher = self.check(force=True)
+        if searcher is None:
+            if self.refused:
+                raise artifacts.ArtifactError(self.refused["error"])
+            raise RuntimeError(self.transient or "nothing loaded")
+        return searcher
 
     def get(self) -> Searcher:
         """Return the current searcher, or a 503 APIError while none is loaded."""

@@ -280,9 +280,13 @@ def test_reload_needs_the_token(client, demo_index: Path, tmp_path: Path) -> Non
                            "ARTIFACTS_CACHE": str(tmp_path)}).test_client()
     response = disabled.post("/api/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 403 and "ADMIN_TOKEN" in response.get_json()["error"]["message"]
-    bad = client.post("/api/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"},
-                      json={"artifacts": str(tmp_path / "nothing")})
-    assert bad.status_code == 422 and "still serving" in bad.get_json()["error"]["message"]
+    bad = client.post("/api/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}, json={"version": "nothing"})
+    assert bad.status_code == 404 and "still serving" in bad.get_json()["error"]["message"]
+    elsewhere = client.post("/api/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"},
+                            json={"artifacts": str(tmp_path)})
+    assert elsewhere.status_code == 400 and "pointer" in elsewhere.get_json()["error"]["message"]
+    again = client.post("/api/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})  # check the pointer now
+    assert again.status_code == 200 and again.get_json()["version"] == again.get_json()["previous_version"]
     assert client.get("/health").get_json()["status"] == "ok"
 
 
@@ -309,8 +313,9 @@ def test_reload_swaps_versions_with_no_failed_request(own_index: Path, tmp_path:
     versions = []
     for target in (second, first, second):
         response = admin.post("/api/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"},
-                              json={"artifacts": str(own_index / "index" / target)})
+                              json={"version": target})
         versions.append(response.get_json()["version"])
+        assert (own_index / "index" / "current").resolve().name == target  # the pointer moved: the truth
     stop.set()
     for thread in threads:
         thread.join(timeout=60)

@@ -84,7 +84,7 @@ def test_gunicorn_two_workers_answer_over_http(gunicorn_server: str, own_index: 
     # A reload sent to one worker reaches the other too.
     new_version = index.run(own_index, trees=4)["version"]
     status, reloaded = http(f"{gunicorn_server}/api/admin/reload",
-                            json.dumps({"artifacts": str(own_index / "index" / new_version)}).encode(),
+                            json.dumps({"version": new_version}).encode(),
                             {"Content-Type": "application/json", "Authorization": "Bearer t0k"})
     assert status == 200 and reloaded["version"] == new_version
     serving: dict[int, str] = {}
