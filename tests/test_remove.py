@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import shutil
@@ -226,3 +227,88 @@ def test_a_published_delta_uploads_its_own_files_and_an_instance_follows_it(s3_s
                         "ARTIFACTS_CACHE": str(fresh)})
     assert other.test_client().get(f"/api/products/{gone}").status_code == 404
     assert {p.name for p in (fresh / "shop-search" / "prod").iterdir()} == {full["version"], published["version"]}
+
+
+def drop_rows(manifest: Path, product_ids: set[str]) -> None:
+    """Take products out of a CSV manifest, as tonight's catalog export would."""
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    with open(manifest, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(row for row in rows if row[0] not in product_ids)
+
+
+def test_removed_and_added_products_under_load_on_two_workers(tiny_hub_model: Path, tmp_path: Path) -> None:
+    """gunicorn with 2 workers, 3 clients searching with the photos of products about to go: `pipeline remove`,
+    then a nightly `pipeline run` that writes a delta. No request fails; within RELOAD_CHECK_S + 5 s of each change
+    no answer holds a removed product, and an added one is found."""
+    import threading
+    import time
+    import urllib.request
+
+    from benchmarks.catalog_refresh import apply_delta, make_catalog
+    from benchmarks.common import free_port, multipart, start_gunicorn, stop
+    from pipeline import run as pipeline
+
+    check_s = 1.0
+    source, data = tmp_path / "source", tmp_path / "data"
+    manifest = make_catalog(source, 400)
+    options = {"encoder": f"hub:{tiny_hub_model}", "dim": 16}
+    pipeline.run(f"csv:{manifest}", data, **options)
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        photo = {row["id"]: source / row["image"] for row in csv.DictReader(fh)}
+    targets = ["P0000005", "P0000006", "P0000007"]
+    bodies = [multipart("image", "q.jpg", photo[p].read_bytes()) for p in targets]
+    port, log = free_port(), tmp_path / "gunicorn.log"
+    try:
+        process, _ = start_gunicorn(data / "index" / "current", port, 2, tmp_path / "cache", deadline_s=120,
+                                    env={"RELOAD_CHECK_S": str(check_s)}, log=log)
+    except RuntimeError as exc:
+        pytest.fail(f"{exc}\n{log.read_text()[-3000:]}")
+    answers: list[tuple[float, int, list[str]]] = []
+    stopping = threading.Event()
+
+    def search(body: bytes, content_type: str, k: int = 10) -> tuple[int, list[str]]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/search?k={k}", data=body,
+                                         headers={"Content-Type": content_type})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, [r["product_id"] for r in json.loads(response.read())["results"]]
+
+    def client(i: int) -> None:
+        while not stopping.is_set():
+            try:
+                status, ids = search(*bodies[i % len(bodies)])
+            except Exception as exc:  # noqa: BLE001 - a failed request is what this test counts
+                status, ids = getattr(exc, "code", 599), []
+            answers.append((time.monotonic(), status, ids))
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(1)
+        assert set(targets) <= {p for _, _, ids in answers for p in ids}  # each found before
+        remove.run(data, [targets[0]])  # 14:05, sold out
+        removed_at = time.monotonic()
+        time.sleep(check_s + 6)
+        night = apply_delta(source, manifest, added=0.005, removed=0.0025, renamed=0.0, seed=3)
+        drop_rows(manifest, {targets[0], targets[1]})  # tonight's catalog: without the sold-out one, and another
+        nightly = pipeline.run(f"csv:{manifest}", data, **options)
+        published_at = time.monotonic()
+        assert nightly["index"]["changes"]["removed"] == 3 and nightly["index"]["changes"]["added"] == 2
+        time.sleep(check_s + 6)
+        added = night["added"][0]
+        added_photo = source / "images" / f"{int(added[1:]) // 1000:04d}" / f"{int(added[1:])}.jpg"
+        for _ in range(6):  # whichever worker answers
+            assert search(*multipart("image", "q.jpg", added_photo.read_bytes()), k=3)[1][0] == added
+    finally:
+        stopping.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        stop(process)
+    statuses = {status for _, status, _ in answers}
+    assert statuses == {200} and len(answers) > 30, statuses
+    late = [ids for at, _, ids in answers if removed_at + check_s + 5 < at < published_at]
+    assert late and not any(targets[0] in ids for ids in late)
+    later = [ids for at, _, ids in answers if at > published_at + check_s + 5]
+    assert later and not any({targets[0], targets[1]} & set(ids) for ids in later)
