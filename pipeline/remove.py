@@ -4,8 +4,8 @@ A sold-out product must leave the shop's search at once, not after tonight's reb
 once built, so this writes a small delta version beside the full one it is served over (its base): the product
 ids it no longer serves, and a manifest that names the base by its manifest's sha256. The service loads the base
 once and applies the delta; `deploy --artifacts-only` uploads only the delta's files. Removing more products later
-writes a new delta over the same base holding every removal so far; the next full `pipeline index` (or `pipeline
-run`) builds from the catalog again, where the removed products must be gone too, or they come back.
+writes a new delta over the same base holding every removal so far. The next `pipeline index` (or `pipeline run`)
+works from the catalog again, where the removed products must be gone too, or they come back.
 
     python -m pipeline remove --data-dir data/shop SKU-1 SKU-2
     python -m pipeline remove --data-dir data/shop --from-file sold-out.txt
@@ -26,6 +26,7 @@ from runtime import artifacts
 from runtime.layout import Layout
 
 log = logging.getLogger(__name__)
+
 
 def read_ids(product_ids: Sequence[str], from_file: Path | None) -> list[str]:
     """The product ids given on the command line and in `from_file` (one per line; blank lines and lines starting
