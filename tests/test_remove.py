@@ -312,3 +312,27 @@ def test_removed_and_added_products_under_load_on_two_workers(tiny_hub_model: Pa
     assert late and not any(targets[0] in ids for ids in late)
     later = [ids for at, _, ids in answers if at > published_at + check_s + 5]
     assert later and not any({targets[0], targets[1]} & set(ids) for ids in later)
+
+
+def test_evaluate_measures_the_delta_that_is_served(built: Path, tmp_path: Path) -> None:
+    """evaluate over a delta ranks what the service ranks: the base less the removed products, plus the added."""
+    import pandas as pd
+
+    from pipeline import evaluate
+
+    data = tmp_path / "data"
+    shutil.copytree(built, data, symlinks=True)
+    layout = Layout(data)
+    full = evaluate.run(data, f"csv:{layout.queries_csv}", label_column="category", report=tmp_path / "full.json")
+    catalog = pd.read_csv(layout.catalog_csv, dtype=str, keep_default_na=False)
+    catalog.loc[0, "name"] = "Renamed"  # served from the delta's added products from now on
+    catalog.to_csv(layout.catalog_csv, index=False)
+    delta = index.run(data, trees=8, delta_limit=1)
+    assert delta["delta"]["added"] >= 1
+    same = evaluate.run(data, f"csv:{layout.queries_csv}", label_column="category", report=tmp_path / "same.json")
+    assert same["precision_at_5"] == pytest.approx(full["precision_at_5"], abs=0.02)  # the same products served
+    assert json.loads((tmp_path / "same.details.json").read_text())["version"] == delta["version"]
+    gone = served_ids(layout.current_index.resolve() / ".." / delta["delta"]["base"])[:20]
+    fewer = remove.run(data, gone)
+    less = evaluate.run(data, f"csv:{layout.queries_csv}", label_column="category", report=tmp_path / "less.json")
+    assert fewer["products"] == delta["products"] - 20 and less["n_queries"] == full["n_queries"]
