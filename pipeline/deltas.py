@@ -23,8 +23,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import versions
+from pipeline.catalog import SOURCE_COLUMNS, item_lines
+from pipeline.thumbnails import build_thumbnails
 from runtime import artifacts, storage
-from runtime.layout import ADDED_ITEMS, ADDED_VECTORS, ITEMS_FILE, MANIFEST, REMOVED_FILE, Layout
+from runtime.embeddings import iter_shards
+from runtime.layout import ADDED_ITEMS, ADDED_VECTORS, ITEMS_FILE, MANIFEST, REMOVED_FILE, Layout, thumbnail_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -136,8 +139,6 @@ def file_digests(path: Path) -> dict[str, bytes]:
 
 def catalog_digests(catalog: pd.DataFrame) -> dict[str, bytes]:
     """product id -> digest of the item the index stage would write for it (`pipeline.catalog.item_lines`)."""
-    from pipeline.catalog import item_lines
-
     return {str(item["product_id"]): digest(item) for item in map(json.loads, item_lines(catalog))}
 
 
@@ -176,8 +177,6 @@ def readable_rows(layout: Layout, rows: int) -> np.ndarray:
 
 def gather(layout: Layout, rows: np.ndarray, dim: int) -> np.ndarray:
     """The embeddings of catalog rows `rows` (ascending), reading only the shards that hold them."""
-    from runtime.embeddings import iter_shards
-
     out = np.empty((len(rows), dim), np.float32)
     at = 0
     for start, vectors, _ in iter_shards(layout.root):
@@ -198,10 +197,6 @@ def index_delta(layout: Layout, current: Path, read_catalog: Callable[..., pd.Da
     Cost: one pass over the catalog's items and the base's items.jsonl (a digest per product), then only the
     changed products' rows, vectors and thumbnails.
     """
-    from pipeline.catalog import SOURCE_COLUMNS, item_lines
-    from pipeline.thumbnails import build_thumbnails
-    from runtime.layout import thumbnail_name
-
     manifest = artifacts.verify(current, check_hashes=False)
     base, base_manifest = artifacts.base_of(current, manifest, check_hashes=False)
     if base_manifest.get("options") != options or base_manifest.get("export_id") != export_id \

@@ -85,8 +85,7 @@ class Searcher:
         self.folder = artifacts.resolve_index(folder)
         self.manifest = artifacts.verify(self.folder, check_hashes=check_hashes)
         delta = self.manifest.get("delta")
-        if delta and reuse is not None and reuse.base.manifest["version"] == delta["base"] \
-                and reuse.base.folder == self.folder.parent / delta["base"] \
+        if delta and reuse is not None and reuse.base.folder == self.folder.parent / delta["base"] \
                 and artifacts.manifest_sha256(reuse.base.folder) == delta["base_manifest_sha256"]:
             self.base = reuse.base
         else:

@@ -126,14 +126,12 @@ class SearcherHolder:
 
     def _read_pointer(self) -> str | None:
         """The pointer's token, read up to RETRIES times with doubling waits before the error is raised."""
-        for attempt in range(RETRIES):
+        for attempt in range(RETRIES - 1):
             try:
                 return pointer_of(self.location)
-            except Exception:
-                if attempt == RETRIES - 1:
-                    raise
+            except Exception:  # noqa: BLE001 - S3 or the network, for a moment: read it again
                 time.sleep(BACKOFF_S * 2 ** attempt)
-        return None  # unreachable
+        return pointer_of(self.location)  # the last read raises what it meets
 
     def check(self, force: bool = False) -> Searcher | None:
         """Read the pointer and load the version it names if it moved since the last load (or `force`).
@@ -196,16 +194,14 @@ class SearcherHolder:
                  searcher.manifest["encoder"], self.location)
         return searcher
 
-    def reload(self, version: str | None = None) -> Searcher:
-        """Move the pointer to `version` (None: leave it) and load what it names now; the other workers and
+    def reload(self) -> Searcher:
+        """Load what the pointer names now (an admin reload, after `move_pointer` or not); the other workers and
         instances follow the pointer within RELOAD_CHECK_S.
 
         Raises:
-            ArtifactError: no such version, or it failed verification (the old index keeps serving).
+            ArtifactError: the version failed verification (the old index keeps serving).
             RuntimeError: the pointer could not be read or the version loaded (the cause is in the message).
         """
-        if version is not None:
-            move_pointer(self.location, version)
         searcher = self.check(force=True)
         if searcher is None:
             if self.refused:
