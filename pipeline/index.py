@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import cli, deltas, near_duplicates, versions
-from pipeline.annoy_tuning import TARGET_RECALL, K, choose_strategy, exact_ms_per_query, tune_search_k
+from pipeline.annoy_tuning import TARGET_RECALL, K, choose_strategy, serving_cost, tune_search_k
 from pipeline.catalog import SOURCE_COLUMNS, item_lines, load_catalog
 from pipeline.reruns import check_shards, fingerprint, locked, remove_leftovers
 from pipeline.thumbnails import build_thumbnails
@@ -154,7 +154,7 @@ def _build(layout: Layout, catalog_stat: tuple, staging: Path, extractor_config:
     build_s = time.perf_counter() - started
     log.info("built in %.1f s; measuring search_k for recall@%d >= %s", build_s, K, target_recall)
     chosen, table = (search_k, []) if search_k else tune_search_k(index, vectors, trees, target=target_recall)
-    exact_ms = exact_ms_per_query(vectors)
+    cost = serving_cost(index, vectors, chosen) if table else None
     ids = _readable(_catalog_again(layout, catalog_stat, columns=("product_id",)), readable)["product_id"]
     product_of = ids.factorize(sort=False)[0]  # numbered by first appearance, as in items.jsonl
     del ids
@@ -174,8 +174,9 @@ def _build(layout: Layout, catalog_stat: tuple, staging: Path, extractor_config:
         "encoder": extractor_config["encoder"], "encoder_fingerprint": extractor_config["encoder_fingerprint"],
         "export_id": extractor_config["export_id"], "finetuned": extractor_config.get("finetuned", False),
         "dim": dim, "metric": METRIC, "n_trees": trees, "search_k": chosen, "target_recall": target_recall,
-        "search_k_measurements": table, "exact_ms_per_query": exact_ms,
-        "strategy": choose_strategy(table, exact_ms), "rerank": "exact cosine with the vectors in index.ann",
+        "search_k_measurements": table, "exact_ms_per_query": cost.exact_ms if cost else None,
+        "annoy_ms_per_query": cost.annoy_ms if cost else None, "strategy": choose_strategy(cost),
+        "rerank": "exact cosine with the vectors in index.ann",
         "count": n,
         "products": int(product_of.max() + 1) if n else 0, "scoring": scoring,
         "duplicate_threshold": near["threshold"], "duplicate_groups": groups, "near_duplicates": near,
@@ -277,7 +278,7 @@ def describe(summary: dict, options: dict) -> str:
     measured = m["search_k_measurements"][-1] if m["search_k_measurements"] else {}
     return (f"index: {m['products']} products, {m['count']} images ({m['dim']}-d, {m['encoder']}), "
             f"{m['n_trees']} trees, search_k {m['search_k']} (recall@10 "
-            f"{measured.get('recall_at_10', 'not measured')}, {measured.get('ms_per_query', '?')} ms; exact scan "
+            f"{measured.get('recall_at_10', 'not measured')}; side by side {m.get('annoy_ms_per_query')} ms, exact scan "
             f"{m['exact_ms_per_query']} ms: serves by {m['strategy']}), {m['duplicate_groups']} near-duplicate groups "
             f"at {m['duplicate_threshold']}, built in {m['build_seconds']} s, index file "
             f"{m['index_bytes'] / 2**20:.1f} MiB, peak memory {m['build_peak_rss_mb']} MiB -> "
