@@ -26,7 +26,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, static_folder="static", static_url_path="/static")
     app.request_class = SearchRequest
     app.config.update(load_config(config))
-    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_UPLOAD_MB"]) * 2**20 + 64 * 1024  # + form overhead
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes(int(app.config["MAX_UPLOAD_MB"]))
     app.json.sort_keys = False
     errors.init_app(app)
     for blueprint in (api.bp, web.bp, ops.bp):
@@ -46,6 +46,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     state.init_app(app)
     return app
+
+
+def max_body_bytes(max_upload_mb: int) -> int:
+    """The largest request body: a photo of MAX_UPLOAD_MB as base64 text (4 characters per 3 bytes) with room for
+    the JSON or form around it; the photo's own size is checked once decoded (`uploads.image_bytes`)."""
+    return -(-max_upload_mb * 2**20 // 3) * 4 + 64 * 1024
 
 
 def server_timing(stages: Mapping[str, float], app_seconds: float) -> str:

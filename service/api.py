@@ -11,7 +11,7 @@ from flask import Blueprint, current_app, g, jsonify, request, url_for
 from service import metrics
 from service.errors import APIError
 from service.params import option, parse_bbox, parse_filters, parse_flag, parse_k, parse_min_score
-from service.searcher import Match, NoDuplicateGroups, Searcher, UnknownProduct
+from service.searcher import SCORE_DECIMALS, Match, NoDuplicateGroups, Searcher, UnknownProduct
 from service.state import get_searcher
 from service.uploads import crop, decode, image_bytes, request_json
 
@@ -46,8 +46,13 @@ def product_json(item: dict, matched: int = 0) -> dict:
 
 def results_json(results: list[Match]) -> list[dict]:
     """Ranked products: rank, product fields, score, and which of its images matched best (its index in `images`)."""
-    return [{"rank": rank, **product_json(m.item, m.image), "matched_image": m.image, "score": round(m.score, 5)}
+    return [{"rank": rank, **product_json(m.item, m.image), "matched_image": m.image, "score": shown_score(m.score)}
             for rank, m in enumerate(results, start=1)]
+
+
+def shown_score(score: float) -> float:
+    """A result's score as the answer gives it (and as `min_score` is compared with it)."""
+    return round(score, SCORE_DECIMALS)
 
 
 def ranked(searcher: Searcher, k: int, filters: dict, body: dict, vector: np.ndarray | None = None,
@@ -75,7 +80,7 @@ def search():  # noqa: ANN201
     body = request_json(request)
     searcher = get_searcher()
     k = parse_k(option(body, "k"))
-    filters = parse_filters(body, searcher.columns)
+    filters, ignored = parse_filters(body, searcher.columns)
     box = parse_bbox(option(body, "bbox"))
     data = image_bytes(request, body, current_app.config)
     parsed = time.perf_counter()
@@ -95,7 +100,7 @@ def search():  # noqa: ANN201
         metrics.stage(stage, seconds)
     g.stage_seconds = timings  # the Server-Timing header (service/__init__.py)
     return jsonify({"results": results_json(results), "k": k, "filters": filters, **options, "crop": cropped,
-                    "version": searcher.version,
+                    "ignored": ignored, "version": searcher.version,
                     "timings_ms": {stage: round(1000 * seconds, 2) for stage, seconds in timings.items()}})
 
 
@@ -114,13 +119,13 @@ def similar(product_id: str):  # noqa: ANN201
     started = time.perf_counter()
     searcher = get_searcher()
     k = parse_k(request.args.get("k"))
-    filters = parse_filters({}, searcher.columns)
+    filters, ignored = parse_filters({}, searcher.columns)
     try:
         results, options = ranked(searcher, k, filters, {}, like=product_id)
     except UnknownProduct:
         raise APIError(404, "unknown_product", f"no product with id {product_id!r} in this index") from None
     return jsonify({"product": product_json(searcher.product(product_id)), "results": results_json(results),
-                    "k": k, "filters": filters, **options, "version": searcher.version,
+                    "k": k, "filters": filters, **options, "ignored": ignored, "version": searcher.version,
                     "timings_ms": {"search": round(1000 * (time.perf_counter() - started), 2)}})
 
 

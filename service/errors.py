@@ -5,13 +5,22 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
 # A refused upload is read (and dropped) up to this many bytes before the 413 is sent: a client that sends its
 # whole body before reading (Python's urllib) would otherwise meet a closed connection instead of the answer.
 DRAIN_LIMIT = 64 * 2**20
 DRAIN_CHUNK = 256 * 1024
+
+
+TOO_LARGE = "too_large"  # the one code of a photo (or body) over MAX_UPLOAD_MB, however it was sent
+
+
+def too_large_message(config: dict) -> str:
+    """The message of a photo over MAX_UPLOAD_MB."""
+    return (f"upload too large: the limit is {config['MAX_UPLOAD_MB']} MB of image; send a smaller or more "
+            "compressed photo")
 
 
 class APIError(Exception):
@@ -55,9 +64,9 @@ def init_app(app: Flask) -> None:
     def http_error(exc: HTTPException):  # noqa: ANN202
         code = (exc.name or "error").lower().replace(" ", "_")
         message = exc.description or exc.name
-        if exc.code == 413:
-            message = (f"upload too large: the limit is {app.config['MAX_UPLOAD_MB']} MB; "
-                       "send a smaller or more compressed photo")
+        if exc.code == 413:  # one code with uploads.image_bytes's; Werkzeug's stock text means MAX_CONTENT_LENGTH
+            default = isinstance(exc, RequestEntityTooLarge) and exc.description == RequestEntityTooLarge.description
+            code, message = TOO_LARGE, too_large_message(app.config) if default else message
             drain_body(request.environ)
         allowed = sorted(set(getattr(exc, "valid_methods", None) or []) - {"HEAD", "OPTIONS"})
         if exc.code == 405 and allowed:

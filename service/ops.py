@@ -20,12 +20,15 @@ bp = Blueprint("ops", __name__)
 
 @bp.get("/health")
 def health():  # noqa: ANN201
-    """200 once the index and model are loaded and warmed up, with what is served; 503 before."""
+    """200 once the index and model are loaded and warmed up, with what is served; 503 before, in the error
+    envelope of every other error (with `status` "loading" or "error" beside it)."""
     holder = get_holder()
     searcher = holder.searcher
     if searcher is None:
-        body = {"status": "error" if holder.error else "loading", "message": holder.error or "loading the index"}
-        return jsonify(body), 503
+        failed = holder.error is not None
+        error = {"status": 503, "code": "load_failed" if failed else "not_ready",
+                 "message": holder.error if failed else "loading the index; retry in a few seconds"}
+        return jsonify({"status": "error" if failed else "loading", "error": error}), 503
     return jsonify({"status": "ok", "version": searcher.version, "items": searcher.count,
                     "encoder": searcher.manifest["encoder"], "dim": searcher.manifest["dim"],
                     "worker": os.getpid(), "loaded_at": round(holder.loaded_at, 3),

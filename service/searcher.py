@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 FACET_MAX_VALUES = 200  # columns with more distinct values are filterable but not listed as facets
 NOT_FACETS = {"duplicate_of"}  # acquire's own flag (a product id): filterable, not a shopper's choice
+SCORE_DECIMALS = 5  # an answer's scores are rounded to this; min_score is compared with the rounded score
 
 
 class UnknownProduct(KeyError):
@@ -229,7 +230,7 @@ class Searcher:
             exclude: a product never to return (the one a "more like this" query starts from).
             collapse: at most one product per near-duplicate group (the best-scoring one), still k when k groups
                 are allowed.
-            min_score: drop results less similar than this.
+            min_score: drop results whose score, as the answer shows it (rounded to SCORE_DECIMALS), is below this.
 
         Raises:
             NoDuplicateGroups: collapse on an index without groups.
@@ -246,10 +247,13 @@ class Searcher:
             else:
                 kept = hits
             exhausted = len(hits) < fetch or fetch >= self.count
-            if len(kept) >= k or exhausted or (min_score is not None and hits[-1].score < min_score):
+            if len(kept) >= k or exhausted or (min_score is not None and round(hits[-1].score, SCORE_DECIMALS)
+                                                < min_score):
                 break
             fetch = min(fetch * 4, self.count)  # dropped duplicates: look further down the ranking
-        kept = kept[:k] if min_score is None else [h for h in kept[:k] if h.score >= min_score]
+        if min_score is not None:
+            kept = [h for h in kept if round(h.score, SCORE_DECIMALS) >= min_score]
+        kept = kept[:k]
         return [self._match(hit) for hit in kept]
 
     def _group(self, product: int) -> int:

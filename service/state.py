@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 import weakref
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from service import metrics
 from service.config import encoder_threads
 from service.errors import APIError
 from service.searcher import Searcher
-from service.store import local_folder
+from service.store import local_folder, mark_serving, unmark_serving
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ class SearcherHolder:
         self._pointer: str | None = None  # what the pointer said when the served (or refused) version was loaded
         self._failed: tuple[str | None, int, float] = (None, 0, 0.0)  # pointer, failures in a row, next try
         self._lock = threading.Lock()  # one reader of the pointer and one load at a time
+        self._token = uuid.uuid4().hex[:12]  # this holder's record of what it serves (`store.mark_serving`)
+        self._record: Path | None = None
 
     def start(self) -> None:
         """Load what the pointer names now. A failure is kept for /health (503 with the reason) and the worker goes
@@ -187,6 +190,12 @@ class SearcherHolder:
         searcher = Searcher(local_folder(self.location, Path(self.config["ARTIFACTS_CACHE"])),
                             threads=encoder_threads(self.config), reuse=self.searcher)
         searcher.warm_up()
+        cache = Path(self.config["ARTIFACTS_CACHE"])
+        if cache.is_dir():  # other workers' cache pruning keeps what this one serves
+            record = mark_serving(cache, self._token, [searcher.folder, searcher.base.folder])
+            if self._record is None:
+                weakref.finalize(self, unmark_serving, record)
+            self._record = record
         self.searcher, self.error, self.refused, self.loaded_at = searcher, None, None, time.time()
         self.load_seconds = time.perf_counter() - started
         metrics.serving(searcher.count)

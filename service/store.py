@@ -13,6 +13,7 @@ from runtime.layout import MANIFEST, S3_POINTER
 
 log = logging.getLogger(__name__)
 KEEP_VERSIONS = 3  # cached index versions kept per S3 prefix: the one being loaded and the two before it
+SERVING_DIR = ".serving"  # in the cache: one file per serving process, the version folders it has open
 
 
 def fetch_s3(uri: str, cache_dir: Path) -> Path:
@@ -41,7 +42,7 @@ def fetch_s3(uri: str, cache_dir: Path) -> Path:
             raise artifacts.ArtifactError(f"manifest at s3://{bucket}/{prefix} names an unsafe base {base!r}")
         _fetch_version(client, bucket, f"{prefix.rpartition('/')[0]}/{base}".lstrip("/"), Path(cache_dir),
                        trust_cached=True)
-    prune_cache(local, keep_also=(base,) if base else ())
+    prune_cache(local, keep_also=(base,) if base else (), in_use=serving(Path(cache_dir)))
     return local
 
 
@@ -83,24 +84,67 @@ def _fetch_version(client, bucket: str, prefix: str, cache_dir: Path, trust_cach
     return local, manifest
 
 
-def prune_cache(current: Path, keep: int = KEEP_VERSIONS, keep_also: tuple[str, ...] = ()) -> list[Path]:
-    """Delete cached versions beside `current` but the `keep` most recently fetched (current among them) and
-    those named in `keep_also` (the base a delta is served over).
+def prune_cache(current: Path, keep: int = KEEP_VERSIONS, keep_also: tuple[str, ...] = (),
+                in_use: set[Path] = frozenset()) -> list[Path]:
+    """Delete cached versions beside `current` but the `keep` most recently fetched (current among them), those
+    named in `keep_also` (the base a delta is served over) and those `in_use` (served by a worker: `serving`).
 
     Each catalog publish adds a version to every instance's cache; without pruning the disk fills. A few are
-    kept because another worker of the instance may still be serving (memory-mapping) an older one.
+    kept because another worker of the instance may be loading an older one; the ones workers serve are kept
+    whatever their age, as their thumbnails are read from the folder for as long as they serve it.
 
     Returns:
         The folders removed.
     """
+    in_use = {p.resolve() for p in in_use}
     versions = [p for p in current.parent.iterdir() if p.is_dir() and (p / MANIFEST).is_file() and p != current
-                and p.name not in keep_also]
+                and p.name not in keep_also and p.resolve() not in in_use]
     versions.sort(key=lambda p: (p / MANIFEST).stat().st_mtime, reverse=True)
     removed = versions[max(keep - 1 - len(keep_also), 0):]
     for folder in removed:
         shutil.rmtree(folder, ignore_errors=True)
         log.info("removed %s from the artifacts cache (keeping the %d newest versions)", folder, keep)
     return removed
+
+
+def mark_serving(cache_dir: Path, token: str, folders: list[Path]) -> Path:
+    """Record that this process serves `folders` (a version and its base) under `token`, for `serving` to read in
+    every other worker of the instance; return the record's path (`unmark_serving` removes it)."""
+    record = Path(cache_dir) / SERVING_DIR / f"{os.getpid()}.{token}"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    storage.atomic_write_bytes(record, "\n".join(str(Path(f).resolve()) for f in folders).encode())
+    return record
+
+
+def unmark_serving(record: Path) -> None:
+    """Forget a `mark_serving` record (its holder is gone)."""
+    record.unlink(missing_ok=True)
+
+
+def serving(cache_dir: Path) -> set[Path]:
+    """The version folders that live processes serve, from their `mark_serving` records; a dead process's record
+    is deleted."""
+    folders: set[Path] = set()
+    for record in (Path(cache_dir) / SERVING_DIR).glob("[0-9]*.*"):  # not a record being written (".name.tmp")
+        pid = record.name.partition(".")[0]
+        if not pid.isdigit() or not _alive(int(pid)):
+            record.unlink(missing_ok=True)
+            continue
+        try:
+            folders.update(Path(line) for line in record.read_text().splitlines() if line)
+        except FileNotFoundError:  # its holder moved on meanwhile
+            continue
+    return folders
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def local_folder(location: str, cache_dir: Path) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 from flask import Request
 
 from runtime import imaging
-from service.errors import APIError
+from service.errors import TOO_LARGE, APIError, too_large_message
 from service.fetch import fetch_url
 from service.params import Box
 
@@ -21,7 +21,10 @@ def request_json(request: Request) -> dict:
     """Return the JSON body as a dict ({} when the request is not JSON); malformed JSON is a 400."""
     if not request.is_json:
         return {}
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # Python's JSON decoder recurses once per nesting level
+        raise APIError(400, "malformed_json", "the JSON body is nested too deeply") from None
     if body is None:
         raise APIError(400, "malformed_json", "the request body is not valid JSON")
     if not isinstance(body, dict):
@@ -50,7 +53,7 @@ def image_bytes(request: Request, body: dict, config: dict) -> bytes:
     else:
         raise APIError(400, "no_image", f"no image in the request: {HINT}")
     if len(data) > limit:
-        raise APIError(413, "too_large", f"image larger than the {config['MAX_UPLOAD_MB']} MB limit")
+        raise APIError(413, TOO_LARGE, too_large_message(config))
     return data
 
 

@@ -27,7 +27,11 @@ def product_image(product_id: str):  # noqa: ANN201
     except UnknownProduct:
         raise APIError(404, "unknown_product", f"no product with id {product_id!r} in this index") from None
     raw = request.args.get("n", "0")
-    if not raw.isdigit() or int(raw) >= len(item["images"]):
+    if not (raw.isascii() and raw.isdigit()) or int(raw) >= len(item["images"]):  # "²".isdigit() is true
         raise APIError(404, "unknown_image", f"product {product_id!r} has images n=0..{len(item['images']) - 1}, "
                                              f"not n={raw!r}")
-    return send_file(searcher.image_file(item, int(raw)), mimetype="image/jpeg", max_age=86400)
+    try:
+        return send_file(searcher.image_file(item, int(raw)), mimetype="image/jpeg", max_age=86400)
+    except FileNotFoundError:  # its version folder was deleted under this worker (a local `index --keep` prune)
+        raise APIError(503, "image_unavailable", "the index version this worker serves was removed from disk; "
+                                                 "retry in a few seconds, when it serves the current one") from None

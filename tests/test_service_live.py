@@ -74,7 +74,7 @@ def test_gunicorn_two_workers_answer_over_http(gunicorn_server: str, own_index: 
     big, content_type = multipart("image", "big.jpg", os.urandom(12 * 2**20))
     for _ in range(3):
         status, error = http(f"{gunicorn_server}/api/search", big, {"Content-Type": content_type})
-        assert status == 413 and error["error"]["code"] == "request_entity_too_large"
+        assert status == 413 and error["error"]["code"] == "too_large"
     status, error = http(f"{gunicorn_server}/api/search", b"garbage", {"Content-Type": "application/json"})
     assert status == 400 and error["error"]["code"] == "malformed_json"
     product = result["results"][0]["product_id"]
@@ -127,7 +127,7 @@ def test_artifacts_from_s3_are_verified_and_tampering_is_refused(s3_server: str,
         time.sleep(0.05)
     response = fresh.test_client().get("/health")
     assert response.status_code == 503
-    assert "items.jsonl does not match its sha256" in response.get_json()["message"]
+    assert "items.jsonl does not match its sha256" in response.get_json()["error"]["message"]
     # A tampered file already in a warm cache is caught too: the reader re-checks every hash on load.
     cached = tmp_path / "cache" / "artifacts" / "shop" / folder.name / "items.jsonl"
     cached.write_bytes(tampered)
