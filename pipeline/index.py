@@ -279,8 +279,8 @@ def describe(summary: dict, options: dict) -> str:
     return (f"index: {m['products']} products, {m['count']} images ({m['dim']}-d, {m['encoder']}), "
             f"{m['n_trees']} trees, search_k {m['search_k']} (recall@10 "
             f"{measured.get('recall_at_10', 'not measured')}; side by side {m.get('annoy_ms_per_query')} ms, exact "
-            f"scan {m['exact_ms_per_query']} ms: serves by {m['strategy']}), {m['duplicate_groups']} near-duplicate groups "
-            f"at {m['duplicate_threshold']}, built in {m['build_seconds']} s, index file "
+            f"scan {m['exact_ms_per_query']} ms: serves by {m['strategy']}), {m['duplicate_groups']} near-duplicate "
+            f"groups at {m['duplicate_threshold']}, built in {m['build_seconds']} s, index file "
             f"{m['index_bytes'] / 2**20:.1f} MiB, peak memory {m['build_peak_rss_mb']} MiB -> "
             f"{Layout(options['data_dir']).index / m['version']}")
 
