@@ -20,7 +20,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Args:
         config: overrides of the configuration, e.g. {"ARTIFACTS": "data/demo/index/current"} in tests.
     """
-    from service import api, errors, metrics, ops, state, web
+    from service import api, errors, metrics, openapi, ops, state, web
     from service.forms import SearchRequest
 
     app = Flask(__name__, static_folder="static", static_url_path="/static")
@@ -29,7 +29,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes(int(app.config["MAX_UPLOAD_MB"]))
     app.json.sort_keys = False
     errors.init_app(app)
-    for blueprint in (api.bp, web.bp, ops.bp):
+    for blueprint in (api.bp, web.bp, ops.bp, openapi.bp):
         app.register_blueprint(blueprint)
 
     @app.before_request
