@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common import ROOT, free_port, start_gunicorn, stop
-from service import create_app, openapi, params
+from service import create_app, params
 from tests.test_service_live import CHROMIUM, CHROMIUM_FLAGS
 
 CHECKS = "not_a_server_error,response_schema_conformance,content_type_conformance"
