@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 import urllib.request
+
+from botocore.exceptions import WaiterError
+
+from scripts import waiters
 
 PLATFORM_BRANCH = "Python 3.11 running on 64bit Amazon Linux 2023"
 # 2 workers serving the default extractor (BiT-M R50x3: 3.33 GiB measured) plus a 1M-product index (2.6 GiB): README.
@@ -96,18 +99,18 @@ def ensure_version(eb, s3, bucket: str, application: str, bundle: bytes, label: 
     s3.put_object(Bucket=bucket, Key=key, Body=bundle)
     eb.create_application_version(ApplicationName=application, VersionLabel=label, Process=True,
                                   SourceBundle={"S3Bucket": bucket, "S3Key": key})
-    deadline = time.monotonic() + wait_s
-    while True:
-        version = eb.describe_application_versions(ApplicationName=application,
-                                                   VersionLabels=[label])["ApplicationVersions"][0]
-        if version["Status"] == "PROCESSED":
-            return True
-        if version["Status"] == "FAILED":
+    acceptors = [waiters.path_is("ApplicationVersions[0].Status", "PROCESSED", "success"),
+                 waiters.path_is("ApplicationVersions[0].Status", "FAILED", "failure")]
+    try:
+        waiters.wait(eb, "DescribeApplicationVersions", acceptors, wait_s, poll_s, ApplicationName=application,
+                     VersionLabels=[label])
+    except WaiterError as exc:
+        status = (exc.last_response.get("ApplicationVersions") or [{}])[0].get("Status")
+        if status == "FAILED":
             raise DeployError(f"Beanstalk could not process the bundle {label} (its .ebextensions/ or Procfile); "
-                              "see the application's events in the console")
-        if time.monotonic() > deadline:
-            raise DeployError(f"the application version {label} was still {version['Status']} after {wait_s:.0f} s")
-        time.sleep(poll_s)
+                              "see the application's events in the console") from None
+        raise DeployError(f"the application version {label} was still {status} after {wait_s:.0f} s") from None
+    return True
 
 
 def live_environment(eb, application: str, environment: str) -> dict | None:
@@ -134,50 +137,57 @@ def recent_events(eb, environment: str, since: dt.datetime) -> list[str]:
 
 def wait_until_healthy(eb, environment: str, label: str | None, wait_s: float, poll_s: float,
                        since: dt.datetime | None = None) -> dict:
-    """Poll until Beanstalk says Ready and Green on version `label`, then check the service's /health.
+    """Wait (a boto3 waiter, printing each poll) until Beanstalk says Ready and Green on version `label`, then check
+    the service's /health.
 
     Raises:
         DeployError: the environment went Red or did not get there within `wait_s`; the message holds its events.
     """
     since = since or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    deadline = time.monotonic() + wait_s
     state: dict = {}
-    while True:
-        env = eb.describe_environments(EnvironmentNames=[environment])["Environments"][0]
-        state = {"status": env["Status"], "health": env.get("Health"), "version_label": env.get("VersionLabel"),
-                 "cname": env.get("CNAME", "")}
+
+    def show(parsed: dict) -> None:
+        env = (parsed.get("Environments") or [{}])[0]
+        state.update({"status": env.get("Status"), "health": env.get("Health"),
+                      "version_label": env.get("VersionLabel"), "cname": env.get("CNAME", "")})
         print(f"deploy: {environment}: {state['status']}, health {state['health']}, version "
               f"{state['version_label']}", flush=True)
-        on_version = label is None or state["version_label"] == label
-        if state["status"] == "Ready" and state["health"] == "Green" and on_version:
-            if state["cname"]:
-                url = f"http://{state['cname']}/health"
-                try:
-                    with urllib.request.urlopen(url, timeout=30) as response:
-                        state["service"] = json.loads(response.read())
-                except (OSError, ValueError) as exc:
-                    raise DeployError(f"{environment} is Ready and Green but {url} failed ({exc}); a new environment's "
-                                      f"DNS name can take a minute to resolve: try `curl {url}`") from None
-            return state
-        if state["status"] == "Ready" and state["health"] == "Red":
-            problem = "went Red"
-            break
-        if time.monotonic() > deadline:
-            problem = f"did not become Ready and Green within {wait_s:.0f} s"
-            break
-        time.sleep(poll_s)
+
+    ready_green = "Environments[0].Status == 'Ready' && Environments[0].Health == 'Green'"
+    if label is not None:
+        ready_green += f" && Environments[0].VersionLabel == {waiters.literal(label)}"
+    acceptors = [waiters.path_is(ready_green, True, "success"),
+                 waiters.path_is("Environments[0].Status == 'Ready' && Environments[0].Health == 'Red'", True,
+                                 "failure")]
+    try:
+        waiters.wait(eb, "DescribeEnvironments", acceptors, wait_s, poll_s, on_poll=show,
+                     EnvironmentNames=[environment])
+        problem = None
+    except WaiterError:
+        problem = "went Red" if state.get("health") == "Red" and state.get("status") == "Ready" else \
+            f"did not become Ready and Green within {wait_s:.0f} s"
+    if problem is None:
+        if state["cname"]:
+            url = f"http://{state['cname']}/health"
+            try:
+                with urllib.request.urlopen(url, timeout=30) as response:
+                    state["service"] = json.loads(response.read())
+            except (OSError, ValueError) as exc:
+                raise DeployError(f"{environment} is Ready and Green but {url} failed ({exc}); a new environment's "
+                                  f"DNS name can take a minute to resolve: try `curl {url}`") from None
+        return state
     events = recent_events(eb, environment, since)
-    raise DeployError(f"{environment} {problem} (last: {state['status']}, health {state['health']}, version "
-                      f"{state['version_label']}). Recent events:\n" + "\n".join(events or ["  (none)"]) +
+    raise DeployError(f"{environment} {problem} (last: {state.get('status')}, health {state.get('health')}, version "
+                      f"{state.get('version_label')}). Recent events:\n" + "\n".join(events or ["  (none)"]) +
                       "\nFix what the events name, or roll back with: aws elasticbeanstalk update-environment "
                       f"--environment-name {environment} --version-label <previous label>; the instances' logs: aws "
                       f"elasticbeanstalk request-environment-info --environment-name {environment} --info-type tail")
 
 
 def wait_until_ready(eb, environment: str, wait_s: float, poll_s: float) -> None:
-    """Wait until an environment is no longer launching or updating."""
-    deadline = time.monotonic() + wait_s
-    while eb.describe_environments(EnvironmentNames=[environment])["Environments"][0]["Status"] != "Ready":
-        if time.monotonic() > deadline:
-            raise DeployError(f"{environment} stayed busy for {wait_s:.0f} s; try again when it is Ready")
-        time.sleep(poll_s)
+    """Wait until an environment is no longer launching or updating (botocore's `environment_updated` waiter)."""
+    try:
+        eb.get_waiter("environment_updated").wait(EnvironmentNames=[environment],
+                                                  WaiterConfig=waiters.config(wait_s, poll_s))
+    except WaiterError:
+        raise DeployError(f"{environment} stayed busy for {wait_s:.0f} s; try again when it is Ready") from None

@@ -24,11 +24,13 @@ import argparse
 import hashlib
 import io
 import sys
-import time
 import zipfile
 from pathlib import Path
 
+from botocore.exceptions import WaiterError
+
 from runtime import storage
+from scripts import waiters
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = "emr-7.13.0"  # Spark 3.5.6: requirements-spark.txt pins the same line
@@ -122,23 +124,25 @@ def cluster_request(name: str, code: dict[str, str], step: dict, core_nodes: int
 
 
 def wait_for_step(emr, cluster_id: str, step_id: str, wait_s: float, poll_s: float) -> dict:  # noqa: ANN001
-    """Poll a step until it ends; return its final status, or raise EmrError on failure or timeout."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        status = emr.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"]["Status"]
-        if status["State"] == "COMPLETED":
-            return status
-        if status["State"] in TERMINAL:
+    """Wait for a step to end (a boto3 waiter: botocore's `step_complete` with INTERRUPTED a failure too); return
+    its final status, or raise EmrError on failure or timeout."""
+    failed = sorted(TERMINAL - {"COMPLETED"})
+    acceptors = [waiters.path_is("Step.Status.State", "COMPLETED", "success"),
+                 *(waiters.path_is("Step.Status.State", state, "failure") for state in failed)]
+    try:
+        return waiters.wait(emr, "DescribeStep", acceptors, wait_s, poll_s, ClusterId=cluster_id,
+                            StepId=step_id)["Step"]["Status"]
+    except WaiterError as exc:
+        status = exc.last_response.get("Step", {}).get("Status", {})
+        if status.get("State") in TERMINAL:
             details = status.get("FailureDetails", {})
             raise EmrError(f"step {step_id} on {cluster_id} ended {status['State']}: "
                            f"{details.get('Reason') or status.get('StateChangeReason', {}).get('Message', 'no reason')}"
                            f"{'; ' + details['Message'] if details.get('Message') else ''}"
                            f"{'; logs: ' + details['LogFile'] if details.get('LogFile') else ''}. "
-                           "Finished shards are kept: run the same command again to resume.")
-        if time.monotonic() > deadline:
-            raise EmrError(f"step {step_id} on {cluster_id} still {status['State']} after {wait_s:.0f} s; follow it "
-                           f"with `aws emr describe-step --cluster-id {cluster_id} --step-id {step_id}`")
-        time.sleep(poll_s)
+                           "Finished shards are kept: run the same command again to resume.") from None
+        raise EmrError(f"step {step_id} on {cluster_id} still {status.get('State')} after {wait_s:.0f} s; follow it "
+                       f"with `aws emr describe-step --cluster-id {cluster_id} --step-id {step_id}`") from None
 
 
 def run(data_dir: str, code: str, cluster_id: str | None = None, core_nodes: int = 2,

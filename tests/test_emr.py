@@ -88,6 +88,15 @@ def test_a_failed_step_says_why_where_the_logs_are_and_how_to_resume(clients) ->
         emr.run(DATA, CODE, cluster_id="j-OLD", poll_s=0, clients=(client, s3))
 
 
+def test_an_interrupted_step_ends_the_wait_at_once(clients) -> None:
+    client, s3, stub = clients
+    stub.add_response("add_job_flow_steps", {"StepIds": ["s-4"]}, {"JobFlowId": "j-OLD", "Steps": [ANY]})
+    step_status(stub, "j-OLD", "s-4", ["RUNNING", "INTERRUPTED"])  # botocore's step_complete would poll on
+    with pytest.raises(emr.EmrError, match="ended INTERRUPTED"):
+        emr.run(DATA, CODE, cluster_id="j-OLD", poll_s=0, wait_s=60, clients=(client, s3))
+    stub.assert_no_pending_responses()
+
+
 @pytest.mark.parametrize("data_dir, code, message", [
     ("data/shop", CODE, "--data-dir must be an s3:// URI"),
     (DATA, "/tmp/code", "--code must be an s3:// URI"),
