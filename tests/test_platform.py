@@ -5,7 +5,9 @@ server that proxies to 127.0.0.1:PORT)."""
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import os
 import shlex
 import shutil
@@ -161,6 +163,9 @@ def test_a_9_mb_photo_is_searched_through_nginx(platform) -> None:
     assert 8.5 * 2**20 < len(photo) < 10 * 2**20, len(photo)
     body, content_type = multipart("image", "phone.jpg", photo)
     status, result = http(f"{proxy}/api/search?k=3", body, {"Content-Type": content_type}, timeout=120)
+    assert status == 200 and len(result["results"]) == 3, result
+    as_base64 = json.dumps({"image_base64": base64.b64encode(photo).decode(), "k": 3}).encode()  # 12 MB of text
+    status, result = http(f"{proxy}/api/search", as_base64, {"Content-Type": "application/json"}, timeout=120)
     assert status == 200 and len(result["results"]) == 3, result
 
 
