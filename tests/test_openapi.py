@@ -115,7 +115,8 @@ def test_schemathesis_finds_no_failure(server: str, tmp_path: Path) -> None:
     command = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{server}/openapi.json", "--checks", CHECKS,
                "--max-examples", "100", "--seed", "1", "--report", "json", "--report-dir", str(tmp_path),
                "--request-timeout", "10", "--warnings", "off"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,  # its cache folder
+                          env={**os.environ, "NO_COLOR": "1"})
     report = json.loads(next(tmp_path.glob("*.json")).read_text())
     cases = report["test_cases"]
     print(f"schemathesis: {cases['generated']} requests generated, {cases['with_failures']} with failures, "
