@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.encoders import Encoder, keras_encoder
+from pipeline.encoders import Encoder, keras_encoder, trainable
 from pipeline.feature_stream import sample_rows
 from pipeline.head import retrieval_precision
 from runtime import storage, tfenv
+from runtime.extractor import tflite_runner
 from runtime.preprocess import INPUT_SIZE, decode_image
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ ZOOM = 0.2  # random crops of 80-100% of the image
 CONTRAST = 0.2
 MONITOR_VAL_ROWS = 1_000
 MONITOR_BASE_ROWS = 3_000
+CALIBRATION_IMAGES = 512  # catalog images whose activations set a rebuilt backbone's batch statistics
 
 
 def _images(paths: Sequence[str], labels: np.ndarray | None, batch_size: int, shuffle: bool, seed: int) -> Any:
@@ -44,12 +47,23 @@ def _images(paths: Sequence[str], labels: np.ndarray | None, batch_size: int, sh
     return data.map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def _calibrate(backbone: Any, paths: Sequence[str]) -> None:
+    """`mediapipe_keras.calibrate` the graph inside `backbone` on these catalog images."""
+    from pipeline import mediapipe_keras
+
+    keras = tfenv.keras()
+    graph = next(layer for layer in backbone.layers if isinstance(layer, keras.Model))
+    pixels = np.concatenate([batch.numpy() for batch in _images(paths, None, 64, False, 0)]) / 255.0
+    mediapipe_keras.calibrate(graph, pixels)
+
+
 def tune_backbone(encoder: Encoder, train_model: Any, head: Any, paths: Sequence[str], labels: np.ndarray,
-                  fit: np.ndarray, val: np.ndarray, epochs: int, seed: int = 0) -> tuple[Encoder, dict]:
+                  fit: np.ndarray, val: np.ndarray, epochs: int, seed: int = 0, tflite_out: Path | None = None
+                  ) -> tuple[Encoder, dict]:
     """Train backbone and head together; return the tuned backbone (a new Encoder) and the per-epoch history.
 
     Args:
-        encoder: a backbone with a Keras model (TF-graph backbones; a TFLite file cannot be trained).
+        encoder: a backbone with a Keras model, or the MediaPipe embedder's file (`encoders.trainable`).
         train_model: the head's classifier (features -> scaled cosine logits), trained on cached features.
         head: the head's embedding model (features -> unit vectors); shares its layers with `train_model`.
         paths: every catalog image (readable ones).
@@ -57,14 +71,19 @@ def tune_backbone(encoder: Encoder, train_model: Any, head: Any, paths: Sequence
         fit: rows to train on; val: rows to stop on (empty: keep the last epoch).
         epochs: epochs of end-to-end training.
         seed: shuffling and augmentation seed.
+        tflite_out: where a TFLite backbone is written back once trained (required for one); vectorize and the
+            service then run it as they ran the file.
 
     Raises:
-        ValueError: the encoder has no Keras model.
+        ValueError: the encoder cannot be trained, or a TFLite backbone without `tflite_out`.
     """
-    if encoder.keras_model is None:
-        raise ValueError(f"encoder {encoder.name!r} cannot be fine-tuned: it is not a TensorFlow graph (a TFLite "
-                         "file is inference-only); train only the head (--backbone-epochs 0)")
+    source = encoder
+    if source.tflite_path is not None and tflite_out is None:
+        raise ValueError("a TFLite backbone is trained into a new TFLite file: pass tflite_out")
+    encoder = trainable(encoder)
     keras = tfenv.keras()
+    if source.tflite_path is not None:  # batch normalisation rebuilt from folded weights: give it real statistics
+        _calibrate(encoder.keras_model, np.asarray(paths)[sample_rows(fit, CALIBRATION_IMAGES, seed)])
     keras.utils.set_random_seed(seed)
     backbone = encoder.keras_model
     backbone.trainable = True
@@ -100,4 +119,12 @@ def tune_backbone(encoder: Encoder, train_model: Any, head: Any, paths: Sequence
         model.set_weights(best_weights)
     backbone.trainable = False
     digest = storage.sha256_bytes(b"".join(np.asarray(w).tobytes() for w in backbone.get_weights()))[:12]
-    return keras_encoder(encoder.name, f"{encoder.fingerprint}-tuned-{digest}", backbone), history
+    fingerprint = f"{encoder.fingerprint}-tuned-{digest}"
+    if source.tflite_path is None:
+        return keras_encoder(encoder.name, fingerprint, backbone), history
+    from pipeline import mediapipe_keras
+
+    graph = next(layer for layer in backbone.layers if isinstance(layer, keras.Model))  # the 0..1 graph inside
+    written = mediapipe_keras.to_tflite(graph, tflite_out)
+    return Encoder(source.name, fingerprint, source.feature_dim, tflite_path=written,
+                   _fn=tflite_runner(written)), history

@@ -69,6 +69,34 @@ def keras_encoder(name: str, fingerprint: str, model: Any) -> Encoder:
                    _fn=lambda x: fn(tf.convert_to_tensor(np.asarray(x, np.float32))).numpy())
 
 
+def trainable(encoder: Encoder) -> Encoder:
+    """The encoder as a Keras graph that `pipeline.backbone_tuning` can train: itself when it has one; the MediaPipe
+    embedder's TFLite file rebuilt with its weights (`pipeline.mediapipe_keras`, same vectors to 1e-4, so the same
+    fingerprint and feature cache).
+
+    Raises:
+        ValueError: a backbone that cannot be trained (a TFLite file of another model, a composite).
+    """
+    if encoder.keras_model is not None and not encoder.multicrop:
+        return encoder
+    if encoder.name == "mediapipe-embedder" and encoder.tflite_path is not None and not encoder.multicrop:
+        from pipeline import mediapipe_keras
+
+        keras = tfenv.keras()
+        images = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="images")
+        graph = mediapipe_keras.build(encoder.tflite_path)
+        model = keras.Model(images, graph(keras.layers.Rescaling(1 / 255.0)(images)), name="mediapipe_backbone")
+        return keras_encoder(encoder.name, encoder.fingerprint, model)
+    raise ValueError(f"encoder {encoder.name!r} cannot be fine-tuned: it is not a TensorFlow graph nor the MediaPipe "
+                     "embedder's file; train only the head (--backbone-epochs 0)")
+
+
+def can_train(encoder: Encoder) -> bool:
+    """Whether `trainable` can make a trainable graph of this encoder."""
+    return not encoder.multicrop and (encoder.keras_model is not None or (
+        encoder.name == "mediapipe-embedder" and encoder.tflite_path is not None))
+
+
 def with_multicrop(encoder: Encoder, fraction: float) -> Encoder:
     """Return the encoder whose features are the mean over an image's multi-crop views (`runtime.views`).
 

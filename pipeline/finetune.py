@@ -15,14 +15,22 @@ from pipeline import autoencoder, cli, composite, plots
 from pipeline import retrain as retrain_rule
 from pipeline.backbone_tuning import tune_backbone
 from pipeline.catalog import catalog_inputs, holdout_rows
-from pipeline.encoders import DEFAULT_ENCODER, load_encoder, with_multicrop
+from pipeline.encoders import DEFAULT_ENCODER, can_train, load_encoder, with_multicrop
 from pipeline.export import export
 from pipeline.feature_cache import FeatureCache
 from pipeline.features import fill_cache
 from pipeline.head import build_head, train_head
 from pipeline.sources import default_label, default_multicrop
 from runtime import storage
-from runtime.layout import AUTOENCODER_CURVES, AUTOENCODER_WEIGHTS, HISTORY, LABELS, TRAINING_CURVES, Layout
+from runtime.layout import (
+    AUTOENCODER_CURVES,
+    AUTOENCODER_WEIGHTS,
+    HISTORY,
+    LABELS,
+    TRAINING_CURVES,
+    TUNED_TFLITE,
+    Layout,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,7 +41,6 @@ DEFAULT_DIM = 256
 # Epochs of training the backbone itself after the head, per encoder (README "Quality levers": MobileNet v1 0.25
 # on grocery, product precision@1 0.503 with a head on frozen features, 0.639 after 8 epochs of this).
 BACKBONE_EPOCHS = {"mobilenet-v1-0.25": 8}
-TFLITE_ENCODERS = ("mediapipe-embedder",)  # inference-only: never trained, whatever --backbone-epochs says
 
 
 def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
@@ -125,9 +132,9 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
     if parts_info is not None:
         summary["parts"] = parts_info
     backbone_epochs = BACKBONE_EPOCHS.get(encoder, 0) if backbone_epochs is None else backbone_epochs
-    if backbone_epochs and not no_finetune and backbone.keras_model is None:
+    if backbone_epochs and not no_finetune and not can_train(single_view):
         raise ValueError(f"--backbone-epochs {backbone_epochs}: encoder {encoder!r} cannot be fine-tuned (a TFLite "
-                         "file is inference-only); use --backbone-epochs 0")
+                         "file other than the MediaPipe embedder is inference-only); use --backbone-epochs 0")
     if no_finetune:
         _, head = build_head(backbone.feature_dim, None, 0)
         info = {"finetuned": False}
@@ -136,7 +143,8 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
                                                             epochs, seed, layout)
         if backbone_epochs:
             tuned, tuning = tune_backbone(single_view, classifier, head, paths, labels, fit, val, backbone_epochs,
-                                          seed)  # on whole images; the tuned backbone then pools views as before
+                                          seed, tflite_out=layout.model / TUNED_TFLITE)  # on whole images; the
+            # tuned backbone then pools views as before
             backbone = with_multicrop(tuned, multicrop)
             monitored = tuning["val_precision_at_5"]
             info.update({"backbone_epochs": backbone_epochs, "backbone_history": tuning,
@@ -175,7 +183,7 @@ def _one_trained_backbone(encoder: str, backbone_epochs: int | None) -> bool:
     Multi-crop views gave such a backbone nothing on grocery (MobileNet: 0.601 -> 0.605), while a frozen one
     (MediaPipe: 0.696 -> 0.791) and a composite with a trained part (0.733 -> 0.841) gained.
     """
-    if composite.is_composite(encoder) or encoder in TFLITE_ENCODERS:
+    if composite.is_composite(encoder):
         return False
     return (BACKBONE_EPOCHS.get(encoder, 0) if backbone_epochs is None else backbone_epochs) > 0
 

@@ -5,7 +5,10 @@ The file is Keras's own architecture: `MobileNetV3Small(alpha=0.75, include_top=
 shape for shape and in the same order, and the file adds a 1x1 convolution to 1,024 channels with hard-swish
 after the global pooling (Keras's `Conv_2` of the classification top). Two things differ in the file:
 - batch normalisation is folded into each convolution's bias. It is put back as a BatchNormalization layer that
-  starts as the identity plus that bias (gamma 1, mean 0, variance 1 - epsilon), so training can still move it.
+  computes the identity plus that bias (gamma 1, mean 0, variance 1 - epsilon). Before training, `calibrate`
+  gives each one the mean and variance its convolution's outputs have on the catalog, with gamma and beta that
+  keep the same function: a layer that trains on batch statistics then starts where the file is, instead of
+  normalising activations that the folded weights never expected to be normalised.
 - the squeeze-excite gate's +3 of hard-sigmoid (relu6(x + 3) / 6) is folded into its second convolution's bias;
   Keras adds the 3 itself, so 3 is taken off.
 The file takes pixels scaled to 0..1 and scales them to -1..1 itself (x * 2 - 1), as the graph here does.
@@ -85,6 +88,52 @@ def build(path: Path, name: str = "mediapipe_embedder") -> Any:
             gate = layer.name.endswith("squeeze_excite/Conv_1")
             layer.set_weights([kernel, bias - SE_GATE_OFFSET if gate else bias])
     return model
+
+
+def _folded_layers(model: Any) -> tuple[list[tuple[Any, Any]], Any]:
+    """(convolution, the BatchNormalization after it) pairs of the backbone inside an embedder graph from `build`,
+    and that backbone."""
+    keras = tfenv.keras()
+    base = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    layers = base.layers
+    return [(layer, layers[i + 1]) for i, layer in enumerate(layers[:-1])
+            if isinstance(layer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D)
+            and isinstance(layers[i + 1], keras.layers.BatchNormalization)], base
+
+
+def calibrate(model: Any, pixels: np.ndarray, batch_size: int = 32) -> None:
+    """Give every batch normalisation of an embedder graph from `build` the mean and variance of its convolution's
+    outputs over `pixels` (0..1, [N, 224, 224, 3]), keeping what the graph computes at inference.
+
+    A layer computes gamma (x - mean) / sqrt(var + eps) + beta, i.e. scale x + offset; with the new mean and var,
+    gamma = scale sqrt(var + eps) and beta = offset + scale mean compute the same. Training mode then normalises
+    by statistics close to these from its first batch.
+    """
+    tf = tfenv.tensorflow()
+    keras = tfenv.keras()
+    pairs, base = _folded_layers(model)
+    probe = keras.Model(base.inputs, [conv.output for conv, _ in pairs])
+
+    @tf.function
+    def moments(batch: Any) -> list[Any]:
+        outputs = probe(batch * 2.0 - 1.0, training=False)
+        return [tf.stack([tf.reduce_sum(o, [0, 1, 2]), tf.reduce_sum(tf.square(o), [0, 1, 2]),
+                          tf.cast(tf.reduce_prod(tf.shape(o)[:3]), tf.float32) * tf.ones_like(o[0, 0, 0])])
+                for o in outputs]
+
+    totals = None
+    for start in range(0, len(pixels), batch_size):
+        sums = [m.numpy().astype(np.float64) for m in moments(tf.constant(pixels[start:start + batch_size],
+                                                                          tf.float32))]
+        totals = sums if totals is None else [t + s for t, s in zip(totals, sums, strict=True)]
+    for (_, norm), (total, squares, count) in zip(pairs, totals, strict=True):
+        gamma, beta, old_mean, old_var = (w.astype(np.float64) for w in norm.get_weights())
+        scale = gamma / np.sqrt(old_var + norm.epsilon)  # the layer is scale * x + offset; keep that
+        offset = beta - scale * old_mean
+        mean = total / count
+        var = np.maximum(squares / count - mean**2, 0.0)
+        norm.set_weights([w.astype(np.float32) for w in (scale * np.sqrt(var + norm.epsilon), offset + scale * mean,
+                                                          mean, var)])
 
 
 def to_tflite(model: Any, path: Path) -> Path:

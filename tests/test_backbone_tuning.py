@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from pipeline import finetune, index, vectorize
 from runtime.extractor import load_extractor
-from runtime.layout import Layout
+from runtime.layout import TUNED_TFLITE, Layout
 from runtime.preprocess import decode_image
+from service import create_app
 from tests.conftest import shared_path
 
 
@@ -35,9 +37,34 @@ def test_a_tuned_backbone_gets_new_weights_and_its_own_feature_cache(built: Path
     assert index.run(data, trees=4)["encoder_fingerprint"] == tuned["encoder_fingerprint"]
 
 
-def test_a_tflite_backbone_cannot_be_tuned(built: Path, tmp_path: Path) -> None:
+def test_the_mediapipe_backbone_is_tuned_and_served_as_tflite(built: Path, tmp_path: Path) -> None:
+    """The MediaPipe file is rebuilt as a Keras graph, trained, written back to TFLite, and the extractor, vectorize
+    and the service run that file as they ran the original."""
     weights = shared_path("models", "mobilenet_v3_small_075_224_embedder.tflite")
     data = tmp_path / "data"
     shutil.copytree(built / "catalog", data / "catalog")
-    with pytest.raises(ValueError, match="cannot be fine-tuned"):
-        finetune.run(data, encoder="mediapipe-embedder", encoder_weights=str(weights), backbone_epochs=1)
+    tuned = finetune.run(data, encoder="mediapipe-embedder", encoder_weights=str(weights), dim=32, epochs=10,
+                         backbone_epochs=1)
+    assert tuned["backbone_epochs"] == 1 and tuned["encoder_fingerprint"].startswith("mediapipe-")
+    assert "-tuned-" in tuned["encoder_fingerprint"]
+    config = json.loads((Layout(data).extractor / "extractor.json").read_text())
+    assert config["format"] == "tflite+head"  # served as the original file is, by the TFLite interpreter
+    written = (Layout(data).extractor / "backbone.tflite").read_bytes()
+    assert written == (Layout(data).model / TUNED_TFLITE).read_bytes() != weights.read_bytes()
+    vectorize.run(data)
+    index.run(data, trees=4)
+    client = create_app({"ARTIFACTS": str(data / "index" / "current"), "LOAD_IN_BACKGROUND": False,
+                         "RELOAD_CHECK_S": 0, "ARTIFACTS_CACHE": str(tmp_path / "cache")}).test_client()
+    photo = next((data / "catalog" / "images").rglob("*.jpg"))
+    found = client.post("/api/search", data={"image": (io.BytesIO(photo.read_bytes()), "q.jpg")},
+                        content_type="multipart/form-data")
+    assert found.status_code == 200 and len(found.get_json()["results"]) == 10
+
+
+def test_a_tflite_file_of_another_model_cannot_be_tuned(built: Path, tmp_path: Path) -> None:
+    from pipeline.encoders import Encoder, can_train
+
+    weights = shared_path("models", "mobilenet_v3_small_075_224_embedder.tflite")
+    assert not can_train(Encoder("some-tflite", "x", 8, tflite_path=weights))
+    assert can_train(Encoder("mediapipe-embedder", "x", 1024, tflite_path=weights))
+    assert not can_train(Encoder("mediapipe-embedder", "x", 1024, tflite_path=weights, multicrop=0.8))

@@ -70,3 +70,21 @@ def test_another_tflite_file_is_refused(tmp_path: Path) -> None:
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(small).convert())
     with pytest.raises(ValueError, match="is not the MediaPipe MobileNetV3-small"):
         mediapipe_keras.build(path)
+
+
+def test_calibration_gives_batch_norm_real_statistics_and_keeps_the_vectors(embedder_file: Path,
+                                                                            photos: np.ndarray) -> None:
+    """Training mode normalises by the batch's statistics: with the folded file's identity statistics that would
+    start training from another function; after calibration it starts from the file's."""
+    tf = tfenv.tensorflow()
+    uncalibrated = mediapipe_keras.build(embedder_file)  # a call in training mode moves its moving statistics
+    training_before = unit(uncalibrated(tf.constant(photos / 255.0, tf.float32), training=True).numpy())
+    model = mediapipe_keras.build(embedder_file)
+    inference = unit(model.predict(photos / 255.0, verbose=0))
+    mediapipe_keras.calibrate(model, photos / 255.0, batch_size=8)
+    assert np.abs(unit(model.predict(photos / 255.0, verbose=0)) - inference).max() < TOLERANCE
+    training_after = unit(model(tf.constant(photos / 255.0, tf.float32), training=True).numpy())
+    before, after = (training_before * inference).sum(1).min(), (training_after * inference).sum(1).min()
+    assert after > 0.99 and after > before, (before, after)
+    print(f"lowest cosine of a training-mode vector to the file's: {before:.3f} before calibration, {after:.4f} "
+          "after")
