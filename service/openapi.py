@@ -83,6 +83,19 @@ def _errors(*statuses: int) -> dict:
     return {str(s): {"$ref": f"#/components/responses/Error{s}"} for s in statuses}
 
 
+def _html_page(summary: str, operation_id: str) -> dict:
+    return {"get": {"summary": summary, "operationId": operation_id, "responses": {"200": {
+        "description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}}
+
+
+def _file_route(summary: str, operation_id: str) -> dict:
+    """A GET of a static file by name: the file, or a 404."""
+    return {"get": {"summary": summary, "operationId": operation_id,
+                    "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "the file", "content": {"*/*": {"schema": {
+                        "type": "string", "format": "binary"}}}}, **_errors(404)}}}
+
+
 def _option_parameters(max_k: int, default_k: int, names: tuple[str, ...]) -> list[dict]:
     """The query parameters of `params.OPTIONS` (a KeyError here is an option added without its documentation)."""
     described = {
@@ -243,24 +256,12 @@ def document(config: dict, example: dict[str, str] | None = None) -> dict:
             "requestBody": {"required": False, "content": {"application/json": {"schema": {
                 "type": "object", "properties": {"version": {"type": "string"}}}}}},
             "responses": {"200": _json(_ref("Reloaded"), "loaded"), **_errors(400, 401, 403, 404, 422)}}},
-        "/": {"get": {"summary": "The shopper's search page", "operationId": "page",
-                      "responses": {"200": {"description": "HTML", "content": {"text/html": {
-                          "schema": {"type": "string"}}}}}}},
-        "/static/{filename}": {"get": {
-            "summary": "The page's scripts, styles and images", "operationId": "static",
-            "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "the file", "content": {"*/*": {"schema": {
-                "type": "string", "format": "binary"}}}}, **_errors(404)}}},
+        "/": _html_page("The shopper's search page", "page"),
+        "/static/{filename}": _file_route("The page's scripts, styles and images", "static"),
         "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
                                   "responses": {"200": _json({"type": "object"}, "OpenAPI 3.0")}}},
-        "/docs": {"get": {"summary": "This document, rendered (Swagger UI)", "operationId": "docs",
-                          "responses": {"200": {"description": "HTML", "content": {"text/html": {
-                              "schema": {"type": "string"}}}}}}},
-        "/docs/assets/{filename}": {"get": {
-            "summary": "Swagger UI's scripts and styles", "operationId": "docsAssets",
-            "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "the file", "content": {"*/*": {"schema": {
-                "type": "string", "format": "binary"}}}}, **_errors(404)}}},
+        "/docs": _html_page("This document, rendered (Swagger UI)", "docs"),
+        "/docs/assets/{filename}": _file_route("Swagger UI's scripts and styles", "docsAssets"),
     }
     errors = {f"Error{status}": _json(_ref("Error"), text) for status, text in ERROR_STATUSES.items()}
     return {

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from benchmarks.common import SHARED, load_script
+from benchmarks.common import SHARED, free_port, load_script, start_gunicorn, stop
 from runtime import tfenv
 
 
@@ -117,3 +119,19 @@ def s3_server(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv(key, value)
     yield endpoint
     server.stop()
+
+
+@contextlib.contextmanager
+def gunicorn_over(index: Path, tmp: Path, env: dict[str, str]) -> Iterator[str]:
+    """gunicorn with 2 gthread workers on 127.0.0.1, started from the Procfile's config over `index` (a cache and
+    its log in `tmp`); yields its base URL once both workers have loaded it. A failed start fails the test with
+    the end of gunicorn's log."""
+    port, log = free_port(), tmp / "gunicorn.log"
+    try:
+        process, _ = start_gunicorn(index, port, 2, tmp / "cache", deadline_s=120, env=env, log=log)
+    except RuntimeError as exc:
+        pytest.fail(f"{exc}\n{log.read_text()[-3000:]}")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import ROOT, free_port, start_gunicorn, stop
+from benchmarks.common import ROOT
 from service import create_app, params
+from tests.conftest import gunicorn_over
 from tests.test_service_live import CHROMIUM, CHROMIUM_FLAGS
 
 CHECKS = "not_a_server_error,response_schema_conformance,content_type_conformance"
@@ -96,17 +97,9 @@ def test_examples_are_a_served_product_and_a_photo_that_finds_it(app, spec: dict
 @pytest.fixture(scope="module")
 def server(demo_index: Path, tmp_path_factory: pytest.TempPathFactory):
     """gunicorn with 2 workers over the demo index, as the Procfile starts it."""
-    tmp = tmp_path_factory.mktemp("openapi")
-    port, log = free_port(), tmp / "gunicorn.log"
-    try:
-        process, _ = start_gunicorn(demo_index / "index" / "current", port, 2, tmp / "cache", deadline_s=120,
-                                    env={"ADMIN_TOKEN": "t0k", "RELOAD_CHECK_S": "0"}, log=log)
-    except RuntimeError as exc:
-        pytest.fail(f"{exc}\n{log.read_text()[-3000:]}")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(process)
+    with gunicorn_over(demo_index / "index" / "current", tmp_path_factory.mktemp("openapi"),
+                       {"ADMIN_TOKEN": "t0k", "RELOAD_CHECK_S": "0"}) as base:
+        yield base
 
 
 def test_schemathesis_finds_no_failure(server: str, tmp_path: Path) -> None:

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from benchmarks.common import free_port, multipart, start_gunicorn, stop
 from benchmarks.common import http_json as http
+from benchmarks.common import multipart
 from pipeline import index
 from runtime.storage import s3_client
 from service import create_app
 from service.searcher import Searcher
+from tests.conftest import gunicorn_over
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -29,16 +30,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 def gunicorn_server(own_index: Path, tmp_path: Path):
     """gunicorn with 2 gthread workers on 127.0.0.1, started from the Procfile's config, over a copy of the demo
     index (the test's `own_index`); yields its base URL once both workers have loaded the index."""
-    port, log = free_port(), tmp_path / "gunicorn.log"
-    try:
-        process, _ = start_gunicorn(own_index / "index" / "current", port, 2, tmp_path / "cache", deadline_s=120,
-                                    env={"ADMIN_TOKEN": "t0k", "LOG_LEVEL": "info"}, log=log)
-    except RuntimeError as exc:
-        pytest.fail(f"{exc}\n{log.read_text()[-3000:]}")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(process)
+    with gunicorn_over(own_index / "index" / "current", tmp_path, {"ADMIN_TOKEN": "t0k", "LOG_LEVEL": "info"}) as base:
+        yield base
 
 
 def scrape(base: str) -> dict[tuple, float]:
