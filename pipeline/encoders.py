@@ -77,18 +77,18 @@ def trainable(encoder: Encoder) -> Encoder:
     Raises:
         ValueError: a backbone that cannot be trained (a TFLite file of another model, a composite).
     """
-    if encoder.keras_model is not None and not encoder.multicrop:
+    if not can_train(encoder):
+        raise ValueError(f"encoder {encoder.name!r} cannot be fine-tuned: it is not a TensorFlow graph nor the "
+                         "MediaPipe embedder's file; train only the head (--backbone-epochs 0)")
+    if encoder.keras_model is not None:
         return encoder
-    if encoder.name == "mediapipe-embedder" and encoder.tflite_path is not None and not encoder.multicrop:
-        from pipeline import mediapipe_keras
+    from pipeline import mediapipe_keras
 
-        keras = tfenv.keras()
-        images = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="images")
-        graph = mediapipe_keras.build(encoder.tflite_path)
-        model = keras.Model(images, graph(keras.layers.Rescaling(1 / 255.0)(images)), name="mediapipe_backbone")
-        return keras_encoder(encoder.name, encoder.fingerprint, model)
-    raise ValueError(f"encoder {encoder.name!r} cannot be fine-tuned: it is not a TensorFlow graph nor the MediaPipe "
-                     "embedder's file; train only the head (--backbone-epochs 0)")
+    keras = tfenv.keras()
+    images = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="images")
+    graph = mediapipe_keras.build(encoder.tflite_path)
+    model = keras.Model(images, graph(keras.layers.Rescaling(1 / 255.0)(images)), name="mediapipe_backbone")
+    return keras_encoder(encoder.name, encoder.fingerprint, model)
 
 
 def can_train(encoder: Encoder) -> bool:
