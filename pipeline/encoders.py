@@ -40,6 +40,8 @@ class Encoder:
         multicrop: share of the side of each multi-crop view (`runtime.views`), 0 for the whole image only.
         input_size: side of the images it takes (INPUT_SIZE, or larger for multi-crop views).
         parts: the backbones of a composite encoder (`pipeline.composite`), else empty.
+        views_in_backbone: the TFLite file itself cuts and pools the multi-crop views of the prepared image
+            (`pipeline.mediapipe_keras.views_tflite`).
     """
 
     name: str
@@ -51,6 +53,7 @@ class Encoder:
     multicrop: float = 0.0
     input_size: int = INPUT_SIZE
     parts: tuple = ()
+    views_in_backbone: bool = False
     _fn: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -97,11 +100,13 @@ def can_train(encoder: Encoder) -> bool:
         encoder.name == "mediapipe-embedder" and encoder.tflite_path is not None))
 
 
-def with_multicrop(encoder: Encoder, fraction: float) -> Encoder:
+def with_multicrop(encoder: Encoder, fraction: float, one_call_dir: Path | None = None) -> Encoder:
     """Return the encoder whose features are the mean over an image's multi-crop views (`runtime.views`).
 
     The backbone itself (Keras model or TFLite file, exported as it is) is unchanged; the fingerprint says
-    which views were pooled, so the feature cache never mixes pooled and single-view features.
+    which views were pooled, so the feature cache never mixes pooled and single-view features. Given
+    `one_call_dir`, the MediaPipe embedder's views are cut and pooled inside a TFLite file written there
+    (`pipeline.mediapipe_keras.views_tflite`: the same vectors, at a fraction of the cost; docs/quality.md).
 
     Raises:
         ValueError: a fraction outside (0, 1), or an encoder that already pools views.
@@ -111,7 +116,16 @@ def with_multicrop(encoder: Encoder, fraction: float) -> Encoder:
         return encoder
     if encoder.multicrop:
         raise ValueError(f"encoder {encoder.name!r} already pools multi-crop views ({encoder.multicrop})")
-    return Encoder(encoder.name, f"{encoder.fingerprint}-multicrop{fraction:g}", encoder.feature_dim,
+    from pipeline import mediapipe_keras
+
+    fingerprint = f"{encoder.fingerprint}-multicrop{fraction:g}"
+    if one_call_dir is not None and encoder.name == "mediapipe-embedder" and encoder.tflite_path is not None \
+            and mediapipe_keras.one_call_possible(fraction):  # the same vectors, so the same fingerprint
+        pooled = mediapipe_keras.views_tflite(encoder.tflite_path, fraction,
+                                              Path(one_call_dir) / f"{fingerprint}.tflite")
+        return Encoder(encoder.name, fingerprint, encoder.feature_dim, tflite_path=pooled, multicrop=fraction,
+                       input_size=views.input_size(fraction), views_in_backbone=True, _fn=tflite_runner(pooled))
+    return Encoder(encoder.name, fingerprint, encoder.feature_dim,
                    keras_model=encoder.keras_model, tflite_path=encoder.tflite_path, parts=encoder.parts,
                    multicrop=fraction,
                    input_size=views.input_size(fraction), _fn=views.multicrop(encoder._fn, fraction))

@@ -59,7 +59,8 @@ def export(encoder: Encoder, head: Any, out: Path, info: dict) -> dict:
         raise ValueError(f"encoder {encoder.name!r} has neither a Keras model nor a TFLite file to export")
     dim = int(module.head(tf.zeros([1, encoder.feature_dim])).shape[-1])
     config = {"format": fmt, "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint,
-              "input_size": encoder.input_size, "multicrop": encoder.multicrop, "feature_dim": encoder.feature_dim,
+              "input_size": encoder.input_size, "multicrop": encoder.multicrop,
+              "views_in_backbone": encoder.views_in_backbone, "feature_dim": encoder.feature_dim,
               "dim": dim, **extra,
               "export_id": uuid.uuid4().hex, **info}
     storage.write_json(staging / EXTRACTOR_CONFIG, config)

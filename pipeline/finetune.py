@@ -29,6 +29,7 @@ from runtime.layout import (
     LABELS,
     TRAINING_CURVES,
     TUNED_TFLITE,
+    VIEWS_DIR,
     Layout,
 )
 
@@ -120,7 +121,7 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
         backbone_epochs = 0
     else:
         single_view = load_encoder(encoder, encoder_weights)
-    backbone = with_multicrop(single_view, multicrop)
+    backbone = with_multicrop(single_view, multicrop, layout.model / VIEWS_DIR)
     cache = FeatureCache(layout.features(backbone.fingerprint))
     computed, failed = fill_cache(cache, keys, paths, backbone)
     if failed:  # the catalog changed since acquire verified it; train on what can be read
@@ -148,7 +149,7 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
             tuned, tuning = tune_backbone(single_view, classifier, head, paths, labels, fit, val, backbone_epochs,
                                           seed, tflite_out=layout.model / TUNED_TFLITE)  # on whole images; the
             # tuned backbone then pools views as before
-            backbone = with_multicrop(tuned, multicrop)
+            backbone = with_multicrop(tuned, multicrop, layout.model / VIEWS_DIR)
             monitored = tuning["val_precision_at_5"]
             info.update({"backbone_epochs": backbone_epochs, "backbone_history": tuning,
                          "backbone_val_precision_at_5": max(monitored) if monitored else None})

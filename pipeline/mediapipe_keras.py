@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime import tfenv
+from runtime import tfenv, views
 from runtime.preprocess import INPUT_SIZE
 
 log = logging.getLogger(__name__)
@@ -151,3 +151,60 @@ def to_tflite(model: Any, path: Path) -> Path:
     path.write_bytes(converter.convert())
     log.info("wrote the embedder as TFLite to %s (%.1f MB)", path, path.stat().st_size / 2**20)
     return path
+
+
+
+# Six views in one call. `runtime.views` cuts an image's views in TensorFlow, and the interpreter then runs them;
+# on a query that cutting and the copies between costs as much as the six backbone passes (docs/quality.md). At
+# 0.5 (the prepared image twice the model's side) the file below does it all: it takes the prepared image, cuts
+# the four corners and the centre, shrinks the whole image to the model's side with the same antialiased bilinear
+# filter as `tf.image.resize` (at exactly half size: taps 1, 3, 3, 1 over 8, renormalised at the border), runs
+# the six views as one batch, and pools their unit vectors as `runtime.views.pool` does. Its vectors equal the
+# views cut one by one (tested), so the feature cache and fingerprint stay theirs.
+HALF_SIZE_TAPS = np.array([1.0, 3.0, 3.0, 1.0]) / 8.0
+
+
+def one_call_possible(fraction: float) -> bool:
+    """Whether `views_tflite` can pool the views of `fraction`: the prepared image twice the model's side and
+    the crops the model's side, as at 0.5."""
+    side = views.input_size(fraction)
+    return bool(fraction) and side == 2 * INPUT_SIZE and round(side * fraction) == INPUT_SIZE
+
+
+def views_tflite(path: Path, fraction: float, out: Path) -> Path:
+    """Write a TFLite file that takes prepared images [B, 448, 448, 3] (uint8) and gives each one's features pooled
+    over its six multi-crop views [B, 1024] (see above), for an embedder file of `build`'s form (the MediaPipe
+    file, or one that `to_tflite` wrote).
+
+    Raises:
+        ValueError: `fraction` is not one `one_call_possible` accepts, or the file is not the embedder.
+    """
+    if not one_call_possible(fraction):
+        raise ValueError(f"multi-crop fraction {fraction}: only views of half the prepared side are pooled inside "
+                         "the backbone file; the others are cut by runtime.views")
+    tf = tfenv.tensorflow()
+    graph = build(Path(path))
+    side, crop = 2 * INPUT_SIZE, INPUT_SIZE
+    far, mid = side - crop, (side - crop) // 2
+    taps = np.outer(HALF_SIZE_TAPS, HALF_SIZE_TAPS)
+    kernel = tf.constant(np.repeat(taps[:, :, None, None], 3, axis=2), tf.float32)  # [4, 4, 3, 1], depthwise
+    shrink = tf.function(lambda x: tf.nn.depthwise_conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), kernel,
+                                                          [1, 2, 2, 1], "VALID"))
+    border = tf.constant(1.0 / shrink(tf.ones([1, side, side, 3])).numpy())  # taps that fell off the image
+
+    @tf.function(input_signature=[tf.TensorSpec([None, side, side, 3], tf.uint8)])
+    def pooled(images: Any) -> Any:
+        pixels = tf.cast(images, tf.float32) * (1.0 / 255.0)
+        cuts = [shrink(pixels) * border] + [pixels[:, top:top + crop, left:left + crop] for top, left in
+                                            ((0, 0), (0, far), (far, 0), (far, far), (mid, mid))]
+        batch = tf.reshape(tf.stack(cuts, axis=1), [-1, crop, crop, 3])  # an image's views consecutive
+        features = graph(batch, training=False)
+        unit = tf.math.l2_normalize(tf.reshape(features, [-1, views.VIEWS, features.shape[-1]]), axis=-1)
+        return tf.reduce_mean(unit, axis=1)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([pooled.get_concrete_function()], graph)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(converter.convert())
+    log.info("wrote the embedder with its multi-crop views inside to %s", out)
+    return out

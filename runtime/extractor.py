@@ -9,7 +9,8 @@ On disk (`model/extractor/`, copied into every index; `pipeline.export` writes i
   `model/`, a SavedModel with `features`), `head/` the head over their L2-normalised features side by side.
 Images are [B, S, S, 3] with values 0..255, as `runtime.preprocess` makes them at the config's `input_size`: 224,
 or larger where `multicrop` (a fraction of the side) says the features are pooled over multi-crop views
-(`runtime.views`); the saved functions themselves always take 224x224 views.
+(`runtime.views`); the saved functions then take 224x224 views, except a backbone file that pools the views
+itself in one pass (`views_in_backbone`, `pipeline.mediapipe_keras.views_tflite`), which takes the whole image.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import numpy as np
 
 from runtime import storage, tfenv, views
 from runtime.layout import EXTRACTOR_CONFIG, EXTRACTOR_HEAD, EXTRACTOR_PARTS, EXTRACTOR_SAVEDMODEL, EXTRACTOR_TFLITE
-from runtime.preprocess import INPUT_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,17 @@ FORMATS = ("savedmodel", "tflite+head", "composite")
 
 def tflite_runner(path: Path, scale: float = 1 / 255.0, threads: int | None = None) -> Callable[[np.ndarray],
                                                                                                np.ndarray]:
-    """Return a function that runs a TFLite image model on a batch, resizing its batch dimension as needed
-    (on `threads` threads, default one per CPU)."""
+    """Return a function that runs a TFLite image model on a batch of square images of the side it takes (224, or
+    more for a backbone that pools multi-crop views itself), resizing its batch dimension as needed (on `threads`
+    threads, default one per CPU). A model over float pixels gets them times `scale`; one over uint8 pixels
+    scales them itself and gets them as they are (no float copy of the batch to allocate and fill)."""
     tf = tfenv.tensorflow()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice, once per load
         interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads or os.cpu_count())
-    inp = interpreter.get_input_details()[0]["index"]
+    details = interpreter.get_input_details()[0]
+    inp, side = details["index"], int(details["shape"][1])
+    takes_bytes = details["dtype"] == np.uint8
     out = interpreter.get_output_details()[0]["index"]
     state = {"batch": None}
     lock = threading.Lock()  # an interpreter is not thread-safe; the service calls it from gthread threads
@@ -49,10 +53,11 @@ def tflite_runner(path: Path, scale: float = 1 / 255.0, threads: int | None = No
     def run(images: np.ndarray) -> np.ndarray:
         with lock:
             if state["batch"] != len(images):
-                interpreter.resize_tensor_input(inp, [len(images), INPUT_SIZE, INPUT_SIZE, 3])
+                interpreter.resize_tensor_input(inp, [len(images), side, side, 3])
                 interpreter.allocate_tensors()
                 state["batch"] = len(images)
-            interpreter.set_tensor(inp, (np.asarray(images, np.float32) * scale).astype(np.float32))
+            interpreter.set_tensor(inp, np.asarray(images).astype(np.uint8, copy=False) if takes_bytes else
+                                   (np.asarray(images, np.float32) * scale).astype(np.float32, copy=False))
             interpreter.invoke()
             return interpreter.get_tensor(out).reshape(len(images), -1).copy()
 
@@ -106,7 +111,7 @@ class Extractor:
             self._head = numpy_head(self._model.head.concrete_functions[0], tf_head)
         self.head_runs_in = "tensorflow" if self._head is tf_head else "numpy"
         fraction = float(self.config.get("multicrop") or 0)
-        if fraction:
+        if fraction and not self.config.get("views_in_backbone"):
             self._features = views.multicrop(self._features, fraction)
             self._embed = lambda x: self._head(self._features(x))
         self.images_seen = 0
@@ -148,12 +153,12 @@ class Extractor:
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Return unit vectors [B, dim] for images [B, S, S, 3] (S: `input_size`) of 0..255 values."""
         self.images_seen += len(images)
-        return np.asarray(self._embed(np.asarray(images, np.float32)), dtype=np.float32)
+        return np.asarray(self._embed(np.asarray(images)), dtype=np.float32)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """Return the backbone's features [B, feature_dim] (no head)."""
         self.images_seen += len(images)
-        return np.asarray(self._features(np.asarray(images, np.float32)), dtype=np.float32)
+        return np.asarray(self._features(np.asarray(images)), dtype=np.float32)
 
     def head(self, features: np.ndarray) -> np.ndarray:
         """Return unit vectors for backbone features (no backbone pass)."""

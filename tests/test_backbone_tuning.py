@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline import finetune, index, vectorize
 from runtime.extractor import load_extractor
-from runtime.layout import TUNED_TFLITE, Layout
+from runtime.layout import TUNED_TFLITE, VIEWS_DIR, Layout
 from runtime.preprocess import decode_image
 from service import create_app
 from tests.conftest import shared_path
@@ -39,18 +39,21 @@ def test_a_tuned_backbone_gets_new_weights_and_its_own_feature_cache(built: Path
 
 def test_the_mediapipe_backbone_is_tuned_and_served_as_tflite(built: Path, tmp_path: Path) -> None:
     """The MediaPipe file is rebuilt as a Keras graph, trained, written back to TFLite, and the extractor, vectorize
-    and the service run that file as they ran the original."""
+    and the service run that file as they ran the original (here cutting and pooling its multi-crop views
+    inside the file, as grocery's default does)."""
     weights = shared_path("models", "mobilenet_v3_small_075_224_embedder.tflite")
     data = tmp_path / "data"
     shutil.copytree(built / "catalog", data / "catalog")
     tuned = finetune.run(data, encoder="mediapipe-embedder", encoder_weights=str(weights), dim=32, epochs=10,
-                         backbone_epochs=1)
+                         backbone_epochs=1, multicrop=0.5)
     assert tuned["backbone_epochs"] == 1 and tuned["encoder_fingerprint"].startswith("mediapipe-")
-    assert "-tuned-" in tuned["encoder_fingerprint"]
+    assert "-tuned-" in tuned["encoder_fingerprint"] and tuned["encoder_fingerprint"].endswith("-multicrop0.5")
     config = json.loads((Layout(data).extractor / "extractor.json").read_text())
     assert config["format"] == "tflite+head"  # served as the original file is, by the TFLite interpreter
-    written = (Layout(data).extractor / "backbone.tflite").read_bytes()
-    assert written == (Layout(data).model / TUNED_TFLITE).read_bytes() != weights.read_bytes()
+    assert config["views_in_backbone"] and config["input_size"] == 448
+    assert (Layout(data).model / TUNED_TFLITE).read_bytes() != weights.read_bytes()
+    in_file, = (Layout(data).model / VIEWS_DIR).glob("*-tuned-*.tflite")  # the tuned file's views
+    assert (Layout(data).extractor / "backbone.tflite").read_bytes() == in_file.read_bytes()
     vectorize.run(data)
     index.run(data, trees=4)
     client = create_app({"ARTIFACTS": str(data / "index" / "current"), "LOAD_IN_BACKGROUND": False,

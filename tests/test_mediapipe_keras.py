@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline import mediapipe_keras
-from runtime import tfenv
+from runtime import tfenv, views
 from runtime.extractor import tflite_runner
 from tests.conftest import shared_path
 
@@ -88,3 +88,21 @@ def test_calibration_gives_batch_norm_real_statistics_and_keeps_the_vectors(embe
     assert after > 0.99 and after > before, (before, after)
     print(f"lowest cosine of a training-mode vector to the file's: {before:.3f} before calibration, {after:.4f} "
           "after")
+
+
+
+def test_the_views_file_pools_the_views_that_runtime_views_cuts(embedder_file: Path, photos: np.ndarray,
+                                                               tmp_path: Path) -> None:
+    """The file that cuts and pools the six views itself gives the vectors of the views cut one by one by
+    `runtime.views` and run through the embedder file, batch by batch and one image at a time."""
+    images = np.stack([np.asarray(Image.fromarray(p.astype(np.uint8)).resize((448, 448)), np.float32)
+                       for p in photos[:6]])
+    inside = tflite_runner(mediapipe_keras.views_tflite(embedder_file, 0.5, tmp_path / "views.tflite"))
+    pooled = inside(images)
+    assert pooled.shape == (6, mediapipe_keras.EMBEDDING_DIM)
+    cut = views.multicrop(tflite_runner(embedder_file), 0.5)(images)
+    assert np.abs(pooled - cut).max() < 2 * TOLERANCE  # each view through the rebuilt graph: within 1e-4
+    assert np.array_equal(inside(images[2:3])[0], pooled[2])
+    assert mediapipe_keras.one_call_possible(0.5) and not mediapipe_keras.one_call_possible(0.6)
+    with pytest.raises(ValueError, match="cut by runtime.views"):
+        mediapipe_keras.views_tflite(embedder_file, 0.6, tmp_path / "other.tflite")

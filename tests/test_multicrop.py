@@ -15,9 +15,9 @@ from pipeline.sources import default_multicrop
 from runtime import views
 from runtime.embeddings import load_embeddings
 from runtime.extractor import load_extractor
-from runtime.layout import Layout
+from runtime.layout import VIEWS_DIR, Layout
 from runtime.preprocess import decode_image
-from tests.conftest import assert_uploads_find_their_products
+from tests.conftest import assert_uploads_find_their_products, shared_path
 
 
 def quadrants(side: int) -> np.ndarray:
@@ -96,3 +96,30 @@ def test_the_extractor_pools_views_and_says_so(multicrop_dir: Path, tiny_hub_mod
 
 def test_an_uploaded_catalog_photo_finds_its_own_product(multicrop_dir: Path, tmp_path: Path) -> None:
     assert_uploads_find_their_products(multicrop_dir, tmp_path / "cache", [0, 7, 21])
+
+
+@pytest.fixture(scope="module")
+def views_dir(sample_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("views-in-file")
+    acquire.run(f"fashion:{sample_catalog}", data)
+    finetune.run(data, encoder="mediapipe-embedder", dim=16, epochs=10, multicrop=0.5, backbone_epochs=0,
+                 encoder_weights=str(shared_path("models", "mobilenet_v3_small_075_224_embedder.tflite")))
+    vectorize.run(data, shard_rows=32)
+    index.run(data, trees=4)
+    return data
+
+
+def test_the_mediapipe_embedder_pools_its_views_inside_its_file(views_dir: Path, tmp_path: Path) -> None:
+    """Its extractor's backbone file takes the whole 448 image and cuts and pools the six views itself; the
+    pipeline's vectors and an upload's through the service are the same."""
+    layout = Layout(views_dir)
+    config = json.loads((layout.extractor / "extractor.json").read_text())
+    assert config["views_in_backbone"] is True and config["input_size"] == 448 and config["multicrop"] == 0.5
+    assert config["encoder_fingerprint"].endswith("-multicrop0.5")  # the views cut one by one: the same vectors
+    written = sorted((layout.model / VIEWS_DIR).glob("*.tflite"))
+    assert len(written) == 1 and written[0].read_bytes() == (layout.extractor / "backbone.tflite").read_bytes()
+    catalog = read_catalog(layout.catalog_csv)
+    paths = [str(layout.catalog / p) for p in catalog["image"][:4]]
+    images = np.stack([decode_image(p, 448).numpy() for p in paths])
+    assert np.allclose(load_extractor(layout.extractor).embed(images), load_embeddings(views_dir)[:4], atol=1e-4)
+    assert_uploads_find_their_products(views_dir, tmp_path / "cache", [0, 9])

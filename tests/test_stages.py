@@ -280,18 +280,20 @@ def test_finetune_refuses_a_bad_label_column(built: Path, tiny_hub_model: Path, 
         finetune.run(data, encoder=f"hub:{tiny_hub_model}", label_column="shop")
 
 
-@pytest.mark.parametrize("size", [(224, 224), (300, 200), (1024, 900)])
-def test_service_and_pipeline_prepare_an_image_identically(tmp_path: Path, size: tuple[int, int]) -> None:
+@pytest.mark.parametrize("size, side", [((224, 224), 224), ((300, 200), 224), ((1024, 900), 224), ((160, 120), 224),
+                                        ((348, 348), 448), ((500, 300), 448)])
+def test_service_and_pipeline_prepare_an_image_identically(tmp_path: Path, size: tuple[int, int], side: int) -> None:
+    """Shrunk, enlarged (a multi-crop query's 448 from a smaller photo) or both at once: the same pixels."""
     from PIL import Image
 
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 255, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
     Image.fromarray(pixels).resize(size, Image.BILINEAR).save(tmp_path / "p.jpg", quality=95)
-    from_file = decode_image(str(tmp_path / "p.jpg")).numpy()
-    in_memory = prepare_array(np.asarray(Image.open(tmp_path / "p.jpg").convert("RGB")))
-    assert from_file.shape == in_memory.shape == (224, 224, 3) and from_file.dtype == in_memory.dtype == np.uint8
+    from_file = decode_image(str(tmp_path / "p.jpg"), side).numpy()
+    in_memory = prepare_array(np.asarray(Image.open(tmp_path / "p.jpg").convert("RGB")), side)
+    assert from_file.shape == in_memory.shape == (side, side, 3) and from_file.dtype == in_memory.dtype == np.uint8
     diff = np.abs(from_file.astype(float) - in_memory.astype(float))
-    if max(size) < 448:  # same pixels from both decoders, same resize op
+    if min(size) < 2 * side:  # same pixels from both decoders, same resize op
         assert diff.max() == 0
     else:  # the pipeline decodes big JPEGs at a reduced DCT scale: close, not identical
         assert diff.mean() < 3
