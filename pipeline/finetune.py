@@ -39,9 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_DIM = 256
-# Epochs of training the backbone itself after the head, per encoder (README "Quality levers": MobileNet v1 0.25
-# on grocery, product precision@1 0.503 with a head on frozen features, 0.639 after 8 epochs of this).
-BACKBONE_EPOCHS = {"mobilenet-v1-0.25": 8}
+# Epochs of training the backbone itself after the head, per encoder where that won on both catalogs measured
+# (docs/quality.md: MobileNet v1 0.25, and the MediaPipe embedder rebuilt as a Keras graph).
+BACKBONE_EPOCHS = {"mobilenet-v1-0.25": 8, "mediapipe-embedder": 4}
 # Backbones that keep multi-crop views when trained: MediaPipe with views, trained, is the best single-backbone
 # grocery figure measured (docs/quality.md); trained without views it is not measured.
 VIEWS_EVEN_TRAINED = ("mediapipe-embedder",)
@@ -69,11 +69,13 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
         seed: random seed of the split and the training.
         backbone_epochs: epochs of training the backbone itself with the head, on augmented images, after the
             head (`pipeline.backbone_tuning`); None: the encoder's default (`BACKBONE_EPOCHS`: 8 for
-            mobilenet-v1-0.25, else 0). A TFLite backbone cannot be trained.
+            mobilenet-v1-0.25, 4 for mediapipe-embedder, else 0). A TFLite backbone other than the MediaPipe
+            embedder cannot be trained.
         multicrop: pool the backbone's features over the whole image and five crops of this share of the side
-            (`runtime.views`; six backbone passes per image, in vectorize and per query too); 0 turns it off;
-            None: the source's default (`pipeline.sources.default_multicrop`: 0.5 for grocery, else 0), except 0
-            for one backbone that finetune trains (a trained MobileNet gained nothing from it on grocery).
+            (`runtime.views`; six backbone passes per image, in vectorize and per query too, one call for the
+            MediaPipe embedder); 0 turns it off; None: the source's default (`pipeline.sources.default_multicrop`:
+            0.5 for grocery, else 0), except 0 for one backbone that finetune trains other than MediaPipe (a
+            trained MobileNet gained nothing from it on grocery).
         retrain: with a model already trained with the same options: `auto` keeps it unless enough of the catalog
             is new to it (`pipeline.retrain.decide`), `always` trains, `never` keeps it. The same images and
             labels never train again. A kept model keeps its export id: vectorize embeds only new images.
@@ -228,7 +230,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the split and the training")
     parser.add_argument("--backbone-epochs", type=int, default=None,
                         help="epochs of training the backbone itself, on augmented images, after the head (default: "
-                             f"{BACKBONE_EPOCHS} per encoder, else 0; a TFLite backbone cannot be trained)")
+                             f"{BACKBONE_EPOCHS} per encoder, else 0; a TFLite backbone other than MediaPipe's "
+                             "cannot be trained)")
     parser.add_argument("--multicrop", type=float, default=None,
                         help="pool features over the whole image and 5 crops of this share of the side (6 backbone "
                              "passes per image; 0: off; default 0.5 for a grocery: catalog unless one backbone is "

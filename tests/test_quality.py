@@ -1,9 +1,9 @@
 """Retrieval quality on the real catalog in ../shared/data/fashion-small (8,000 photos; label articleType).
 
 10% of the catalog is held out as queries against the other 90%. The fine-tuned head must beat the same
-encoder's raw features and reach the agreed floors: precision@5 >= 0.83 (MediaPipe embedder), >= 0.84
-(MobileNet v1 0.25, whose backbone finetune trains by default) and >= 0.87 (the two side by side, MobileNet
-trained with its own head first: 0.884 measured).
+encoder's raw features and reach the agreed floors: precision@5 >= 0.85 (MediaPipe embedder, its backbone trained
+4 epochs by default: 0.864 measured), >= 0.84 (MobileNet v1 0.25, backbone trained 8 epochs by default) and
+>= 0.87 (the two side by side, MobileNet trained with its own head first: 0.884 measured).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tests.conftest import shared_path
 MEDIAPIPE = ("models", "mobilenet_v3_small_075_224_embedder.tflite")
 MOBILENET = ("models", "mobilenet_2_5_224_tf_no_top.h5")
 CASES = [
-    ("mediapipe-embedder", [MEDIAPIPE], 0.83),
+    ("mediapipe-embedder", [MEDIAPIPE], 0.85),  # backbone trained: 0.864 measured
     ("mobilenet-v1-0.25", [MOBILENET], 0.84),  # backbone trained: 0.863 measured
     ("mediapipe-embedder+mobilenet-v1-0.25", [MEDIAPIPE, MOBILENET], 0.87),
 ]
@@ -43,11 +43,12 @@ def test_finetuned_head_beats_raw_features_on_fashion_small(encoder: str, weight
     tuned = summaries["evaluate"]
     assert tuned["n_queries"] == acquired["held_out"] > 700
     # One backbone pass per catalog image for finetune (exact duplicates share theirs); vectorize reuses those
-    # features, unless finetune trained the backbone itself (MobileNet by default), whose features are new.
+    # features, unless finetune trained the backbone itself (by default for a single backbone), whose features are
+    # new.
     assert summaries["finetune"]["backbone_images_computed"] <= acquired["accepted"]
     tuned_backbone = summaries["finetune"].get("backbone_epochs", 0) > 0
-    assert tuned_backbone == (encoder == "mobilenet-v1-0.25")
-    if "+" in encoder:  # MobileNet trained with its own head, then its embedding beside MediaPipe's features
+    assert tuned_backbone == ("+" not in encoder)
+    if "+" in encoder:  # MobileNet trained with its own head, then its embedding beside MediaPipe's raw features
         assert [p["backbone_epochs"] for p in summaries["finetune"]["parts"]] == [0, 8]
     computed, rows = summaries["vectorize"]["backbone_images_computed"], summaries["vectorize"]["rows"]
     assert rows * 0.95 < computed <= rows if tuned_backbone else computed == 0
@@ -67,8 +68,9 @@ def test_finetuned_head_beats_raw_features_on_fashion_small(encoder: str, weight
 @pytest.mark.slow
 def test_grocery_shelf_photos_find_their_product(tmp_path: Path) -> None:
     """grocery: catalog (81 products, iconic image + train.txt photos), val.txt shelf photos as queries: the plain
-    `pipeline run` (head on the product itself, six multi-crop views per image, products scored `mix`) beats the raw
-    features' product precision@1 (0.791 measured; 0.696 before multi-crop views)."""
+    `pipeline run` (head on the product itself, the backbone trained 4 epochs, six multi-crop views per image,
+    products scored `mix`) beats the raw features' product precision@1 (0.828 and 0.838 measured; 0.791 with the
+    backbone frozen, 0.696 without multi-crop views)."""
     grocery = shared_path("data", "grocery")
     weights = str(shared_path("models", "mobilenet_v3_small_075_224_embedder.tflite"))
     queries = tmp_path / "val.csv"
@@ -77,7 +79,7 @@ def test_grocery_shelf_photos_find_their_product(tmp_path: Path) -> None:
                         queries=f"csv:{queries}")
     assert summaries["acquire"]["products"] == 81 and summaries["acquire"]["accepted"] == 81 + 2640
     assert summaries["finetune"]["label_column"] == "name" and summaries["index"]["scoring"] == "mix"
-    assert summaries["finetune"]["multicrop"] == 0.5
+    assert summaries["finetune"]["multicrop"] == 0.5 and summaries["finetune"]["backbone_epochs"] == 4
     tuned = summaries["evaluate"]
     finetune.run(tmp_path / "data", encoder="mediapipe-embedder", encoder_weights=weights, no_finetune=True)
     vectorize.run(tmp_path / "data")
@@ -86,4 +88,4 @@ def test_grocery_shelf_photos_find_their_product(tmp_path: Path) -> None:
                        report=Layout(tmp_path / "data").eval / "raw.json")
     print(json.dumps({"grocery": True, "finetuned": tuned, "raw": raw}))
     assert tuned["n_queries"] == 296
-    assert tuned["precision_at_1"] >= 0.75 and tuned["precision_at_1"] > raw["precision_at_1"] + 0.05, (tuned, raw)
+    assert tuned["precision_at_1"] >= 0.80 and tuned["precision_at_1"] > raw["precision_at_1"] + 0.05, (tuned, raw)
