@@ -1,9 +1,10 @@
 """Two or more backbones as one encoder (`--encoder a+b`): their features, each L2-normalised, side by side.
 
-The head then trains on the concatenation, so it learns what each backbone adds. A trainable part (a TF-graph
-backbone whose `--backbone-epochs` is not 0, MobileNet by default) is first trained with a head of its own, as
-finetune trains a single backbone, and contributes that head's embedding; a frozen part (a TFLite file)
-contributes its raw features. On fashion-small the MediaPipe embedder plus MobileNet v1 0.25 trained this way
+The head then trains on the concatenation, so it learns what each backbone adds. A trainable part whose
+`--backbone-epochs` is not 0 (a TF-graph backbone, or the MediaPipe embedder's file rebuilt as one; MobileNet by
+default) is first trained with a head of its own, as finetune trains a single backbone, and contributes that
+head's embedding (a trained MediaPipe part as one TFLite file, backbone and head); a frozen part contributes its
+raw features. On fashion-small the MediaPipe embedder plus MobileNet v1 0.25 trained this way
 beats either alone (README, "Quality levers").
 """
 
@@ -16,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.backbone_tuning import tune_backbone
-from pipeline.encoders import Encoder, keras_encoder, load_encoder
+from pipeline.encoders import Encoder, can_train, keras_encoder, load_encoder
 from pipeline.feature_cache import FeatureCache
 from pipeline.features import fill_cache
 from pipeline.head import train_head
 from runtime import storage, tfenv
-from runtime.extractor import side_by_side
+from runtime.extractor import side_by_side, tflite_runner
 from runtime.preprocess import INPUT_SIZE
 
 log = logging.getLogger(__name__)
@@ -58,17 +59,24 @@ def concatenated(parts: Sequence[Encoder]) -> Encoder:
 
 
 def tune_part(part: Encoder, cache_dir: Path, keys: list[str], paths: list[str], labels: np.ndarray, fit: np.ndarray,
-              val: np.ndarray, dim: int, epochs: int, backbone_epochs: int, seed: int) -> tuple[Encoder, dict]:
+              val: np.ndarray, dim: int, epochs: int, backbone_epochs: int, seed: int,
+              model_dir: Path | None = None) -> tuple[Encoder, dict]:
     """Train a trainable part as finetune trains one backbone (a head on its cached features, then backbone and head
     together) and return the encoder from images to that head's embedding, with the part's history.
 
     Args:
-        part: a backbone with a Keras model.
+        part: a backbone with a Keras model, or the MediaPipe embedder's file (`encoders.trainable`).
         cache_dir: the part's own feature cache folder (its fingerprint's).
         keys, paths: the catalog's readable images; labels, fit, val: the split the composite's head uses.
         dim: embedding length of the part's head; epochs: most head epochs; backbone_epochs: end-to-end epochs.
         seed: seeds the head, the shuffling and the augmentation.
+        model_dir: where a TFLite part's trained files are written (required for one).
+
+    Raises:
+        ValueError: a TFLite part without `model_dir`.
     """
+    if part.tflite_path is not None and model_dir is None:
+        raise ValueError(f"part {part.name!r} is a TFLite file: its trained files need a model_dir")
     cache = FeatureCache(cache_dir)
     _, failed = fill_cache(cache, keys, paths, part, desc=f"backbone {part.name}")
     if failed:  # train this part on the images it can read (finetune leaves the others out of the catalog too)
@@ -78,21 +86,34 @@ def tune_part(part: Encoder, cache_dir: Path, keys: list[str], paths: list[str],
         paths = [p for p, ok in zip(paths, readable, strict=True) if ok]
         labels, fit, val = labels[readable], renumber[fit[readable[fit]]], renumber[val[readable[val]]]
     classifier, head, history = train_head(cache, keys, labels, fit, val, dim, epochs=epochs, seed=seed)
-    tuned, tuning = tune_backbone(part, classifier, head, paths, labels, fit, val, backbone_epochs, seed)
-    keras = tfenv.keras()
-    images = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="images")
-    model = keras.Model(images, head(tuned.keras_model(images), training=False), name="part_embedding")
+    tflite_out = Path(model_dir) / f"{part.fingerprint}-tuned.tflite" if part.tflite_path is not None else None
+    tuned, tuning = tune_backbone(part, classifier, head, paths, labels, fit, val, backbone_epochs, seed,
+                                  tflite_out=tflite_out)
     digest = storage.sha256_bytes(b"".join(np.asarray(w).tobytes() for w in head.get_weights()))[:12]
+    fingerprint = f"{tuned.fingerprint}-embedding-{digest}"
     monitored = tuning["val_precision_at_5"]
     log.info("%s trained with its own head: held-out precision@5 %s", part.name, max(monitored) if monitored else "-")
-    return keras_encoder(part.name, f"{tuned.fingerprint}-embedding-{digest}", model), {
+    if tuned.tflite_path is not None:
+        from pipeline import mediapipe_keras
+
+        written = mediapipe_keras.embedding_tflite(tuned.tflite_path, head, Path(model_dir) / f"{fingerprint}.tflite")
+        run = tflite_runner(written)
+        embedding = Encoder(part.name, fingerprint, int(run(np.zeros([1, INPUT_SIZE, INPUT_SIZE, 3])).shape[-1]),
+                            tflite_path=written, _fn=run)
+    else:
+        keras = tfenv.keras()
+        images = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="images")
+        model = keras.Model(images, head(tuned.keras_model(images), training=False), name="part_embedding")
+        embedding = keras_encoder(part.name, fingerprint, model)
+    return embedding, {
         "encoder": part.name, "head_epochs": len(history["loss"]), "backbone_epochs": backbone_epochs,
         "backbone_val_precision_at_5": max(monitored) if monitored else None}
 
 
 def build(name: str, weights: str | None, features_dir: Callable[[str], Path], keys: list[str], paths: list[str],
           labels: np.ndarray, fit: np.ndarray, val: np.ndarray, dim: int, epochs: int, backbone_epochs: int | None,
-          default_epochs: dict[str, int], seed: int = 0) -> tuple[Encoder, list[dict]]:
+          default_epochs: dict[str, int], seed: int = 0, model_dir: Path | None = None
+          ) -> tuple[Encoder, list[dict]]:
     """Load the backbones of `a+b`, train each trainable one with a head of its own, and concatenate them.
 
     Args:
@@ -103,6 +124,7 @@ def build(name: str, weights: str | None, features_dir: Callable[[str], Path], k
         backbone_epochs: end-to-end epochs for every trainable part; None: each part's default (`default_epochs`).
         default_epochs: the encoders' default backbone epochs (finetune's `BACKBONE_EPOCHS`).
         seed: seeds every part's training.
+        model_dir: where trained TFLite parts are written (`tune_part`).
 
     Returns:
         The concatenated encoder, and what was done to each part.
@@ -110,9 +132,9 @@ def build(name: str, weights: str | None, features_dir: Callable[[str], Path], k
     parts, facts = [], []
     for part in load_parts(name, weights):
         n = default_epochs.get(part.name, 0) if backbone_epochs is None else backbone_epochs
-        if n and part.keras_model is not None:
+        if n and can_train(part):
             part, done = tune_part(part, features_dir(part.fingerprint), keys, paths, labels, fit, val, dim, epochs,
-                                   n, seed)
+                                   n, seed, model_dir)
         else:
             done = {"encoder": part.name, "backbone_epochs": 0}
         parts.append(part)

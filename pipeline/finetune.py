@@ -28,6 +28,7 @@ from runtime.layout import (
     HISTORY,
     LABELS,
     TRAINING_CURVES,
+    TUNED_PARTS_DIR,
     TUNED_TFLITE,
     VIEWS_DIR,
     Layout,
@@ -119,7 +120,7 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
         _, labels, fit, val = _split(catalog, label_column, val_split, seed)
         single_view, parts_info = composite.build(encoder, encoder_weights, layout.features, keys, paths, labels, fit,
                                                   val, dim, epochs, 0 if no_finetune else backbone_epochs,
-                                                  BACKBONE_EPOCHS, seed)
+                                                  BACKBONE_EPOCHS, seed, layout.model / TUNED_PARTS_DIR)
         backbone_epochs = 0
     else:
         single_view = load_encoder(encoder, encoder_weights)

@@ -208,3 +208,12 @@ def views_tflite(path: Path, fraction: float, out: Path) -> Path:
     out.write_bytes(converter.convert())
     log.info("wrote the embedder with its multi-crop views inside to %s", out)
     return out
+
+
+def embedding_tflite(path: Path, head: Any, out: Path) -> Path:
+    """Write a TFLite file from images (0..1, [B, 224, 224, 3]) to a trained head's embedding of an embedder file's
+    features (`build`'s form): a composite encoder's trained MediaPipe part, one interpreter call per image."""
+    keras = tfenv.keras()
+    graph = build(Path(path))
+    pixels = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="pixels")
+    return to_tflite(keras.Model(pixels, head(graph(pixels), training=False), name="part_embedding"), out)

@@ -11,17 +11,17 @@ import pytest
 
 from pipeline import composite, finetune, index, vectorize
 from pipeline.catalog import read_catalog
-from pipeline.encoders import load_encoder, with_multicrop
+from pipeline.encoders import with_multicrop
 from runtime.embeddings import load_embeddings
-from runtime.extractor import load_extractor
-from runtime.layout import Layout
+from runtime.extractor import load_extractor, tflite_runner
+from runtime.layout import TUNED_PARTS_DIR, Layout
 from runtime.preprocess import decode_image
 from tests.conftest import assert_uploads_find_their_products, shared_path
 
 
 @pytest.fixture(scope="module")
 def composite_dir(built: Path, tiny_hub_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The built catalog with MediaPipe (frozen) + the tiny hub model (trained one epoch with its own head)."""
+    """The built catalog with MediaPipe + the tiny hub model, each trained one epoch with its own head."""
     tflite = shared_path("models", "mobilenet_v3_small_075_224_embedder.tflite")
     data = tmp_path_factory.mktemp("composite")
     shutil.copytree(built / "catalog", data / "catalog")
@@ -35,13 +35,15 @@ def composite_dir(built: Path, tiny_hub_model: Path, tmp_path_factory: pytest.Te
 def test_parts_are_recorded_trained_where_trainable_and_exported_each_in_its_format(composite_dir: Path) -> None:
     layout = Layout(composite_dir)
     summary = json.loads(layout.finetune_summary.read_text())
-    assert [p["backbone_epochs"] for p in summary["parts"]] == [0, 1]  # a TFLite file cannot be trained
+    assert [p["backbone_epochs"] for p in summary["parts"]] == [1, 1]
     config = json.loads((layout.extractor / "extractor.json").read_text())
     assert config["format"] == "composite"
-    assert [(p["format"], p["feature_dim"]) for p in config["parts"]] == [("tflite", 1024), ("savedmodel", 32)]
-    assert config["feature_dim"] == 1024 + 32 and config["dim"] == 32
-    assert "-tuned-" in config["encoder_fingerprint"].split("+")[1]
-    assert (layout.extractor / "parts" / "0" / "backbone.tflite").is_file()
+    # MediaPipe's trained backbone and its head as one TFLite file, beside the hub model's SavedModel
+    assert [(p["format"], p["feature_dim"]) for p in config["parts"]] == [("tflite", 32), ("savedmodel", 32)]
+    assert config["feature_dim"] == 32 + 32 and config["dim"] == 32
+    assert all("-tuned-" in fingerprint for fingerprint in config["encoder_fingerprint"].split("+"))
+    part = layout.extractor / "parts" / "0" / "backbone.tflite"
+    assert part.read_bytes() == next((layout.model / TUNED_PARTS_DIR).glob("*-embedding-*.tflite")).read_bytes()
 
 
 def test_the_extractor_gives_the_index_vectors_and_each_parts_features(composite_dir: Path) -> None:
@@ -50,12 +52,11 @@ def test_the_extractor_gives_the_index_vectors_and_each_parts_features(composite
     extractor = load_extractor(layout.extractor)
     images = np.stack([decode_image(str(layout.catalog / p)).numpy() for p in catalog["image"][:4]])
     assert np.allclose(extractor.embed(images), load_embeddings(composite_dir)[:4], atol=1e-4)
-    mediapipe = load_encoder("mediapipe-embedder", str(shared_path("models",
-                                                                   "mobilenet_v3_small_075_224_embedder.tflite")))
+    part = tflite_runner(next((layout.model / TUNED_PARTS_DIR).glob("*-embedding-*.tflite")))(images)
     features = extractor.features(images)
-    expected = mediapipe(images) / np.linalg.norm(mediapipe(images), axis=1, keepdims=True)
-    assert features.shape == (4, 1024 + 32) and np.allclose(features[:, :1024], expected, atol=1e-5)
-    assert np.allclose(np.linalg.norm(features[:, 1024:], axis=1), 1.0, atol=1e-5)
+    assert features.shape == (4, 32 + 32)  # each part's embedding, L2-normalised, side by side
+    assert np.allclose(features[:, :32], part / np.linalg.norm(part, axis=1, keepdims=True), atol=1e-5)
+    assert np.allclose(np.linalg.norm(features[:, 32:], axis=1), 1.0, atol=1e-5)
 
 
 def test_an_uploaded_catalog_photo_finds_its_own_product(composite_dir: Path, tmp_path: Path) -> None:
