@@ -103,10 +103,11 @@ def can_train(encoder: Encoder) -> bool:
 def with_multicrop(encoder: Encoder, fraction: float, one_call_dir: Path | None = None) -> Encoder:
     """Return the encoder whose features are the mean over an image's multi-crop views (`runtime.views`).
 
-    The backbone itself (Keras model or TFLite file, exported as it is) is unchanged; the fingerprint says
+    The backbone itself (Keras model or TFLite file, exported as it is) runs on each view; the fingerprint says
     which views were pooled, so the feature cache never mixes pooled and single-view features. Given
-    `one_call_dir`, the MediaPipe embedder's views are cut and pooled inside a TFLite file written there
-    (`pipeline.mediapipe_keras.views_tflite`: the same vectors, at a fraction of the cost; docs/quality.md).
+    `one_call_dir`, the MediaPipe embedder's views are instead cut and pooled inside a TFLite file written there,
+    which is exported in its place (`pipeline.mediapipe_keras.views_tflite`: the same vectors, so the same
+    fingerprint, at a fraction of the cost; docs/quality.md).
 
     Raises:
         ValueError: a fraction outside (0, 1), or an encoder that already pools views.

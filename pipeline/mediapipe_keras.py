@@ -153,7 +153,6 @@ def to_tflite(model: Any, path: Path) -> Path:
     return path
 
 
-
 # Six views in one call. `runtime.views` cuts an image's views in TensorFlow, and the interpreter then runs them;
 # on a query that cutting and the copies between costs as much as the six backbone passes (docs/quality.md). At
 # 0.5 (the prepared image twice the model's side) the file below does it all: it takes the prepared image, cuts

@@ -9,8 +9,8 @@ On disk (`model/extractor/`, copied into every index; `pipeline.export` writes i
   `model/`, a SavedModel with `features`), `head/` the head over their L2-normalised features side by side.
 Images are [B, S, S, 3] with values 0..255, as `runtime.preprocess` makes them at the config's `input_size`: 224,
 or larger where `multicrop` (a fraction of the side) says the features are pooled over multi-crop views
-(`runtime.views`); the saved functions then take 224x224 views, except a backbone file that pools the views
-itself in one pass (`views_in_backbone`, `pipeline.mediapipe_keras.views_tflite`), which takes the whole image.
+(`runtime.views`); the saved functions then take 224x224 views, except a backbone file that cuts and pools the
+views itself (`views_in_backbone`, `pipeline.mediapipe_keras.views_tflite`), which takes the whole image.
 """
 
 from __future__ import annotations
