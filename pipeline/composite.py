@@ -1,7 +1,7 @@
 """Two or more backbones as one encoder (`--encoder a+b`): their features, each L2-normalised, side by side.
 
 The head then trains on the concatenation, so it learns what each backbone adds. A trainable part whose
-`--backbone-epochs` is not 0 (a TF-graph backbone, or the MediaPipe embedder's file rebuilt as one; MobileNet by
+`--backbone-epochs` is not 0 (a TF-graph backbone, or the MediaPipe embedder's file rebuilt as one; only MobileNet by
 default) is first trained with a head of its own, as finetune trains a single backbone, and contributes that
 head's embedding (a trained MediaPipe part as one TFLite file, backbone and head); a frozen part contributes its
 raw features. On fashion-small the MediaPipe embedder plus MobileNet v1 0.25 trained this way
