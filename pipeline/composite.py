@@ -122,7 +122,7 @@ def build(name: str, weights: str | None, features_dir: Callable[[str], Path], k
         keys, paths, labels, fit, val: the catalog's images, classes and the split finetune uses.
         dim, epochs: a part's head: embedding length and most epochs.
         backbone_epochs: end-to-end epochs for every trainable part; None: each part's default (`default_epochs`).
-        default_epochs: the encoders' default backbone epochs (finetune's `BACKBONE_EPOCHS`).
+        default_epochs: each part's default backbone epochs (finetune's `COMPOSITE_PART_EPOCHS`).
         seed: seeds every part's training.
         model_dir: where trained TFLite parts are written (`tune_part`).
 
