@@ -4,7 +4,7 @@ For each N, a data dir gets a catalog of N products (synthetic sha256s, 100 clas
 filled with N random float32 rows of `--dim` features, written part by part, under the fingerprint of a
 small TF Hub-style SavedModel that outputs `--dim` features (built here). finetune then trains its head from
 that cache (every feature cached: no backbone pass) and vectorize embeds every row; each runs in a fresh
-process, and the peak RSS the kernel reports for it (wait4's ru_maxrss) is printed. Flat figures across N
+process, and its own peak RSS (/proc VmHWM, read as it exits) is printed. Flat figures across N
 are the point: the target is under 3 GiB for each stage at 1M x 2,048.
 
     python -m benchmarks.feature_memory --rows 100000 1000000 --dim 2048 --work-dir /tmp/feature-memory
@@ -62,15 +62,36 @@ def synthetic_data_dir(data: Path, rows: int, dim: int, fingerprint: str, seed: 
                              for i, c, k in zip(range(start, start + n), labels, keys, strict=True))
 
 
+# Runs a module and writes its process's own peak RSS (VmHWM, KiB) to a file at exit. wait4's ru_maxrss is not
+# that: Linux keeps the pre-exec high-water mark, so a child forked from a large parent (pytest after training
+# tests) reports at least the parent's RSS.
+_REPORT_PEAK = """
+import atexit, runpy, sys
+out, module = sys.argv[1], sys.argv[2]
+sys.argv = [module, *sys.argv[3:]]
+def report():
+    with open("/proc/self/status") as status:
+        kib = next(line.split()[1] for line in status if line.startswith("VmHWM"))
+    with open(out, "w") as f:
+        f.write(kib)
+atexit.register(report)
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
 def peak_mib(command: list[str]) -> tuple[float, float]:
-    """Run a command in a fresh process; return (its peak RSS in MiB, seconds)."""
+    """Run `[python, "-m", module, *args]` in a fresh process; return (its own peak RSS in MiB, seconds)."""
+    if len(command) < 3 or command[1] != "-m":
+        raise ValueError(f"expected [python, '-m', module, ...], got {command}")
+    module, args = command[2], command[3:]
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "peak"
+        command = [command[0], "-c", _REPORT_PEAK, str(report), module, *args]
+        returncode = subprocess.run(command, stdout=subprocess.DEVNULL, check=False).returncode
+        if returncode:
+            raise RuntimeError(f"python -m {module} {' '.join(args)} exited {returncode}")
+        return int(report.read_text()) / 1024, time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> None:
