@@ -1,5 +1,5 @@
-# Entry points: `make demo` (sample catalog through every stage, then the service), `make check` (the fast test
-# loop) and `make test` (every test: what CI runs).
+# Entry points: `make demo` (sample catalog through every stage, then the service), `make check` (lint, the
+# import contracts and the fast tests) and `make test` (the same with every test: what CI runs).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -26,17 +26,20 @@ demo: venv
 	ARTIFACTS=$(DATA)/index/current GUNICORN_BIND=$(HOST):$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py application:application
 
 # The fast loop: everything but the full quality runs on the real catalog (marked slow).
-check: venv
+check: lint
 	$(PY) -m pytest -q -m "not slow" tests
 
-test: venv
+test: lint
 	$(PY) -m pytest -q tests
 
 serve: venv
 	ARTIFACTS=$(DATA)/index/current GUNICORN_BIND=$(HOST):$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py application:application
 
+# ruff (rules in ruff.toml) and import-linter (the layering contracts in pyproject.toml). The link test runs
+# with the tests (tests/test_docs.py).
 lint: venv
 	$(PY) -m ruff check runtime pipeline service benchmarks scripts tests application.py gunicorn.conf.py
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf data/demo data/sample-catalog

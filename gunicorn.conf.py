@@ -37,7 +37,7 @@ if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="visual-search-metrics-")
 
 
-def on_starting(server) -> None:  # noqa: ANN001 - gunicorn's hook signature
+def on_starting(server) -> None:
     """Start from an empty metrics folder: values of a previous master's workers are not this one's."""
     folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(folder, exist_ok=True)
@@ -45,7 +45,7 @@ def on_starting(server) -> None:  # noqa: ANN001 - gunicorn's hook signature
         os.unlink(os.path.join(folder, name))
 
 
-def post_fork(server, worker) -> None:  # noqa: ANN001 - gunicorn's hook signature
+def post_fork(server, worker) -> None:
     """Keep the worker's heartbeat while it loads its index (the arbiter kills workers silent for `timeout`)."""
 
     def beat() -> None:
@@ -56,14 +56,14 @@ def post_fork(server, worker) -> None:  # noqa: ANN001 - gunicorn's hook signatu
     threading.Thread(target=beat, name="boot-heartbeat", daemon=True).start()
 
 
-def child_exit(server, worker) -> None:  # noqa: ANN001 - gunicorn's hook signature
+def child_exit(server, worker) -> None:
     """Drop a dead worker's live gauges from the metrics."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
 
 
-def on_exit(server) -> None:  # noqa: ANN001 - gunicorn's hook signature
+def on_exit(server) -> None:
     """Remove the metrics folder this master made."""
     if _OWN_METRICS_DIR:
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -41,7 +41,7 @@ def _loader(kind: str, path: Path, dim: int, setting: int):
 
         def load():
             with open(path, "rb") as fh:
-                index = pickle.load(fh)  # noqa: S301  (a file this benchmark wrote a moment ago)
+                index = pickle.load(fh)
             return lambda q: index.query(q, K)
     elif kind in ("annoy", "annoy-rerank"):
         from annoy import AnnoyIndex

@@ -17,21 +17,21 @@ if __name__ == "__main__":  # before numpy loads; not when the tests import this
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[_var] = "1"
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from datetime import date  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from benchmarks.ann_memory import serve_mb  # noqa: E402
-from benchmarks.ann_report import write_report  # noqa: E402
-from benchmarks.common import ROOT, peak_rss_mib, reset_peak  # noqa: E402
-from benchmarks.lsh import RandomProjectionLSH  # noqa: E402
-from benchmarks.vectors import clustered, real_datasets  # noqa: E402
-from runtime.topk import exact_top_k  # noqa: E402
+from benchmarks.ann_memory import serve_mb
+from benchmarks.ann_report import write_report
+from benchmarks.common import ROOT, peak_rss_mib, reset_peak
+from benchmarks.lsh import RandomProjectionLSH
+from benchmarks.vectors import clustered, real_datasets
+from runtime.topk import exact_top_k
 
 K = 10
 CORES = os.cpu_count() or 1

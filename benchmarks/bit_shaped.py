@@ -19,13 +19,13 @@ from runtime import tfenv
 UNITS = (3, 4, 6, 3)  # ResNet-50
 
 
-def build(width: int = 3):  # noqa: ANN201 - a Keras model
+def build(width: int = 3):
     """Return the randomly initialised backbone: images [B, 224, 224, 3] in 0..1 -> pooled features."""
     keras = tfenv.keras()
     layers = keras.layers
     keras.utils.set_random_seed(0)
 
-    def norm_relu(x):  # noqa: ANN001, ANN202
+    def norm_relu(x):
         return layers.ReLU()(layers.GroupNormalization(32)(x))
 
     inputs = keras.Input((224, 224, 3))

@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> None:
         synthetic_data_dir(data, rows, args.dim, fingerprint)
         cache_gib = sum(p.stat().st_size for p in data.rglob("part-*.npy")) / 2**30
         stage = [sys.executable, "-m", "pipeline"]
-        finetune_mib, finetune_s = peak_mib(stage + ["finetune", "--data-dir", str(data), "--encoder", f"hub:{model}",
-                                                     "--epochs", str(args.epochs)])
-        vectorize_mib, vectorize_s = peak_mib(stage + ["vectorize", "--data-dir", str(data)])
+        finetune_mib, finetune_s = peak_mib([*stage, "finetune", "--data-dir", str(data), "--encoder", f"hub:{model}",
+                                             "--epochs", str(args.epochs)])
+        vectorize_mib, vectorize_s = peak_mib([*stage, "vectorize", "--data-dir", str(data)])
         table.append((rows, cache_gib, finetune_mib, finetune_s, vectorize_mib, vectorize_s))
         if not args.work_dir:
             shutil.rmtree(data, ignore_errors=True)

@@ -35,12 +35,12 @@ def create_floor_app(index: str) -> Flask:
         g.started = time.perf_counter()
 
     @app.after_request
-    def server_timing(response):  # noqa: ANN001, ANN202
+    def server_timing(response):
         response.headers["Server-Timing"] = f"app;dur={1000 * (time.perf_counter() - g.started):.3f}"
         return response
 
     @app.post("/api/search")
-    def search():  # noqa: ANN202
+    def search():
         boundary = request.mimetype_params.get("boundary", "").encode("latin-1")
         photo = parse_multipart(request.get_data(), boundary)[1]["image"].read()
         pixels = decode(photo, {"MAX_PIXELS": 40_000_000})
@@ -48,7 +48,7 @@ def create_floor_app(index: str) -> Flask:
         return jsonify({"norm": float((vector ** 2).sum())})
 
     @app.get("/health")
-    def health():  # noqa: ANN202
+    def health():
         return jsonify({"worker": os.getpid()})
 
     return app

@@ -51,7 +51,7 @@ def on_index(data_dir: Path, agree: list[str], thresholds: list[float], factors:
     n_images = manifest["count"]
     keys = np.array(["\x1f".join(str(item["category"] if c == "category" else item["metadata"].get(c, ""))
                                  for c in agree) for item in items])
-    first, _, info = find(neighbours)
+    _first, _, info = find(neighbours)
     c = info["calibration"]
     print(f"\nnear_duplicates: {data_dir} index {folder.name}: {len(items)} products, {n_images} images, "
           f"{manifest['encoder']}")

@@ -75,8 +75,8 @@ def crop_features(paths: list[str], views: int = CROP_VIEWS, seed: int = 0) -> n
     def crop(image: np.ndarray) -> np.ndarray:
         side = image.shape[0]
         area, aspect = rng.uniform(0.35, 1.0), np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-        h = min(side, int(round(side * np.sqrt(area / aspect))))
-        w = min(side, int(round(side * np.sqrt(area * aspect))))
+        h = min(side, round(side * np.sqrt(area / aspect)))
+        w = min(side, round(side * np.sqrt(area * aspect)))
         top, left = rng.integers(0, side - h + 1), rng.integers(0, side - w + 1)
         view = image[top:top + h, left:left + w][:, ::-1 if rng.random() < 0.5 else 1]
         view = tf.image.resize(view[None].astype(np.float32), [side, side], antialias=True)[0].numpy()
@@ -91,12 +91,12 @@ def margin_loss(kind: str, n_classes: int) -> Any:
     """CosFace (additive cosine margin, scale 30, margin 0.2) or Proxy-Anchor (alpha 32, delta 0.1) over cosines."""
     tf = tfenv.tensorflow()
 
-    def cosface(y, cos):  # noqa: ANN001, ANN202
+    def cosface(y, cos):
         onehot = tf.one_hot(tf.cast(tf.reshape(y, [-1]), tf.int32), n_classes)
         logits = 30.0 * (cos - 0.2 * onehot)
         return tf.nn.softmax_cross_entropy_with_logits(onehot, logits)
 
-    def proxy_anchor(y, cos):  # noqa: ANN001, ANN202
+    def proxy_anchor(y, cos):
         onehot = tf.one_hot(tf.cast(tf.reshape(y, [-1]), tf.int32), n_classes)
         pos = tf.reduce_sum(onehot * tf.exp(-32.0 * (cos - 0.1)), axis=0)
         neg = tf.reduce_sum((1 - onehot) * tf.exp(32.0 * (cos + 0.1)), axis=0)

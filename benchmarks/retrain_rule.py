@@ -32,7 +32,7 @@ from runtime.products import ProductSearch, flatten
 def added_rows(labels: np.ndarray, share: float, mode: str, seed: int) -> np.ndarray:
     """Catalog rows of the products a delta adds: `share` of them at random, or whole classes (`new classes`)."""
     rng = np.random.default_rng(seed)
-    n = int(round(share * len(labels)))
+    n = round(share * len(labels))
     if mode == "random":
         return np.sort(rng.choice(len(labels), n, replace=False))
     if mode == "new classes":

@@ -61,7 +61,7 @@ def holdout_rows(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np
     order = np.argsort(codes, kind="stable")  # rows of each label together, ascending within it
     held = []
     for members in np.split(order, np.flatnonzero(np.diff(codes[order])) + 1):
-        n = int(round(len(members) * fraction)) if len(members) > 1 else 0
+        n = round(len(members) * fraction) if len(members) > 1 else 0
         held.append(rng.permutation(members)[: min(n, len(members) - 1)])
     is_held = np.zeros(len(codes), bool)
     is_held[np.concatenate(held) if held else []] = True

@@ -196,7 +196,7 @@ def calibrate(nearest: np.ndarray, factor: float = DISTANCE_FACTOR) -> tuple[flo
     threshold = float(np.clip(1 - factor * (1 - median), MIN_THRESHOLD, MAX_THRESHOLD))
     return round(threshold, 6), {"rule": f"1 - {factor} x (1 - median similarity of a product to its nearest other "
                                          f"product), within [{MIN_THRESHOLD}, {MAX_THRESHOLD}]",
-                                 "sample": int(len(nearest)), "median_nearest_similarity": round(median, 6),
+                                 "sample": len(nearest), "median_nearest_similarity": round(median, 6),
                                  "factor": factor}
 
 
@@ -243,7 +243,7 @@ def find(neighbours: Neighbours, threshold: float | None = None, seed: int = 0) 
             log.info("near-duplicates: threshold raised to %s: at %s a group held %d of %d products", threshold,
                      raised[0]["threshold"], raised[0]["largest_group"], n)
     info.update(threshold=threshold, method="Annoy candidates checked exactly", neighbours=NEIGHBOURS,
-                search_k_per_neighbour=neighbours.search_k_per, candidate_pairs=int(len(a)), largest_group=largest,
+                search_k_per_neighbour=neighbours.search_k_per, candidate_pairs=len(a), largest_group=largest,
                 products_in_groups=int((np.bincount(first, minlength=n)[first] > 1).sum()) if n else 0,
                 seconds=round(time.perf_counter() - started, 2), **counts)
     return first, similarity, info

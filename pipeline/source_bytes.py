@@ -66,7 +66,7 @@ def _http(url: str, known: Known | None, max_bytes: int) -> Fetched:
         headers["If-None-Match"] = known.etag
     request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
             data = response.read(max_bytes + 1)
             etag = response.headers.get("ETag", "") or ""
     except urllib.error.HTTPError as exc:

@@ -125,7 +125,7 @@ def read_fashion(root: Path, category_column: str = "articleType") -> tuple[list
                 continue
             if len(row) > len(header):
                 # Kaggle's styles.csv has unquoted commas in productDisplayName, its last column.
-                row = row[: len(header) - 1] + [",".join(row[len(header) - 1:])]
+                row = [*row[:len(header) - 1], ",".join(row[len(header) - 1:])]
             if len(row) < len(header):
                 rejects.append(Reject(row[0] if row else "", f"styles.csv:{line_no}",
                                       f"malformed row: {len(row)} fields, expected {len(header)}"))
@@ -142,8 +142,8 @@ def read_fashion(root: Path, category_column: str = "articleType") -> tuple[list
                 continue
             name = meta.get("productDisplayName") or pid
             records.append(Record(pid, name, meta[category_column], str(on_disk[pid]), meta, where))
-    for stem in sorted(set(on_disk) - seen):
-        rejects.append(Reject(stem, str(on_disk[stem]), "image has no row in styles.csv"))
+    rejects.extend(Reject(stem, str(on_disk[stem]), "image has no row in styles.csv")
+                   for stem in sorted(set(on_disk) - seen))
     return records, rejects
 
 
@@ -230,6 +230,6 @@ def _kaggle_download(dataset: str, cache_dir: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     try:
         api.dataset_download_files(dataset, path=str(target), unzip=True, quiet=False)
-    except Exception as exc:  # noqa: BLE001 - the client raises many kinds; all mean "could not fetch"
+    except Exception as exc:
         raise SourceError(f"kaggle: could not download {dataset}: {exc}") from exc
     return target

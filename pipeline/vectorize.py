@@ -53,7 +53,7 @@ def run(data_dir: Path, shard_rows: int = SHARD_ROWS, batch_size: int = BATCH_SI
         from pipeline import spark_vectorize
 
         return spark_vectorize.run(str(data_dir), shard_rows, batch_size, spark_master)
-    elif engine != "local":
+    if engine != "local":
         raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
     if str(data_dir).startswith("s3:"):
         raise ValueError("an s3:// data dir needs --engine spark (the local engine reads a local folder)")

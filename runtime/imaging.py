@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 
@@ -71,10 +72,8 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SI
     if max(width, height) / min(width, height) > max_aspect:
         raise ImageRejected(f"absurd aspect ratio ({width}x{height}); at most {max_aspect:g}:1 is accepted",
                             "dimensions")
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block must not cost the image: keep it as stored
         img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not cost the image; keep it as stored
-        pass
     return to_rgb(img)
 
 

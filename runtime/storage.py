@@ -101,7 +101,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def s3_client():  # noqa: ANN201 - boto3's client type is generated at run time
+def s3_client():
     """Return a boto3 S3 client; AWS_ENDPOINT_URL (boto3's own variable) points it at another server."""
     import boto3
 

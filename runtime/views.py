@@ -31,7 +31,7 @@ def check_fraction(fraction: float) -> float:
 
 def input_size(fraction: float) -> int:
     """Side of the images to prepare for a multi-crop `fraction`: crops of that share are then INPUT_SIZE wide."""
-    return INPUT_SIZE if not fraction else int(round(INPUT_SIZE / check_fraction(fraction)))
+    return INPUT_SIZE if not fraction else round(INPUT_SIZE / check_fraction(fraction))
 
 
 def views(images: Any, fraction: float) -> Any:
@@ -43,7 +43,7 @@ def views(images: Any, fraction: float) -> Any:
     tf = tfenv.tensorflow()
     x = tf.cast(tf.convert_to_tensor(images), tf.float32)
     side = int(x.shape[1])
-    crop = int(round(side * fraction))
+    crop = round(side * fraction)
     far, mid = side - crop, (side - crop) // 2
     resize = (lambda v: v) if crop == INPUT_SIZE else \
         (lambda v: tf.image.resize(v, [INPUT_SIZE, INPUT_SIZE], method="bilinear", antialias=True))

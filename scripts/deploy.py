@@ -93,7 +93,7 @@ def _upload_version(folder: Path, bucket: str, prefix: str, client, skip_if_publ
     if skip_if_published and _published_sha(client, bucket, f"{base}/{MANIFEST}") == manifest_sha:
         return {"uploaded": 0, "skipped": len(manifest["files"]) + 1, "bytes": 0, "version": manifest["version"]}
     uploaded = skipped = sent = 0
-    for rel, entry in sorted(manifest["files"].items()) + [(MANIFEST, None)]:
+    for rel, entry in [*sorted(manifest["files"].items()), (MANIFEST, None)]:
         key = f"{base}/{rel}"
         sha = entry["sha256"] if entry else manifest_sha
         if _published_sha(client, bucket, key) == sha:

@@ -70,7 +70,7 @@ def code_archive() -> bytes:
     return buffer.getvalue()
 
 
-def upload_code(code: str, s3=None) -> dict[str, str]:  # noqa: ANN001 - boto3 clients are typed at run time
+def upload_code(code: str, s3=None) -> dict[str, str]:
     """Upload the archive, the bootstrap script and the step's entry file under `code`; return their s3:// URIs."""
     s3 = s3 or storage.s3_client()
     archive = code_archive()
@@ -123,7 +123,7 @@ def cluster_request(name: str, code: dict[str, str], step: dict, core_nodes: int
     return request
 
 
-def wait_for_step(emr, cluster_id: str, step_id: str, wait_s: float, poll_s: float) -> dict:  # noqa: ANN001
+def wait_for_step(emr, cluster_id: str, step_id: str, wait_s: float, poll_s: float) -> dict:
     """Wait for a step to end (a boto3 waiter: botocore's `step_complete` with INTERRUPTED a failure too); return
     its final status, or raise EmrError on failure or timeout."""
     failed = sorted(TERMINAL - {"COMPLETED"})

@@ -37,7 +37,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         g.started = time.perf_counter()
 
     @app.after_request
-    def count(response):  # noqa: ANN001, ANN202
+    def count(response):
         seconds = time.perf_counter() - g.get("started", 0)
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
         metrics.record(endpoint, request.method, response.status_code, seconds)

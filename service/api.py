@@ -74,7 +74,7 @@ def ranked(searcher: Searcher, k: int, filters: dict, body: dict, vector: np.nda
 
 
 @bp.post("/search")
-def search():  # noqa: ANN201
+def search():
     """Find the products most similar to an uploaded photo, or to a box of it (optionally filtered on metadata)."""
     started = time.perf_counter()
     body = request_json(request)
@@ -105,7 +105,7 @@ def search():  # noqa: ANN201
 
 
 @bp.get("/products/<path:product_id>")
-def product(product_id: str):  # noqa: ANN201
+def product(product_id: str):
     """Return one product."""
     try:
         return jsonify(product_json(get_searcher().product(product_id)))
@@ -114,7 +114,7 @@ def product(product_id: str):  # noqa: ANN201
 
 
 @bp.get("/products/<path:product_id>/similar")
-def similar(product_id: str):  # noqa: ANN201
+def similar(product_id: str):
     """Return the products most similar to a catalog product ("more like this"), by its stored vector."""
     started = time.perf_counter()
     searcher = get_searcher()
@@ -130,7 +130,7 @@ def similar(product_id: str):  # noqa: ANN201
 
 
 @bp.get("/filters")
-def filters():  # noqa: ANN201
+def filters():
     """Return the filterable columns, with value counts for those with few distinct values, and whether results
     can be collapsed to one per near-duplicate group."""
     searcher = get_searcher()

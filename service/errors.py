@@ -31,7 +31,7 @@ class APIError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def _body(status: int, code: str, message: str):  # noqa: ANN202 - a Flask response tuple
+def _body(status: int, code: str, message: str):
     return jsonify({"error": {"status": status, "code": code, "message": message}}), status
 
 
@@ -57,11 +57,11 @@ def init_app(app: Flask) -> None:
     """Register the handlers that turn every error into JSON."""
 
     @app.errorhandler(APIError)
-    def api_error(exc: APIError):  # noqa: ANN202
+    def api_error(exc: APIError):
         return _body(exc.status, exc.code, exc.message)
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):  # noqa: ANN202
+    def http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
         message = exc.description or exc.name
         if exc.code == 413:  # one code with uploads.image_bytes's; Werkzeug's stock text means MAX_CONTENT_LENGTH
@@ -77,6 +77,6 @@ def init_app(app: Flask) -> None:
         return response, status
 
     @app.errorhandler(Exception)
-    def unexpected(exc: Exception):  # noqa: ANN202
-        log.exception("unhandled error")
+    def unexpected(exc: Exception):
+        log.error("unhandled error", exc_info=exc)
         return _body(500, "internal_error", "the server failed to answer; the error is logged")

@@ -7,6 +7,7 @@ resolves its host once, refuses it when any answer is not a public address, and 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import socket
@@ -85,10 +86,8 @@ class Deadline:
 
     @staticmethod
     def _shut(sock: socket.socket) -> None:
-        try:
+        with contextlib.suppress(OSError):  # closed already
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:  # closed already
-            pass
 
 
 def _connect(host: str, port: int, timeout: float | None, allow_private: bool, deadline: Deadline
@@ -119,18 +118,18 @@ def _handlers(allow_private: bool, deadline: Deadline) -> list[urllib.request.Ba
             self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # certificate of the name
 
     class Handler(urllib.request.HTTPHandler):
-        def http_open(self, req):  # noqa: ANN001, ANN202 - urllib's signature
+        def http_open(self, req):
             return self.do_open(Connection, req)
 
     class SecureHandler(urllib.request.HTTPSHandler):
-        def https_open(self, req):  # noqa: ANN001, ANN202 - urllib's signature
+        def https_open(self, req):
             return self.do_open(SecureConnection, req, context=ssl.create_default_context())
 
     return [Handler(), SecureHandler(), _SchemeCheckingRedirects()]
 
 
 class _SchemeCheckingRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's signature
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         check_url(newurl)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 

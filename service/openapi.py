@@ -278,19 +278,19 @@ def document(config: dict, example: dict[str, str] | None = None) -> dict:
 
 
 @bp.get("/openapi.json")
-def openapi():  # noqa: ANN201
+def openapi():
     """The OpenAPI document."""
     return jsonify(document(current_app.config, examples(get_holder().searcher)))
 
 
 @bp.get("/docs")
-def docs():  # noqa: ANN201
+def docs():
     """The OpenAPI document rendered by Swagger UI."""
     return send_from_directory(current_app.static_folder, "docs.html")
 
 
 @bp.get("/docs/assets/<path:filename>")
-def docs_assets(filename: str):  # noqa: ANN201
+def docs_assets(filename: str):
     """Swagger UI's files, from the swagger_ui_bundle package."""
     from swagger_ui_bundle import swagger_ui_path
 

@@ -19,7 +19,7 @@ bp = Blueprint("ops", __name__)
 
 
 @bp.get("/health")
-def health():  # noqa: ANN201
+def health():
     """200 once the index and model are loaded and warmed up, with what is served; 503 before, in the error
     envelope of every other error (with `status` "loading" or "error" beside it)."""
     holder = get_holder()
@@ -44,7 +44,7 @@ def metrics() -> Response:
 
 
 @bp.post("/api/admin/reload")
-def reload():  # noqa: ANN201
+def reload():
     """Move ARTIFACTS' pointer to another of its versions (JSON {"version": name}) or, without one, check it now,
     and load what it names; every other worker and instance follows the pointer within RELOAD_CHECK_S."""
     token = current_app.config["ADMIN_TOKEN"]
@@ -72,7 +72,7 @@ def reload():  # noqa: ANN201
             raise APIError(404, "unknown_version", f"{exc}; still serving {old}") from None
     try:
         searcher = holder.reload()
-    except Exception as exc:  # noqa: BLE001 - the old index keeps serving; the caller learns why
+    except Exception as exc:
         log.exception("reload of %s failed", holder.location)
         raise APIError(422, "reload_failed", f"could not load what {holder.location} names: {exc}; still serving "
                                              f"{old}") from None

@@ -146,7 +146,7 @@ class SearcherHolder:
         with self._lock:
             try:
                 pointer = self._read_pointer()
-            except Exception as exc:  # noqa: BLE001 - S3 unreachable for a while: the old index keeps serving
+            except Exception as exc:
                 log.warning("cannot read where %s points; will look again", self.location, exc_info=True)
                 self.transient = f"{type(exc).__name__}: {exc}"
                 return None
@@ -170,7 +170,7 @@ class SearcherHolder:
                     self.error = self.refused["error"]
                 metrics.refused()
                 return None
-            except Exception as exc:  # noqa: BLE001 - a download cut, a full disk...: retried, backing off
+            except Exception as exc:
                 failures = failures + 1 if pointer == failed else 1
                 base = max(float(self.config["RELOAD_CHECK_S"]), 1.0)
                 wait = min(MAX_BACKOFF_S, base * 2 ** (failures - 1))
@@ -236,7 +236,7 @@ def _watch(holder_ref: weakref.ref, interval: float) -> None:
             return
         try:
             holder.check()
-        except Exception:  # noqa: BLE001 - the watcher must outlive any one failed look
+        except Exception:
             log.exception("reload check failed")
         del holder
 

@@ -12,13 +12,13 @@ bp = Blueprint("web", __name__)
 
 
 @bp.get("/")
-def index():  # noqa: ANN201
+def index():
     """The search page (plain HTML, CSS and JS; no external CDN)."""
     return send_from_directory(current_app.static_folder, "index.html")
 
 
 @bp.get("/images/<path:product_id>")
-def product_image(product_id: str):  # noqa: ANN201
+def product_image(product_id: str):
     """A product's web-sized image (`?n=` picks one of its images, from 0), found through the product map: no
     request path reaches the filesystem."""
     searcher = get_searcher()

@@ -134,7 +134,7 @@ def test_csv_manifest_without_required_columns_is_refused(tmp_path: Path) -> Non
 def test_unknown_or_missing_sources_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="unknown source"):
         parse_source("ftp:somewhere")
-    with pytest.raises(SourceError, match="no styles.csv"):
+    with pytest.raises(SourceError, match=r"no styles.csv"):
         acquire.run(f"fashion:{tmp_path}", tmp_path / "data")
     with pytest.raises(SourceError, match="not found"):
         acquire.run(f"folders:{tmp_path / 'nope'}", tmp_path / "data")

@@ -37,9 +37,9 @@ def step_status(stub: Stubber, cluster: str, step: str, states: list[str], failu
 def test_a_new_cluster_installs_the_project_and_runs_the_vectorize_step(clients) -> None:
     client, s3, stub = clients
     captured = {}
-    stub.add_response("run_job_flow", {"JobFlowId": "j-NEW"}, {key: ANY for key in (
-        "Name", "ReleaseLabel", "Applications", "Instances", "BootstrapActions", "Configurations", "Steps",
-        "JobFlowRole", "ServiceRole", "VisibleToAllUsers", "Tags", "LogUri")})
+    stub.add_response("run_job_flow", {"JobFlowId": "j-NEW"}, dict.fromkeys(
+        ("Name", "ReleaseLabel", "Applications", "Instances", "BootstrapActions", "Configurations", "Steps",
+         "JobFlowRole", "ServiceRole", "VisibleToAllUsers", "Tags", "LogUri"), ANY))
     stub.add_response("list_steps", {"Steps": [{"Id": "s-1", "Name": "vectorize"}]}, {"ClusterId": "j-NEW"})
     step_status(stub, "j-NEW", "s-1", ["PENDING", "RUNNING", "COMPLETED"])
     client.meta.events.register("provide-client-params.emr.RunJobFlow", lambda params, **_: captured.update(params))

@@ -36,7 +36,7 @@ def test_cache_finds_rows_across_parts_and_after_reopening(tmp_path: Path) -> No
     reopened = FeatureCache(tmp_path / "fp")
     assert len(reopened) == 7 and np.array_equal(reopened.get(wanted), expected)
     assert keys_of(1, 5)[0] not in reopened and reopened.count_missing(keys_of(6)) == 2
-    with pytest.raises(KeyError, match="1 key.*not in the feature cache"):
+    with pytest.raises(KeyError, match=r"1 key.*not in the feature cache"):
         reopened.get(keys_of(6)[4:5])
 
 

@@ -22,13 +22,13 @@ def local_server() -> Iterator[tuple[int, list[str]]]:
     seen: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             seen.append(self.path)
             self.send_response(200)
             self.end_headers()
             self.wfile.write(b"secret")
 
-        def log_message(self, *args) -> None:  # noqa: ANN002
+        def log_message(self, *args) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -44,7 +44,7 @@ def rebinding_resolver(port: int, calls: list[tuple]):
     """getaddrinfo for 'shop.test': a public address the first time, 127.0.0.1 every time after."""
     real = socket.getaddrinfo
 
-    def resolve(host, service, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def resolve(host, service, *args, **kwargs):
         if host != "shop.test":
             return real(host, service, *args, **kwargs)
         calls.append((host, service))
@@ -57,7 +57,7 @@ def rebinding_resolver(port: int, calls: list[tuple]):
 def test_a_rebinding_resolver_cannot_reach_a_local_address(monkeypatch) -> None:
     connected: list[tuple] = []
 
-    def refuse(family, kind, proto, address, timeout):  # noqa: ANN001, ANN202
+    def refuse(family, kind, proto, address, timeout):
         connected.append(address)
         raise ConnectionRefusedError("the test lets no packet leave this machine")
 
@@ -77,7 +77,7 @@ def test_one_resolution_serves_the_connection(monkeypatch) -> None:
     real = socket.getaddrinfo
     calls: list[str] = []
 
-    def resolve_once(host, service, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def resolve_once(host, service, *args, **kwargs):
         if host != "shop.test":
             return real(host, service, *args, **kwargs)
         calls.append(host)
@@ -96,7 +96,7 @@ def test_one_resolution_serves_the_connection(monkeypatch) -> None:
 def test_default_port_follows_the_scheme(monkeypatch, url: str, port: int) -> None:
     asked: list[tuple] = []
 
-    def resolve(host, service, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def resolve(host, service, *args, **kwargs):
         asked.append((host, service))
         raise socket.gaierror("no such host in this test")
 

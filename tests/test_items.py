@@ -33,7 +33,7 @@ def test_items_are_parsed_on_demand_and_indexed_by_product_and_value(tmp_path: P
     with pytest.raises(KeyError):
         store.lookup("42")  # ids are text: 0042 is not 42
     with pytest.raises(IndexError):
-        store[4]  # noqa: B018
+        store[4]
     assert store.columns == ["category", "colour", "season"]
     by_colour = {v: ids.tolist() for v, ids in store.ids_by_value["colour"].items()}
     assert by_colour == {"Blue": [0, 3], "Red": [2], "": [1]}  # no value is the value ''

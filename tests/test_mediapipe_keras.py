@@ -104,5 +104,5 @@ def test_the_views_file_pools_the_views_that_runtime_views_cuts(embedder_file: P
     assert np.abs(pooled - cut).max() < 2 * TOLERANCE  # each view through the rebuilt graph: within 1e-4
     assert np.array_equal(inside(images[2:3])[0], pooled[2])
     assert mediapipe_keras.one_call_possible(0.5) and not mediapipe_keras.one_call_possible(0.6)
-    with pytest.raises(ValueError, match="cut by runtime.views"):
+    with pytest.raises(ValueError, match=r"cut by runtime.views"):
         mediapipe_keras.views_tflite(embedder_file, 0.6, tmp_path / "other.tflite")

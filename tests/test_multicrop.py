@@ -63,7 +63,7 @@ def test_grocery_pools_views_by_default_and_other_sources_do_not() -> None:
     ("mediapipe-embedder", 3, False), ("hub:/m", None, False), ("hub:/m", 2, True),
     ("mediapipe-embedder+mobilenet-v1-0.25", None, False), ("mediapipe-embedder+hub:/m", 2, False)])
 def test_the_multicrop_default_is_off_for_one_trained_backbone(encoder: str, epochs: int | None, off: bool) -> None:
-    assert finetune._one_trained_backbone(encoder, epochs) is off  # noqa: SLF001 - the rule behind the default
+    assert finetune._one_trained_backbone(encoder, epochs) is off
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,7 @@ def test_calibration_follows_the_catalogs_own_scale() -> None:
     narrow = unit(np.ones(32) + 0.2 * spread)  # the same in a narrow cone
     thresholds = {}
     for name, vectors in (("spread", spread), ("narrow", narrow)):
-        first, _, info = find(Neighbours(annoy_over(vectors), vectors, workers=2))
+        _first, _, info = find(Neighbours(annoy_over(vectors), vectors, workers=2))
         thresholds[name] = info["threshold"]
         calibration = info["calibration"]
         assert calibration["sample"] == len(vectors) and calibration["raised"] == []

@@ -73,7 +73,7 @@ def test_only_a_version_that_fails_verification_is_refused(own_index: Path, tmp_
     failures = [RuntimeError("connection reset while downloading")]
     original = holder._load
 
-    def flaky_load():  # noqa: ANN202
+    def flaky_load():
         if failures:
             raise failures.pop()
         return original()

@@ -104,9 +104,8 @@ def test_a_catalog_replaced_during_the_build_is_refused(data: Path, monkeypatch:
 
 
 def test_one_run_per_folder_at_a_time(data: Path, tmp_path: Path) -> None:
-    with reruns.locked(data / "index", "index"):
-        with pytest.raises(ValueError, match="another index run is working in"):
-            index.run(data, trees=4)
+    with reruns.locked(data / "index", "index"), pytest.raises(ValueError, match="another index run is working in"):
+        index.run(data, trees=4)
     assert "unchanged" not in index.run(data, trees=4)  # released: the next run goes ahead
 
 
@@ -189,7 +188,7 @@ class _ETagServer:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 body = outer.files.get(self.path.lstrip("/"))
                 if body is None:
                     self.send_error(404)
@@ -297,7 +296,7 @@ def test_retrain_follows_the_rule_and_the_option(trained, tiny_hub_model: Path, 
                                                  trains: bool) -> None:
     from pipeline import finetune
 
-    data, first = trained
+    data, _first = trained
     export_id = storage.read_json(Layout(data).extractor / "extractor.json")["export_id"]
     if change in ("few", "many", "new class"):
         add_held_out(data, {"few": 2, "many": 16, "new class": 1}[change],

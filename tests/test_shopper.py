@@ -28,7 +28,7 @@ def client(app):
     return app.test_client()
 
 
-def searcher_of(app):  # noqa: ANN001, ANN201
+def searcher_of(app):
     return app.extensions["visual_search"].get()
 
 
@@ -38,12 +38,12 @@ def jpeg(img: Image.Image, exif: Image.Exif | None = None) -> bytes:
     return out.getvalue()
 
 
-def post(client, data: bytes, query: str = "", **form: str):  # noqa: ANN001, ANN201
+def post(client, data: bytes, query: str = "", **form: str):
     return client.post(f"/api/search{query}", data={"image": (io.BytesIO(data), "p.jpg"), **form},
                        content_type="multipart/form-data")
 
 
-def two_products(demo_index: Path, app) -> tuple[Image.Image, str, str]:  # noqa: ANN001
+def two_products(demo_index: Path, app) -> tuple[Image.Image, str, str]:
     """Two catalog photos of different categories side by side, and the two products' ids (left, right)."""
     items = list(searcher_of(app).items)
     left = items[0]
@@ -73,7 +73,7 @@ def test_a_box_of_the_photo_finds_the_product_in_it(client, app, demo_index: Pat
 
 
 def test_the_box_is_taken_on_the_upright_photo(client, app, demo_index: Path) -> None:
-    both, left, right = two_products(demo_index, app)
+    both, left, _right = two_products(demo_index, app)
     # Stored rotated a quarter turn, with EXIF orientation 6 ("rotate 90 clockwise to display"): upright, the
     # left product is still on the left.
     stored = both.transpose(Image.Transpose.ROTATE_90)
@@ -113,7 +113,7 @@ def test_min_score_drops_weaker_results(client, demo_index: Path) -> None:
     assert all(r["score"] >= 0.5 for r in similar)
 
 
-def duplicate_pair(app) -> tuple[dict, dict]:  # noqa: ANN001
+def duplicate_pair(app) -> tuple[dict, dict]:
     """The sample catalog's re-upload: two products with the very same photo."""
     items = list(searcher_of(app).items)
     by_thumb: dict[str, dict] = {}
@@ -176,7 +176,8 @@ def test_groups_hold_products_within_the_threshold_of_their_first() -> None:
 
 def test_duplicates_stage_writes_the_report_and_contact_sheet(own_index: Path) -> None:
     summary = duplicates.run(own_index)
-    rows = list(csv.DictReader(open(own_index / "reports" / "near-duplicates.csv", encoding="utf-8")))
+    with open(own_index / "reports" / "near-duplicates.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
     assert summary["groups"] >= 1 and len(rows) == summary["products_in_groups"]
     assert set(rows[0]) == {"group", "product_id", "name", "category", "similarity"}
     first_rows = [r for r in rows if float(r["similarity"]) == 1.0]

@@ -156,7 +156,7 @@ def test_spark_on_an_s3_data_dir(built: Path, tmp_path: Path, s3_server: str) ->
 def test_the_local_engine_refuses_an_s3_data_dir_and_unknown_engines_are_named() -> None:
     with pytest.raises(ValueError, match="needs --engine spark"):
         vectorize.run("s3://shop/catalogs/spring")
-    with pytest.raises(ValueError, match="unknown engine 'dask'.*local.*spark"):
+    with pytest.raises(ValueError, match=r"unknown engine 'dask'.*local.*spark"):
         vectorize.run("data", engine="dask")
 
 
