@@ -2,38 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
-import importlib.util
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-
-
-def load_script(name: str) -> ModuleType:
-    """Import `scripts/<name>.py` (the deploy command, the data generators) as a module, without sys.path edits."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def free_port() -> int:
@@ -113,52 +100,6 @@ def server_timing(header: str) -> dict[str, float]:
         if durations:
             out[name.strip()] = durations[0]
     return out
-
-
-def http_json(url: str, data: bytes | None = None, headers: dict | None = None,
-              timeout: float = 30) -> tuple[int, dict]:
-    """Send one request with urllib (which sends the whole body before reading); return (status, JSON body)."""
-    request = urllib.request.Request(url, data=data, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-
-
-class Load:
-    """Client threads sending requests in a loop (each on a new connection) until stopped; keeps every status.
-
-    Args:
-        requests: (url, body, content type) tuples, sent round-robin.
-        clients: how many threads.
-    """
-
-    def __init__(self, requests: list[tuple[str, bytes | None, str | None]], clients: int = 4) -> None:
-        self.requests, self.statuses = requests, []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
-
-    def _run(self, offset: int) -> None:
-        i = offset
-        while not self._stop.is_set():
-            url, body, content_type = self.requests[i % len(self.requests)]
-            self.statuses.append(timed(url, body, content_type, timeout=60)[1])
-            i += 1
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=90)
-
-    def counts(self) -> dict[int, int]:
-        """{HTTP status (0: connection failed): how many}."""
-        return {status: self.statuses.count(status) for status in sorted(set(self.statuses))}
 
 
 def percentiles(seconds: list[float]) -> str:
@@ -257,10 +198,8 @@ def peak_rss_mib() -> float:
 
 def reset_peak() -> float:
     """Reset the peak-RSS mark (Linux clear_refs 5) and return the current RSS in MiB."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
     return rss_mib()
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, free_port, load_script, multipart, percentiles, raw_request, start_gunicorn, stop
+from benchmarks.common import ROOT, free_port, multipart, percentiles, raw_request, start_gunicorn, stop
 from pipeline.index import DEFAULT_TREES
 from runtime import storage
 from runtime.layout import MANIFEST, Layout
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-limit", type=float, default=None, metavar="GIB",
                         help="run the stage in a memory cgroup of this many GiB (root, cgroup v1)")
     args = parser.parse_args(argv)
-    synthetic = load_script("make_synthetic_data_dir")
+    from scripts import make_synthetic_data_dir as synthetic
     photo = next((Layout(args.extractor_from).images).rglob("*.jpg")).read_bytes()
     rows = []
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:

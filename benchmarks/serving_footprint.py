@@ -14,15 +14,13 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.common import load_script
-
 TOP_PACKAGES = ("tensorflow", "tf_keras", "tensorflow_hub", "pandas", "matplotlib", "tqdm", "annoy", "numpy", "PIL",
                 "flask", "gunicorn", "boto3", "botocore")
 
 
 def bundle_figures() -> dict:
     """Files and bytes of the deployment bundle, in all and per top-level folder."""
-    deploy = load_script("deploy")
+    from scripts import deploy
     data, _ = deploy.build_bundle()
     infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
     folders = Counter(i.filename.split("/")[0] if "/" in i.filename else "." for i in infos)

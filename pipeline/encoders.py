@@ -36,7 +36,6 @@ class Encoder:
         feature_dim: length of one feature vector.
         keras_model: the backbone as a Keras model over 0..255 images (TF-graph backbones), else None.
         tflite_path: the .tflite file (TFLite backbones), else None.
-        images_seen: images passed through the backbone so far (the benchmark counts passes with it).
         multicrop: share of the side of each multi-crop view (`runtime.views`), 0 for the whole image only.
         input_size: side of the images it takes (INPUT_SIZE, or larger for multi-crop views).
         parts: the backbones of a composite encoder (`pipeline.composite`), else empty.
@@ -49,7 +48,6 @@ class Encoder:
     feature_dim: int
     keras_model: Any = None
     tflite_path: Path | None = None
-    images_seen: int = 0
     multicrop: float = 0.0
     input_size: int = INPUT_SIZE
     parts: tuple = ()
@@ -58,7 +56,6 @@ class Encoder:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Return float32 features [B, feature_dim] for images [B, S, S, 3] (S: `input_size`) of 0..255 values."""
-        self.images_seen += len(images)
         return np.asarray(self._fn(images), dtype=np.float32)
 
 
@@ -129,7 +126,7 @@ def with_multicrop(encoder: Encoder, fraction: float, one_call_dir: Path | None 
     return Encoder(encoder.name, fingerprint, encoder.feature_dim,
                    keras_model=encoder.keras_model, tflite_path=encoder.tflite_path, parts=encoder.parts,
                    multicrop=fraction,
-                   input_size=views.input_size(fraction), _fn=views.multicrop(encoder._fn, fraction))
+                   input_size=views.input_size(fraction), _fn=views.multicrop(encoder, fraction))
 
 
 def _hub_model(handle: str) -> Any:

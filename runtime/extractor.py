@@ -114,7 +114,6 @@ class Extractor:
         if fraction and not self.config.get("views_in_backbone"):
             self._features = views.multicrop(self._features, fraction)
             self._embed = lambda x: self._head(self._features(x))
-        self.images_seen = 0
 
     @staticmethod
     def _load_part(folder: Path, fmt: str, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
@@ -152,12 +151,10 @@ class Extractor:
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Return unit vectors [B, dim] for images [B, S, S, 3] (S: `input_size`) of 0..255 values."""
-        self.images_seen += len(images)
         return np.asarray(self._embed(np.asarray(images)), dtype=np.float32)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """Return the backbone's features [B, feature_dim] (no head)."""
-        self.images_seen += len(images)
         return np.asarray(self._features(np.asarray(images)), dtype=np.float32)
 
     def head(self, features: np.ndarray) -> np.ndarray:

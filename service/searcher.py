@@ -123,15 +123,6 @@ class Searcher:
         return np.asarray(numbers, np.int64)
 
     @property
-    def exact(self) -> bool:
-        """Whether every query scans all vectors instead of asking Annoy (the manifest's measured strategy)."""
-        return self.products.exact
-
-    @exact.setter
-    def exact(self, value: bool) -> None:
-        self.products.exact = value
-
-    @property
     def version(self) -> str:
         """The index version (its folder name)."""
         return str(self.manifest["version"])

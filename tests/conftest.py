@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import SHARED, free_port, load_script, start_gunicorn, stop
 from runtime import tfenv
+from scripts.make_sample_catalog import make_catalog
+from tests.helpers import SHARED, free_port, start_gunicorn, stop
 
 
 def shared_path(*parts: str) -> Path:
@@ -27,7 +28,7 @@ def shared_path(*parts: str) -> Path:
 def sample_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated catalog in the Kaggle layout, with its deliberate broken and missing images."""
     out = tmp_path_factory.mktemp("sample") / "catalog"
-    load_script("make_sample_catalog").make_catalog(out, n_products=80, seed=3)
+    make_catalog(out, n_products=80, seed=3)
     return out
 
 

@@ -8,7 +8,6 @@ import pytest
 
 from benchmarks.ann_memory import serve_mb
 from benchmarks.ann_methods import bench_annoy, exact_truth, recall
-from benchmarks.common import load_script
 from benchmarks.dataset_difficulty import difficulty
 from benchmarks.lsh import RandomProjectionLSH
 from benchmarks.vectors import clustered
@@ -57,7 +56,7 @@ def test_annoy_on_a_projection_with_exact_reranking_keeps_recall(data, tmp_path)
 
 
 def test_synthetic_data_dir_goes_through_the_index_stage_and_the_searcher(demo_index, tmp_path, monkeypatch) -> None:
-    make = load_script("make_synthetic_data_dir").make
+    from scripts.make_synthetic_data_dir import make
     summary = make(tmp_path / "syn", 3000, demo_index, clusters=30, images=5)
     assert summary["rows"] == 3000 and summary["dim"] == 32
     monkeypatch.setattr(index, "ON_DISK_ABOVE", 0)  # the path a 1M x 256 build takes: trees built in the file
@@ -65,10 +64,11 @@ def test_synthetic_data_dir_goes_through_the_index_stage_and_the_searcher(demo_i
     assert manifest["count"] == 3000 and manifest["search_k_measurements"][-1]["recall_at_10"] >= 0.99
     assert manifest["index_bytes"] > 3000 * 32 * 4
     searcher = Searcher(tmp_path / "syn")
-    assert searcher.exact is (manifest["strategy"] == "exact")  # the searcher serves as the index stage measured
+    # the searcher serves as the index stage measured
+    assert searcher.products.exact is (manifest["strategy"] == "exact")
     assert len(list((searcher.folder / "thumbs").iterdir())) <= 5  # one thumbnail per distinct image
     for exact in (True, False):
-        searcher.exact = exact
+        searcher.products.exact = exact
         found = [m.item["id"] for m in searcher.similar("S0000007", 10)]
         vectors = np.array(searcher.vectors)
         truth = exact_truth(vectors, vectors[7:8], 11)[0][1:].tolist()
@@ -102,7 +102,7 @@ def test_feature_memory_runs_both_stages_in_fresh_processes_and_prints_their_pea
     from benchmarks import feature_memory
 
     feature_memory.main(["--rows", "3000", "--dim", "64", "--work-dir", str(tmp_path)])
-    row = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("3,000")][0]
+    row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("3,000"))
     finetune_mib, vectorize_mib = float(row[2].replace(",", "")), float(row[4].replace(",", ""))
     assert 100 < finetune_mib < 3072 and 100 < vectorize_mib < 3072
     summary = (tmp_path / "rows-3000" / "embeddings" / "embeddings.json").read_text()
@@ -132,12 +132,12 @@ def test_raw_request_returns_at_content_length_not_at_close() -> None:
     import threading
     import time
 
-    from benchmarks.common import free_port, raw_request
+    from tests.helpers import free_port, raw_request
 
     class Lingering(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             self.send_response(201)
             self.send_header("Content-Length", str(len(body)))
@@ -194,8 +194,7 @@ def test_near_duplicates_benchmark_prints_the_calibration_and_the_reproduction(d
     bench.main(["--data-dir", str(demo_index), "--thresholds", "0.99", "--factors", "0.1"])
     out = capsys.readouterr().out
     assert "calibrated: median similarity to the nearest other product" in out
-    rows = [line for line in out.splitlines() if line.startswith("| calibrated") or line.startswith("| 0.99 ")
-            or line.startswith("| factor 0.1")]
+    rows = [line for line in out.splitlines() if line.startswith(("| calibrated", "| 0.99 ", "| factor 0.1"))]
     assert len(rows) == 3 and all(" of " in row for row in rows)
     bench.main(["--synthetic", "3000"])
     out = capsys.readouterr().out

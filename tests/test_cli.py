@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import ROOT
 from pipeline import STAGES, cli
 from pipeline.__main__ import build_parser
+from tests.helpers import ROOT
 
 COMMANDS = (*STAGES, "run")
 

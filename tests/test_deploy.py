@@ -17,11 +17,9 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from benchmarks.common import load_script
 from pipeline import index
-from scripts import beanstalk
+from scripts import beanstalk, deploy
 
-deploy = load_script("deploy")
 # What the pipeline needs and the service must not: the bundle installs requirements.txt only.
 PIPELINE_ONLY = ("pipeline", "benchmarks", "pandas", "tensorflow_hub", "tf_keras", "tqdm", "matplotlib")
 
@@ -217,7 +215,7 @@ def test_unchanged_redeploy_creates_no_version_and_changes_nothing(aws, demo_ind
 
 def test_catalog_only_publish_touches_no_code_and_no_environment(aws, demo_index: Path, own_index: Path,
                                                                 capsys) -> None:
-    clients, stub = aws  # no Beanstalk response is queued: any Beanstalk call fails the test
+    clients, _stub = aws  # no Beanstalk response is queued: any Beanstalk call fails the test
     first = run_deploy(clients, demo_index, artifacts_only=True)
     version = index.run(own_index, trees=4)["version"]
     deploy.main(["--artifacts", str(own_index / "index" / "current"), "--bucket", BUCKET, "--prefix", "prod",

@@ -12,12 +12,12 @@ from werkzeug.formparser import MultiPartParser
 from werkzeug.http import parse_options_header
 from werkzeug.test import EnvironBuilder
 
-from benchmarks.common import multipart
 from runtime import tfenv
 from runtime.extractor import numpy_head
 from runtime.products import ProductSearch, aggregate, top_k
 from service.api import IMAGE_PATH_SAFE, image_url, image_urls
 from service.forms import parse_multipart
+from tests.helpers import multipart
 
 FORMS = [
     {"image": (io.BytesIO(b"\xff\xd8jpeg bytes\r\n--not-a-boundary\r\n"), "q.jpg")},
@@ -74,7 +74,7 @@ def test_multipart_limits_are_werkzeugs() -> None:
         parse_multipart(many, b"b", max_field_bytes=4)
 
 
-def _saved_head(tmp_path, layers) -> object:  # noqa: ANN001
+def _saved_head(tmp_path, layers) -> object:
     """A head SavedModel as pipeline.export writes one (a `head` tf.function), loaded back."""
     tf, keras = tfenv.tensorflow(), tfenv.keras()
     from pipeline.head import l2_normalize

@@ -11,10 +11,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from benchmarks.common import Load, free_port, load_script, multipart, start_gunicorn, stop
 from pipeline import index
+from scripts import deploy
+from tests.helpers import Load, free_port, multipart, start_gunicorn, stop
 
-deploy = load_script("deploy")
 BUCKET, PREFIX = "shop-search", "prod"
 CHECK_S = 1.0
 
@@ -116,7 +116,7 @@ def test_a_published_delta_reaches_every_instance_under_load(two_instances, own_
     from pipeline import remove
     from runtime import artifacts
 
-    bases, first = two_instances
+    bases, _first = two_instances
     items = artifacts.read_items(own_index / "index" / "current")
     gone = items[12]
     image = own_index / "catalog" / gone["image"]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import ROOT
 from service import create_app, params
 from tests.conftest import gunicorn_over
+from tests.helpers import ROOT
 from tests.test_service_live import CHROMIUM, CHROMIUM_FLAGS
 
 CHECKS = "not_a_server_error,response_schema_conformance,content_type_conformance"
@@ -145,4 +145,4 @@ def test_docs_renders_every_operation_from_the_package_with_no_cdn(server: str) 
         finally:
             browser.close()
     assert shown == len(openapi_operations(server)) and "Visual product search" in title
-    assert requested and all(url.startswith(server) or url.startswith("data:") for url in requested), requested
+    assert requested and all(url.startswith((server, "data:")) for url in requested), requested

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.common import free_port, load_script, multipart, stop, wait_for_workers
-from benchmarks.common import http_json as http
+from scripts import deploy
+from tests.helpers import free_port, multipart, stop, wait_for_workers
+from tests.helpers import http_json as http
 
-deploy = load_script("deploy")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 pytestmark = pytest.mark.slow  # installs the bundle's requirements into a fresh virtual environment
 

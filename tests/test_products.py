@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from benchmarks.common import free_port, start_gunicorn, stop
 from pipeline import acquire, evaluate, finetune, index, vectorize
 from pipeline.ingest import merge_products
 from pipeline.records import Record
@@ -20,6 +19,7 @@ from runtime import products as products_module
 from runtime.layout import Layout
 from runtime.products import ProductSearch, aggregate, flatten, image_table
 from service import create_app
+from tests.helpers import free_port, start_gunicorn, stop
 
 VIEWS = 3  # photos per product in the generated catalog: the packshot, a mirror image, a close-up
 

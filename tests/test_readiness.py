@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import ROOT, Load, free_port, launch_gunicorn, multipart, stop, timed, wait_for_workers
+from tests.helpers import ROOT, Load, free_port, launch_gunicorn, multipart, stop, timed, wait_for_workers
 
 # Imported by gunicorn instead of application.py: the first worker to warm up takes FIRST_S, every other LATER_S,
 # so a window exists in which one worker serves and another is still loading.
@@ -59,7 +59,7 @@ def search_request(own_index: Path, base: str) -> tuple[str, bytes, str]:
     return f"{base}/api/search?k=3", body, content_type
 
 
-def first_ok(base: str, process, deadline_s: float = 120) -> None:  # noqa: ANN001
+def first_ok(base: str, process, deadline_s: float = 120) -> None:
     """Ask /health until it answers 200 (a connection waits in the backlog until a worker accepts it)."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -86,7 +86,7 @@ def test_requests_fired_at_the_first_health_200_all_succeed(slow_server, own_ind
 
 
 def test_a_killed_worker_is_replaced_without_a_503(slow_server, own_index: Path) -> None:
-    base, process, log = slow_server
+    base, process, _log = slow_server
     first_ok(base, process)
     pids = wait_for_workers(base, 2, 120, process)
     victim = min(pids)
@@ -107,7 +107,7 @@ def test_a_killed_worker_is_replaced_without_a_503(slow_server, own_index: Path)
     assert counts[200] >= 20, counts
 
 
-def _wait_for_new_worker(base: str, old: set[int], process, deadline_s: float = 120) -> int:  # noqa: ANN001
+def _wait_for_new_worker(base: str, old: set[int], process, deadline_s: float = 120) -> int:
     """Ask /health until a worker not in `old` answers; return its pid."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:

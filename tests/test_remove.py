@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.common import ROOT
 from pipeline import index, remove, versions
 from runtime import artifacts
 from runtime import products as products_module
@@ -21,6 +20,7 @@ from runtime.layout import ITEMS_FILE, MANIFEST, REMOVED_FILE, Layout
 from runtime.products import ProductSearch
 from service import create_app
 from service.searcher import Searcher
+from tests.helpers import ROOT
 
 
 def served_ids(folder: Path) -> list[str]:
@@ -198,9 +198,7 @@ def test_a_published_delta_uploads_its_own_files_and_an_instance_follows_it(s3_s
                                                                            tmp_path: Path) -> None:
     import boto3
 
-    from benchmarks.common import load_script
-
-    deploy = load_script("deploy")
+    from scripts import deploy
     layout = Layout(own_index)
     boto3.client("s3").create_bucket(Bucket="shop-search")
     full = deploy.upload_artifacts(layout.current_index, "shop-search", "prod")
@@ -246,8 +244,8 @@ def test_removed_and_added_products_under_load_on_two_workers(tiny_hub_model: Pa
     import urllib.request
 
     from benchmarks.catalog_refresh import apply_delta, make_catalog
-    from benchmarks.common import free_port, multipart, start_gunicorn, stop
     from pipeline import run as pipeline
+    from tests.helpers import free_port, multipart, start_gunicorn, stop
 
     check_s = 1.0
     source, data = tmp_path / "source", tmp_path / "data"

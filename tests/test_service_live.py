@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from benchmarks.common import http_json as http
-from benchmarks.common import multipart
 from pipeline import index
 from runtime.storage import s3_client
 from service import create_app
 from service.searcher import Searcher
 from tests.conftest import gunicorn_over
+from tests.helpers import http_json as http
+from tests.helpers import multipart
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -171,7 +171,7 @@ def test_shopper_page_in_a_real_browser(gunicorn_server: str, own_index: Path, t
             browser.close()
 
 
-def _drag_box(page, start: tuple[float, float], end: tuple[float, float], touch: bool) -> dict:  # noqa: ANN001
+def _drag_box(page, start: tuple[float, float], end: tuple[float, float], touch: bool) -> dict:
     """Drag over the photo from one fraction of it to another (mouse, or a finger through CDP touch events), and
     return the search request the page sends."""
     page.wait_for_function("document.querySelector('#crop-image').naturalWidth > 0", timeout=10_000)
@@ -197,7 +197,7 @@ def _drag_box(page, start: tuple[float, float], end: tuple[float, float], touch:
     return {"url": answer.value.url, "body": answer.value.json()}
 
 
-def _crop_with_mouse_and_finger(page) -> None:  # noqa: ANN001
+def _crop_with_mouse_and_finger(page) -> None:
     """A box drawn over the photo searches that part of it, and the page says so; clearing it searches the whole."""
     from urllib.parse import parse_qs, urlparse
 
@@ -217,7 +217,7 @@ def _crop_with_mouse_and_finger(page) -> None:  # noqa: ANN001
     assert not page.locator("#crop-box").is_visible()
 
 
-def _facets_and_options_reach_the_api(page) -> None:  # noqa: ANN001
+def _facets_and_options_reach_the_api(page) -> None:
     """A facet, the minimum match and "hide near-duplicates" each search again with what they say."""
     page.select_option("#facet-category", "")
     value = page.locator("#facet-gender option").nth(1).get_attribute("value")

@@ -1,0 +1,74 @@
+"""What the tests share: the repository's paths, a JSON client, client threads under load, and the serving
+harness the benchmarks use too (a free port, multipart bodies, gunicorn started as the Procfile does)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from benchmarks.common import (
+    free_port,
+    launch_gunicorn,
+    multipart,
+    raw_request,
+    server_timing,
+    start_gunicorn,
+    stop,
+    timed,
+    wait_for_workers,
+)
+
+__all__ = ["ROOT", "SHARED", "Load", "free_port", "http_json", "launch_gunicorn", "multipart", "raw_request",
+           "server_timing", "start_gunicorn", "stop", "timed", "wait_for_workers"]
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"  # the real catalogs and models; tests that need them skip when it is absent
+
+
+def http_json(url: str, data: bytes | None = None, headers: dict | None = None,
+              timeout: float = 30) -> tuple[int, dict]:
+    """Send one request with urllib (which sends the whole body before reading); return (status, JSON body)."""
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+class Load:
+    """Client threads sending requests in a loop (each on a new connection) until stopped; keeps every status.
+
+    Args:
+        requests: (url, body, content type) tuples, sent round-robin.
+        clients: how many threads.
+    """
+
+    def __init__(self, requests: list[tuple[str, bytes | None, str | None]], clients: int = 4) -> None:
+        self.requests, self.statuses = requests, []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+
+    def _run(self, offset: int) -> None:
+        i = offset
+        while not self._stop.is_set():
+            url, body, content_type = self.requests[i % len(self.requests)]
+            self.statuses.append(timed(url, body, content_type, timeout=60)[1])
+            i += 1
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=90)
+
+    def counts(self) -> dict[int, int]:
+        """{HTTP status (0: connection failed): how many}."""
+        return {status: self.statuses.count(status) for status in sorted(set(self.statuses))}
