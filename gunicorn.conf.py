@@ -13,7 +13,7 @@ import threading
 
 # Elastic Beanstalk's nginx proxies to port 8000 (PORT); locally, e.g. PORT=8080.
 # One BLAS thread per worker: a query's matrix-vector product is too small to share, and OpenBLAS threads spin
-# after each call, so two workers' spare threads slowed each other's queries by a third (README, hot path).
+# after each call, so two workers' spare threads slowed each other's queries by a third (docs/service.md, "Hot path").
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 bind = os.environ.get("GUNICORN_BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")

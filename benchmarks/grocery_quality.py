@@ -5,7 +5,7 @@
 One acquire of `grocery:../shared/data/grocery` (81 products: iconic image + train.txt photos), then for each head
 label (none: raw backbone features; `category`: the coarse class; `name`: the product itself) a finetune and a
 vectorize, and for each product scoring (max, mean, mix) an index and an evaluate with `--label-column name`:
-precision@1 is "the first product returned is the one on the photo". Prints one table; the README quotes it.
+precision@1 is "the first product returned is the one on the photo". Prints one table; docs/quality.md quotes it.
 """
 
 from __future__ import annotations

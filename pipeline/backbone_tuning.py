@@ -2,8 +2,8 @@
 
 The head is first trained on cached features (`pipeline.head`); this step then unfreezes the backbone and trains
 backbone + head together for a few epochs at a small learning rate, on images streamed from the catalog with
-random crop-zoom, horizontal flip and contrast. Batch normalisation trains too: keeping it frozen gave
-MobileNet on fashion precision@5 0.826 instead of 0.866 (README, "Quality levers"). The epoch whose held-out
+random crop-zoom, horizontal flip and contrast. Batch normalisation trains too: keeping it frozen lost precision
+on fashion (docs/quality.md, "Quality levers"). The epoch whose held-out
 images retrieve the training images best (precision@5) is kept. The tuned backbone gets a new fingerprint, so
 its features are never mixed with the frozen backbone's in the feature cache.
 """
@@ -27,8 +27,9 @@ from runtime.preprocess import INPUT_SIZE, decode_image
 log = logging.getLogger(__name__)
 
 LEARNING_RATE = 3e-4
-# The rebuilt MediaPipe backbone starts from a head that already retrieves well: at 3e-4 it first lost 0.04 of
-# held-out precision@5 and had not won it back after 3 epochs; at 1e-4 it gained from the third (docs/quality.md).
+# The rebuilt MediaPipe backbone starts from a head that already retrieves well: at MobileNet's rate it first lost
+# held-out precision and had not won it back when a smaller rate had gained (docs/quality.md, "Training the
+# MediaPipe backbone").
 LEARNING_RATES = {"mediapipe-embedder": 1e-4}
 BATCH_SIZE = 32
 ZOOM = 0.2  # random crops of 80-100% of the image

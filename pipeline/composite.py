@@ -5,7 +5,7 @@ The head then trains on the concatenation, so it learns what each backbone adds.
 default) is first trained with a head of its own, as finetune trains a single backbone, and contributes that
 head's embedding (a trained MediaPipe part as one TFLite file, backbone and head); a frozen part contributes its
 raw features. On fashion-small the MediaPipe embedder plus MobileNet v1 0.25 trained this way
-beats either alone (README, "Quality levers").
+beats either alone (docs/quality.md, "Quality levers").
 """
 
 from __future__ import annotations

@@ -43,8 +43,8 @@ DEFAULT_DIM = 256
 # Epochs of training the backbone itself after the head, per encoder where that won on both catalogs measured
 # (docs/quality.md: MobileNet v1 0.25, and the MediaPipe embedder rebuilt as a Keras graph).
 BACKBONE_EPOCHS = {"mobilenet-v1-0.25": 8, "mediapipe-embedder": 4}
-# A composite's parts: a trained MediaPipe part lost beside the trained MobileNet (fashion precision@5 0.884 ->
-# 0.877, grocery precision@1 0.841 -> 0.777; docs/quality.md), so it stays frozen unless --backbone-epochs says.
+# A composite's parts: a trained MediaPipe part lost beside the trained MobileNet on both catalogs
+# (docs/quality.md, "Pick an encoder"), so it stays frozen unless --backbone-epochs says.
 COMPOSITE_PART_EPOCHS = {"mobilenet-v1-0.25": 8}
 # Backbones that keep multi-crop views when trained: MediaPipe with views, trained, is the best single-backbone
 # grocery figure measured (docs/quality.md); trained without views it is not measured.
@@ -95,7 +95,7 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
     catalog, keys, paths = catalog_inputs(layout)
     source = storage.read_json(layout.catalog_summary).get("source") if layout.catalog_summary.is_file() else None
     label_column = default_label(source) if label_column is None else label_column
-    if multicrop is None:  # multi-crop views lost only on a single trained backbone (README, "Quality levers")
+    if multicrop is None:  # multi-crop views lost only on a single trained backbone (docs/quality.md, "Quality levers")
         multicrop = 0.0 if _one_trained_backbone(encoder, backbone_epochs) else default_multicrop(source)
     started = time.perf_counter()
     options = retrain_rule.options_digest({

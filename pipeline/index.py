@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METRIC = "angular"
-DEFAULT_TREES = 32  # recall follows search_k, not trees, from 25 to 100 trees (README, docs/benchmarks/)
+DEFAULT_TREES = 32  # recall follows search_k, not trees, from 25 to 100 trees (docs/index-choices.md)
 ON_DISK_ABOVE = 200_000_000  # floats; larger indexes are built in their file, not in memory
 KEEP_VERSIONS = versions.KEEP_VERSIONS
 DELTA_LIMIT = 0.02  # a larger change is a full build: added products cost every query a scan (docs/live-catalog.md)

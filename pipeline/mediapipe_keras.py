@@ -32,8 +32,8 @@ ALPHA = 0.75
 EMBEDDING_DIM = 1024
 CONVOLUTIONS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 SE_GATE_OFFSET = 3.0  # hard-sigmoid's +3, folded into the gate convolution's bias in the file
-# Keras's MobileNetV3 moves its batch statistics by 0.1% a step; fine-tuning then evaluates on statistics far
-# behind the weights (docs/quality.md: held-out precision@5 0.72 after one epoch against 0.83 with 0.99).
+# Keras's MobileNetV3 moves its batch statistics slowly (momentum 0.999); fine-tuning then evaluates on statistics
+# far behind the weights, and held-out retrieval collapses (docs/quality.md, "Training the MediaPipe backbone").
 BATCH_NORM_MOMENTUM = 0.99
 
 

@@ -23,8 +23,9 @@ CSV_REQUIRED = ("id", "name", "category")  # and an image column: `image`, `imag
 IMAGES_SEPARATOR = "|"  # a manifest's `images` column lists several images of one product
 SOURCE_HELP = ("fashion:DIR | folders:DIR | csv:FILE | grocery:DIR | kaggle:OWNER/DATASET; DIR and FILE may be "
                "s3://bucket/prefix")
-DEFAULT_LABELS = {"grocery": "name"}  # what the head learns by default: the product itself (README, grocery table)
-# multi-crop views by default (runtime.views): shelf photos whose details tell products apart (README, quality levers)
+DEFAULT_LABELS = {"grocery": "name"}  # what the head learns by default: the product itself (docs/quality.md, grocery)
+# multi-crop views by default (runtime.views): shelf photos whose details tell products apart, as measured
+# in docs/quality.md, "Quality levers"
 DEFAULT_MULTICROP = {"grocery": 0.5}
 
 

@@ -85,7 +85,8 @@ class Extractor:
                                     "run finetune first")
         self.config = storage.read_json(config_file)
         fmt = self.config.get("format")
-        # Concrete functions skip the argument matching of restored tf.functions (~0.5 ms a call).
+        # Concrete functions skip the argument matching of restored tf.functions, paid on every query
+        # (docs/service.md, "Hot path").
         if fmt == "savedmodel":
             self._model = tf.saved_model.load(str(self.path / EXTRACTOR_SAVEDMODEL))
             self._features = _concrete(self._model.features)

@@ -17,7 +17,7 @@ import numpy as np
 from runtime.artifacts import ArtifactError
 
 SCORINGS = ("max", "mean", "mix")
-DEFAULT_SCORING = "mix"  # README "Several images per product": best on grocery's val photos (max 0.65, mix 0.70)
+DEFAULT_SCORING = "mix"  # the best scoring on grocery's shelf photos (docs/quality.md, "Several images per product")
 EXACT_FILTER_BELOW = 2_000  # a filter matching fewer products is answered by an exact scan of their images
 WIDEN = 4  # each Annoy retry fetches this many times more images
 MULTI_IMAGE_OVERFETCH = 2  # with several images per product, Annoy is first asked for twice the images

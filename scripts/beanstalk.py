@@ -14,7 +14,7 @@ from botocore.exceptions import WaiterError
 from scripts import waiters
 
 PLATFORM_BRANCH = "Python 3.11 running on 64bit Amazon Linux 2023"
-# 2 workers serving the default extractor (BiT-M R50x3: 3.33 GiB measured) plus a 1M-product index (2.6 GiB): README.
+# 2 workers serving the default extractor plus a 1M-product index need more than 4 GiB (docs/deployment.md).
 INSTANCE_TYPE = "t3.large"
 INSTANCE_ROLE = "aws-elasticbeanstalk-ec2-role"  # the names Beanstalk's console uses
 SERVICE_ROLE = "aws-elasticbeanstalk-service-role"

@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--platform", help="platform ARN of a new environment (default: the newest "
                                            f"'{PLATFORM_BRANCH}')")
     parser.add_argument("--instance-type", default=INSTANCE_TYPE, help=f"of a new environment (default "
-                                                                       f"{INSTANCE_TYPE}; see README)")
+                                                                       f"{INSTANCE_TYPE}; see docs/deployment.md)")
     parser.add_argument("--instance-profile", help=f"an existing instance profile (default: {INSTANCE_ROLE}, "
                                                    "created with the web-tier policy and read access to the bucket)")
     parser.add_argument("--service-role", help=f"an existing service role (default: {SERVICE_ROLE}, created)")
