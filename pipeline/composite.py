@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.backbone_tuning import tune_backbone
+from pipeline import tuned_cache
 from pipeline.encoders import Encoder, can_train, keras_encoder, load_encoder
 from pipeline.feature_cache import FeatureCache
 from pipeline.features import fill_cache
-from pipeline.head import train_head
 from runtime import storage, tfenv
 from runtime.extractor import side_by_side, tflite_runner
 from runtime.preprocess import INPUT_SIZE
@@ -59,10 +58,12 @@ def concatenated(parts: Sequence[Encoder]) -> Encoder:
 
 
 def tune_part(part: Encoder, cache_dir: Path, keys: list[str], paths: list[str], labels: np.ndarray, fit: np.ndarray,
-              val: np.ndarray, dim: int, epochs: int, backbone_epochs: int, seed: int,
-              model_dir: Path | None = None) -> tuple[Encoder, dict]:
+              val: np.ndarray, dim: int, epochs: int, backbone_epochs: int, seed: int, store: Path,
+              model_dir: Path | None = None, reuse: bool = True) -> tuple[Encoder, dict]:
     """Train a trainable part as finetune trains one backbone (a head on its cached features, then backbone and head
-    together) and return the encoder from images to that head's embedding, with the part's history.
+    together), or load that training from `store` (`pipeline.tuned_cache`: the same as the single backbone's, so
+    `--encoder a` then `a+b` trains `a` once), and return the encoder from images to that head's embedding, with
+    the part's history.
 
     Args:
         part: a backbone with a Keras model, or the MediaPipe embedder's file (`encoders.trainable`).
@@ -70,7 +71,9 @@ def tune_part(part: Encoder, cache_dir: Path, keys: list[str], paths: list[str],
         keys, paths: the catalog's readable images; labels, fit, val: the split the composite's head uses.
         dim: embedding length of the part's head; epochs: most head epochs; backbone_epochs: end-to-end epochs.
         seed: seeds the head, the shuffling and the augmentation.
+        store: trained backbones kept between runs (`cache/tuned`).
         model_dir: where a TFLite part's trained files are written (required for one).
+        reuse: False trains even what `store` holds.
 
     Raises:
         ValueError: a TFLite part without `model_dir`.
@@ -85,10 +88,10 @@ def tune_part(part: Encoder, cache_dir: Path, keys: list[str], paths: list[str],
         keys = [k for k, ok in zip(keys, readable, strict=True) if ok]
         paths = [p for p, ok in zip(paths, readable, strict=True) if ok]
         labels, fit, val = labels[readable], renumber[fit[readable[fit]]], renumber[val[readable[val]]]
-    classifier, head, history = train_head(cache, keys, labels, fit, val, dim, epochs=epochs, seed=seed)
     tflite_out = Path(model_dir) / f"{part.fingerprint}-tuned.tflite" if part.tflite_path is not None else None
-    tuned, tuning = tune_backbone(part, classifier, head, paths, labels, fit, val, backbone_epochs, seed,
-                                  tflite_out=tflite_out)
+    trained = tuned_cache.head_and_backbone(part, cache, part.fingerprint, keys, paths, labels, fit, val, dim, epochs,
+                                            backbone_epochs, seed, store, tflite_out, reuse)
+    tuned, head, history, tuning = trained.backbone, trained.head, trained.history, trained.tuning
     digest = storage.sha256_bytes(b"".join(np.asarray(w).tobytes() for w in head.get_weights()))[:12]
     fingerprint = f"{tuned.fingerprint}-embedding-{digest}"
     monitored = tuning["val_precision_at_5"]
@@ -107,13 +110,13 @@ def tune_part(part: Encoder, cache_dir: Path, keys: list[str], paths: list[str],
         embedding = keras_encoder(part.name, fingerprint, model)
     return embedding, {
         "encoder": part.name, "head_epochs": len(history["loss"]), "backbone_epochs": backbone_epochs,
-        "backbone_val_precision_at_5": max(monitored) if monitored else None}
+        "backbone_val_precision_at_5": max(monitored) if monitored else None, "reused": trained.reused}
 
 
 def build(name: str, weights: str | None, features_dir: Callable[[str], Path], keys: list[str], paths: list[str],
           labels: np.ndarray, fit: np.ndarray, val: np.ndarray, dim: int, epochs: int, backbone_epochs: int | None,
-          default_epochs: dict[str, int], seed: int = 0, model_dir: Path | None = None
-          ) -> tuple[Encoder, list[dict]]:
+          default_epochs: dict[str, int], store: Path, seed: int = 0, model_dir: Path | None = None,
+          reuse: bool = True) -> tuple[Encoder, list[dict]]:
     """Load the backbones of `a+b`, train each trainable one with a head of its own, and concatenate them.
 
     Args:
@@ -123,8 +126,10 @@ def build(name: str, weights: str | None, features_dir: Callable[[str], Path], k
         dim, epochs: a part's head: embedding length and most epochs.
         backbone_epochs: end-to-end epochs for every trainable part; None: each part's default (`default_epochs`).
         default_epochs: each part's default backbone epochs (finetune's `COMPOSITE_PART_EPOCHS`).
+        store: trained backbones kept between runs (`cache/tuned`, `pipeline.tuned_cache`).
         seed: seeds every part's training.
         model_dir: where trained TFLite parts are written (`tune_part`).
+        reuse: False trains every trainable part even when `store` holds its training.
 
     Returns:
         The concatenated encoder, and what was done to each part.
@@ -134,7 +139,7 @@ def build(name: str, weights: str | None, features_dir: Callable[[str], Path], k
         n = default_epochs.get(part.name, 0) if backbone_epochs is None else backbone_epochs
         if n and can_train(part):
             part, done = tune_part(part, features_dir(part.fingerprint), keys, paths, labels, fit, val, dim, epochs,
-                                   n, seed, model_dir)
+                                   n, seed, store, model_dir, reuse)
         else:
             done = {"encoder": part.name, "backbone_epochs": 0}
         parts.append(part)

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline import autoencoder, cli, composite, plots
+from pipeline import autoencoder, cli, composite, plots, tuned_cache
 from pipeline import retrain as retrain_rule
-from pipeline.backbone_tuning import tune_backbone
 from pipeline.catalog import catalog_inputs, holdout_rows
 from pipeline.encoders import DEFAULT_ENCODER, can_train, load_encoder, with_multicrop
 from pipeline.export import export
@@ -74,15 +73,17 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
         backbone_epochs: epochs of training the backbone itself with the head, on augmented images, after the
             head (`pipeline.backbone_tuning`); None: the encoder's default (`BACKBONE_EPOCHS`: 8 for
             mobilenet-v1-0.25, 4 for mediapipe-embedder, else 0). A TFLite backbone other than the MediaPipe
-            embedder cannot be trained.
+            embedder cannot be trained. A backbone already trained on the same images, labels, split and options (by
+            itself or as a composite's part) is loaded from `cache/tuned` instead (`pipeline.tuned_cache`).
         multicrop: pool the backbone's features over the whole image and five crops of this share of the side
             (`runtime.views`; six backbone passes per image, in vectorize and per query too, one call for the
             MediaPipe embedder); 0 turns it off; None: the source's default (`pipeline.sources.default_multicrop`:
             0.5 for grocery, else 0), except 0 for one backbone that finetune trains other than MediaPipe (a
             trained MobileNet gained nothing from it on grocery).
         retrain: with a model already trained with the same options: `auto` keeps it unless enough of the catalog
-            is new to it (`pipeline.retrain.decide`), `always` trains, `never` keeps it. The same images and
-            labels never train again. A kept model keeps its export id: vectorize embeds only new images.
+            is new to it (`pipeline.retrain.decide`), `always` trains (even a backbone `cache/tuned` holds), `never`
+            keeps it. The same images and labels never train again. A kept model keeps its export id: vectorize
+            embeds only new images.
 
     Returns:
         The summary written to `model/finetune.json` (`reused` and `decision` say whether it trained, and why).
@@ -123,7 +124,8 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
         _, labels, fit, val = _split(catalog, label_column, val_split, seed)
         single_view, parts_info = composite.build(encoder, encoder_weights, layout.features, keys, paths, labels, fit,
                                                   val, dim, epochs, 0 if no_finetune else backbone_epochs,
-                                                  COMPOSITE_PART_EPOCHS, seed, layout.model / TUNED_PARTS_DIR)
+                                                  COMPOSITE_PART_EPOCHS, layout.tuned_cache, seed,
+                                                  layout.model / TUNED_PARTS_DIR, reuse=retrain != "always")
         backbone_epochs = 0
     else:
         single_view = load_encoder(encoder, encoder_weights)
@@ -149,16 +151,21 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
         _, head = build_head(backbone.feature_dim, None, 0)
         info = {"finetuned": False}
     else:
-        classifier, head, info, (labels, fit, val) = _train(catalog, cache, keys, label_column, dim, val_split,
-                                                            epochs, seed, layout)
-        if backbone_epochs:
-            tuned, tuning = tune_backbone(single_view, classifier, head, paths, labels, fit, val, backbone_epochs,
-                                          seed, tflite_out=layout.model / TUNED_TFLITE)  # on whole images; the
-            # tuned backbone then pools views as before
-            backbone = with_multicrop(tuned, multicrop, layout.model / VIEWS_DIR)
-            monitored = tuning["val_precision_at_5"]
-            info.update({"backbone_epochs": backbone_epochs, "backbone_history": tuning,
-                         "backbone_val_precision_at_5": max(monitored) if monitored else None})
+        classes, labels, fit, val = _split(catalog, label_column, val_split, seed)
+        if backbone_epochs:  # the backbone is tuned on whole images; the tuned one then pools views as before
+            trained = tuned_cache.head_and_backbone(single_view, cache, backbone.fingerprint, keys, paths, labels,
+                                                    fit, val, dim, epochs, backbone_epochs, seed, layout.tuned_cache,
+                                                    layout.model / TUNED_TFLITE, reuse=retrain != "always")
+            head = trained.head
+            info = _record_head(trained.history, classes, label_column, dim, len(fit), len(val), layout)
+            backbone = with_multicrop(trained.backbone, multicrop, layout.model / VIEWS_DIR)
+            monitored = trained.tuning["val_precision_at_5"]
+            info.update({"backbone_epochs": backbone_epochs, "backbone_history": trained.tuning,
+                         "backbone_val_precision_at_5": max(monitored) if monitored else None,
+                         "backbone_reused": trained.reused})
+        else:
+            _, head, history = train_head(cache, keys, labels, fit, val, dim, epochs=epochs, seed=seed)
+            info = _record_head(history, classes, label_column, dim, len(fit), len(val), layout)
     summary.update(info, encoder_fingerprint=backbone.fingerprint, reused=False, decision=decision.reason,
                    new_images=decision.new_images, new_classes=decision.new_classes)
     export(backbone, head, layout.extractor, info)
@@ -168,23 +175,20 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
     return summary
 
 
-def _train(catalog: pd.DataFrame, cache: FeatureCache, keys: list[str], label_column: str, dim: int,
-           val_split: float, epochs: int, seed: int, layout: Layout) -> tuple[object, object, dict, tuple]:
-    """Split, train the head, and write its labels, history and curves; return (classifier, embedding model,
-    summary, (labels, training rows, held-out rows))."""
-    classes, labels, fit, val = _split(catalog, label_column, val_split, seed)
-    classifier, head, history = train_head(cache, keys, labels, fit, val, dim, epochs=epochs, seed=seed)
+def _record_head(history: dict, classes: np.ndarray, label_column: str, dim: int, train_rows: int, val_rows: int,
+                 layout: Layout) -> dict:
+    """Write the head's labels, history and curves; return what the summary says of its training."""
     storage.write_json(layout.model / HISTORY, history)
     storage.write_json(layout.model / LABELS, {"label_column": label_column, "classes": classes.tolist()})
     plots.training_curves(history, layout.model / TRAINING_CURVES,
                           f"head training: {len(classes)} classes of {label_column}, {dim}-d embedding")
     monitored = history.get("val_precision_at_5")
     best = int(np.argmax(monitored)) if monitored else -1
-    return classifier, head, {"finetuned": True, "label_column": label_column, "classes": len(classes), "dim": dim,
-                  "train_rows": len(fit), "val_rows": len(val), "epochs": len(history["loss"]),
-                  "best_epoch": best + 1 if monitored else len(history["loss"]),
-                  "val_accuracy": history.get("val_accuracy", [None])[best],
-                  "val_precision_at_5": monitored[best] if monitored else None}, (labels, fit, val)
+    return {"finetuned": True, "label_column": label_column, "classes": len(classes), "dim": dim,
+            "train_rows": train_rows, "val_rows": val_rows, "epochs": len(history["loss"]),
+            "best_epoch": best + 1 if monitored else len(history["loss"]),
+            "val_accuracy": history.get("val_accuracy", [None])[best],
+            "val_precision_at_5": monitored[best] if monitored else None}
 
 
 def _one_trained_backbone(encoder: str, backbone_epochs: int | None) -> bool:
@@ -242,7 +246,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "trained, else 0)")
     parser.add_argument("--retrain", choices=retrain_rule.RETRAIN, default="auto",
                         help="after the catalog changed: auto (default) retrains when enough of it is new to the "
-                             "model, always, or never; the same images and labels never retrain")
+                             "model, always (even a backbone kept in cache/tuned), or never; the same images and "
+                             "labels never retrain")
 
 
 def describe(summary: dict, options: dict) -> str:

@@ -28,6 +28,7 @@ FEATURE_PARTS = "part-*"
 THUMBS_DIR = "thumbs"  # also inside every index folder
 S3_MIRROR_DIR = "s3"
 KAGGLE_DIR = "kaggle"
+TUNED_DIR = "tuned"  # tuned/<training key>/: a head and the backbone trained with it (`pipeline.tuned_cache`)
 
 # model/: finetune
 MODEL_DIR = "model"
@@ -90,7 +91,7 @@ WRITTEN = (
     f"{CATALOG_DIR}/{QUERIES_CSV}", f"{CATALOG_DIR}/{CONFLICTS_CSV}",
     f"{CATALOG_DIR}/{CATALOG_SUMMARY}", f"{CATALOG_DIR}/{IMAGES_DIR}/*/*.jpg",
     f"{CACHE_DIR}/{FEATURES_DIR}/*/{FEATURE_PARTS}", f"{CACHE_DIR}/{THUMBS_DIR}/*.jpg",
-    f"{CACHE_DIR}/{S3_MIRROR_DIR}/*", f"{CACHE_DIR}/{KAGGLE_DIR}/*",
+    f"{CACHE_DIR}/{S3_MIRROR_DIR}/*", f"{CACHE_DIR}/{KAGGLE_DIR}/*", f"{CACHE_DIR}/{TUNED_DIR}/*/*",
     f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_CONFIG}", f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_SAVEDMODEL}/*",
     f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_TFLITE}", f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_HEAD}/*",
     f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_PARTS}/*",
@@ -171,6 +172,11 @@ class Layout:
     @property
     def kaggle_cache(self) -> Path:
         return self.cache / KAGGLE_DIR
+
+    @property
+    def tuned_cache(self) -> Path:
+        """Trained backbones kept between runs, one folder per training key (`pipeline.tuned_cache`)."""
+        return self.cache / TUNED_DIR
 
     @property
     def model(self) -> Path:

@@ -71,3 +71,48 @@ def test_a_tflite_file_of_another_model_cannot_be_tuned(built: Path, tmp_path: P
     assert not can_train(Encoder("some-tflite", "x", 8, tflite_path=weights))
     assert can_train(Encoder("mediapipe-embedder", "x", 1024, tflite_path=weights))
     assert not can_train(Encoder("mediapipe-embedder", "x", 1024, tflite_path=weights, multicrop=0.8))
+
+
+def test_a_trained_backbone_is_kept_for_a_rerun_and_for_a_composite_part(built: Path, tiny_hub_model: Path,
+                                                                         tmp_path: Path) -> None:
+    """`cache/tuned` keeps a head and its tuned backbone under a key of everything that trained them: going back
+    to options tried before, or a composite whose part was trained alone, loads them instead of training."""
+    data = tmp_path / "data"
+    shutil.copytree(built / "catalog", data / "catalog")
+    hub = f"hub:{tiny_hub_model}"
+    image = decode_image(str(next((data / "catalog" / "images").rglob("*.jpg"))))[None].numpy()
+    first = finetune.run(data, encoder=hub, dim=32, epochs=20, backbone_epochs=1)
+    assert first["backbone_reused"] is False
+    entry, = Layout(data).tuned_cache.iterdir()
+    trained = load_extractor(Layout(data).extractor).embed(image)
+    finetune.run(data, encoder=hub, dim=32, epochs=20)  # other options: the head alone trains, nothing is kept
+    assert list(Layout(data).tuned_cache.iterdir()) == [entry]
+
+    again = finetune.run(data, encoder=hub, dim=32, epochs=20, backbone_epochs=1)
+    assert again["reused"] is False and again["backbone_reused"] is True  # a new model, from the kept training
+    assert again["encoder_fingerprint"] == first["encoder_fingerprint"]
+    assert again["backbone_history"] == first["backbone_history"] and again["epochs"] == first["epochs"]
+    assert np.allclose(load_extractor(Layout(data).extractor).embed(image), trained, atol=1e-6)
+
+    both = finetune.run(data, encoder=f"{hub}+{hub}", dim=32, epochs=20, backbone_epochs=1)
+    assert [p["reused"] for p in both["parts"]] == [True, True]  # each part is the backbone trained above
+    features = load_extractor(Layout(data).extractor).features(image)
+    assert np.allclose(features[:, :32], trained, atol=1e-5) and np.allclose(features[:, 32:], trained, atol=1e-5)
+
+    fresh = finetune.run(data, encoder=hub, dim=32, epochs=20, backbone_epochs=1, retrain="always")
+    assert fresh["backbone_reused"] is False and list(Layout(data).tuned_cache.iterdir()) == [entry]
+
+
+def test_a_damaged_kept_backbone_is_trained_again(built: Path, tiny_hub_model: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(built / "catalog", data / "catalog")
+    hub = f"hub:{tiny_hub_model}"
+    first = finetune.run(data, encoder=hub, dim=32, epochs=20, backbone_epochs=1)
+    entry, = Layout(data).tuned_cache.iterdir()
+    with np.load(entry / "backbone.npz") as saved:
+        np.savez(entry / "backbone.npz", *[saved[name] + 1.0 for name in saved.files])
+    finetune.run(data, encoder=hub, dim=32, epochs=20)
+    again = finetune.run(data, encoder=hub, dim=32, epochs=20, backbone_epochs=1)
+    assert again["backbone_reused"] is False  # the weights did not match the fingerprint they were kept with
+    assert again["encoder_fingerprint"].startswith(first["encoder_fingerprint"].rsplit("-tuned-", 1)[0] + "-tuned-")
+    assert finetune.run(data, encoder=hub, dim=32, epochs=20, backbone_epochs=1, retrain="never")["reused"] is True
