@@ -4,6 +4,7 @@ retried with backoff, only a version that fails verification refused."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,11 @@ def test_a_pointer_that_cannot_be_read_is_retried_with_backoff(own_index: Path, 
         return real(location)
 
     monkeypatch.setattr(state, "pointer_of", flaky)
-    monkeypatch.setattr(state.time, "sleep", sleeps.append)
+    # time.sleep is the time module's, shared by every thread of this process: the index watchers that earlier
+    # tests' apps left running must keep sleeping for real, or they spin (and log) until memory runs out
+    real_sleep, this_thread = time.sleep, threading.get_ident()
+    monkeypatch.setattr(state.time, "sleep",
+                        lambda s: sleeps.append(s) if threading.get_ident() == this_thread else real_sleep(s))
     assert holder.check().version == second  # two failed reads, then the third one
     assert sleeps == [state.BACKOFF_S, 2 * state.BACKOFF_S] and holder.transient is None
     calls.clear()
