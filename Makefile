@@ -25,12 +25,19 @@ demo: venv
 	@echo "Serving the demo index at http://$(HOST):$(PORT)/ (Ctrl-C stops it)"
 	ARTIFACTS=$(DATA)/index/current GUNICORN_BIND=$(HOST):$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py application:application
 
+# Tests run on two pytest-xdist workers, a module per worker (`--dist loadscope`: a module's fixtures are built
+# once), in the order tests/conftest.py gives: the two quality modules first. Training a backbone keeps about 1.3
+# of 2 cores busy, so the other modules run beside them (docs/testing.md, "Where the time goes").
+# PYTEST_WORKERS=0 runs every test in this process, one after another.
+PYTEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
+
 # The fast loop: everything but the full quality runs on the real catalog (marked slow).
 check: lint
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 test: lint
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 serve: venv
 	ARTIFACTS=$(DATA)/index/current GUNICORN_BIND=$(HOST):$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py application:application
