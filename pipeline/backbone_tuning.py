@@ -61,6 +61,11 @@ def _calibrate(backbone: Any, paths: Sequence[str]) -> None:
     mediapipe_keras.calibrate(graph, pixels)
 
 
+def weights_digest(model: Any) -> str:
+    """12 hex characters of the sha256 of a Keras model's weights: what a trained model's fingerprint ends with."""
+    return storage.sha256_bytes(b"".join(np.asarray(w).tobytes() for w in model.get_weights()))[:12]
+
+
 def tune_backbone(encoder: Encoder, train_model: Any, head: Any, paths: Sequence[str], labels: np.ndarray,
                   fit: np.ndarray, val: np.ndarray, epochs: int, seed: int = 0, tflite_out: Path | None = None
                   ) -> tuple[Encoder, dict]:
@@ -122,8 +127,7 @@ def tune_backbone(encoder: Encoder, train_model: Any, head: Any, paths: Sequence
     if best_weights is not None:
         model.set_weights(best_weights)
     backbone.trainable = False
-    digest = storage.sha256_bytes(b"".join(np.asarray(w).tobytes() for w in backbone.get_weights()))[:12]
-    fingerprint = f"{encoder.fingerprint}-tuned-{digest}"
+    fingerprint = f"{encoder.fingerprint}-tuned-{weights_digest(backbone)}"
     if source.tflite_path is None:
         return keras_encoder(encoder.name, fingerprint, backbone), history
     from pipeline import mediapipe_keras

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import tuned_cache
+from pipeline.backbone_tuning import weights_digest
 from pipeline.encoders import Encoder, can_train, keras_encoder, load_encoder
 from pipeline.feature_cache import FeatureCache
 from pipeline.features import fill_cache
-from runtime import storage, tfenv
+from runtime import tfenv
 from runtime.extractor import side_by_side, tflite_runner
 from runtime.preprocess import INPUT_SIZE
 
@@ -92,8 +93,7 @@ def tune_part(part: Encoder, cache_dir: Path, keys: list[str], paths: list[str],
     trained = tuned_cache.head_and_backbone(part, cache, part.fingerprint, keys, paths, labels, fit, val, dim, epochs,
                                             backbone_epochs, seed, store, tflite_out, reuse)
     tuned, head, history, tuning = trained.backbone, trained.head, trained.history, trained.tuning
-    digest = storage.sha256_bytes(b"".join(np.asarray(w).tobytes() for w in head.get_weights()))[:12]
-    fingerprint = f"{tuned.fingerprint}-embedding-{digest}"
+    fingerprint = f"{tuned.fingerprint}-embedding-{weights_digest(head)}"
     monitored = tuning["val_precision_at_5"]
     log.info("%s trained with its own head: held-out precision@5 %s", part.name, max(monitored) if monitored else "-")
     if tuned.tflite_path is not None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import backbone_tuning, head
-from pipeline.backbone_tuning import tune_backbone
+from pipeline.backbone_tuning import tune_backbone, weights_digest
 from pipeline.encoders import Encoder, keras_encoder, trainable
 from pipeline.feature_cache import FeatureCache
 from pipeline.head import build_head, train_head
@@ -109,11 +109,6 @@ def head_and_backbone(source: Encoder, cache: FeatureCache, features_fingerprint
     return Trained(head_model, tuned, history, tuning, reused=False)
 
 
-def _weights_digest(model: Any) -> str:
-    """The digest `tune_backbone` puts in a tuned Keras backbone's fingerprint."""
-    return storage.sha256_bytes(b"".join(np.asarray(w).tobytes() for w in model.get_weights()))[:12]
-
-
 def _save(folder: Path, tuned: Encoder, head_model: Any, history: dict, tuning: dict) -> None:
     """Write one entry through a staging folder renamed into place, so a reader never sees half of one."""
     staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
@@ -124,7 +119,7 @@ def _save(folder: Path, tuned: Encoder, head_model: Any, history: dict, tuning: 
         check = storage.sha256_file(staging / BACKBONE_TFLITE)
     else:
         np.savez(staging / BACKBONE_WEIGHTS, *tuned.keras_model.get_weights())
-        check = _weights_digest(tuned.keras_model)
+        check = weights_digest(tuned.keras_model)
     storage.write_json(staging / META, {"fingerprint": tuned.fingerprint, "check": check, "history": history,
                                         "tuning": tuning})
     shutil.rmtree(folder, ignore_errors=True)
@@ -158,7 +153,7 @@ def _load(folder: Path, source: Encoder, feature_dim: int, n_classes: int, dim: 
             log.warning("%s holds weights of another shape than %s's; training again", folder, source.name)
             return None
         model.set_weights(weights)
-        if _weights_digest(model) != meta["check"]:  # a damaged file: the frozen backbone is what training starts from
+        if weights_digest(model) != meta["check"]:  # a damaged file: the frozen backbone is what training starts from
             model.set_weights(frozen)
             log.warning("%s does not match its record; training again", folder)
             return None

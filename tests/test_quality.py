@@ -79,4 +79,3 @@ def test_finetuned_head_beats_raw_features_on_fashion_small(encoder: str, weight
     assert tuned["precision_at_5"] > raw["precision_at_5"] + 0.01, (tuned, raw)
     assert raw["precision_at_5"] > 0.6  # raw 32x32 pixels give about 0.55; real features must beat that
     assert tuned["ann_recall_at_10"] >= 0.97
-
