@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.ingest import CATALOG_COLUMNS
+from pipeline.catalog.ingest import CATALOG_COLUMNS
 
 WAYS = {  # the Arrow ways run where pyarrow is installed (the pipeline does not need it: see the docs)
     "every column, Python strings": ("python", False),
@@ -56,7 +56,8 @@ def measure(path: Path, storage: str, drop_source: bool) -> dict[str, float]:
     """In this process: load the table as the index stage does, slice its keys, write its items; return figures."""
     import pandas as pd
 
-    from pipeline.catalog import SOURCE_COLUMNS, item_lines
+    from pipeline.catalog.table import SOURCE_COLUMNS
+    from pipeline.indexing.items import item_lines
 
     def anon_mib() -> float:
         status = Path("/proc/self/status").read_text().splitlines()

@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import versions
-from runtime import artifacts, storage
+from runtime import artifacts, storage, versions
 from runtime.layout import MANIFEST, Layout
 
 
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         os.replace(saved, layout.catalog_csv)
         delta = layout.current_index.resolve()
-        versions.point_current(layout, base.name)
+        versions.point_local(layout.index, base.name)
         if delta != base:
             shutil.rmtree(delta, ignore_errors=True)
     if not manifest.get("delta"):

@@ -4,7 +4,7 @@ the delta, side by side in one process, for deltas of growing size: what `--delt
 
 For each share S of the products of DATA's current (full) index, two deltas over it:
 - "removed": `pipeline remove` of S of the products (the sold-out case);
-- "changed": S of the products removed from the base and served again from the delta (`pipeline.deltas.write`,
+- "changed": S of the products removed from the base and served again from the delta (`pipeline.indexing.deltas.write`,
   as the index stage writes a changed product): the delta's added products are scanned exactly at every query.
   The products served are the same as the full version's: "same top 10" is the share of the full version's top
   10 that the delta's holds (1 but for ties when both scan exactly; Annoy's misses differ from the exact scan's).
@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import deltas, remove, versions
-from runtime import artifacts
+from pipeline import remove
+from pipeline.indexing import deltas
+from runtime import artifacts, versions
 from runtime.layout import MANIFEST, Layout
 from service.searcher import Searcher
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append((share, kind, len(chosen), write_s, folder_bytes(folder), load_reuse, load_cold, times,
                              overlap))
             finally:
-                versions.point_current(layout, base_folder.name)
+                versions.point_local(layout.index, base_folder.name)
                 shutil.rmtree(folder, ignore_errors=True)
     print(f"\ndelta_serving: {args.data_dir}, {n:,} products, {args.queries} queries of each kind, interleaved; "
           f"full version {folder_bytes(base_folder):,} bytes, loaded in {load_full:.2f} s")

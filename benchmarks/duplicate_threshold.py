@@ -23,9 +23,10 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from runtime import artifacts
-from runtime.duplicates import find_groups, group_count, index_product_vectors
+from runtime.duplicate_groups import find_groups, group_count, index_product_vectors
 from runtime.extractor import load_extractor
-from runtime.layout import EXTRACTOR_DIR, Layout
+from runtime.items import read_items
+from runtime.layout import EXTRACTOR_DIR, ITEMS_FILE, Layout
 from runtime.preprocess import prepare_array
 
 THRESHOLDS = (0.85, 0.90, 0.93, 0.95, 0.96, 0.97, 0.975, 0.98, 0.985, 0.99)
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     layout = Layout(args.data_dir)
     folder = artifacts.resolve_index(layout.current_index)
     manifest = artifacts.verify(folder, check_hashes=False)
-    items = artifacts.read_items(folder)
+    items = read_items(folder / ITEMS_FILE)
     extractor = load_extractor(folder / EXTRACTOR_DIR)
     products = index_product_vectors(folder, manifest, items)
 

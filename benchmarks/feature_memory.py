@@ -43,7 +43,7 @@ def hub_model(path: Path, dim: int) -> Path:
 
 def synthetic_data_dir(data: Path, rows: int, dim: int, fingerprint: str, seed: int = 0) -> None:
     """Write a catalog of `rows` products and their cached features (random), part by part."""
-    from pipeline.feature_cache import FeatureCache
+    from pipeline.features.cache import FeatureCache
     from runtime.layout import Layout
 
     layout = Layout(data)
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=1, help="head epochs (memory does not grow with them)")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the data dirs go (default: temporary)")
     args = parser.parse_args(argv)
-    from pipeline.encoders import load_encoder
+    from pipeline.encoders.backbones import load_encoder
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="feature-memory-"))
     work.mkdir(parents=True, exist_ok=True)

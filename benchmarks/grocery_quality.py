@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.common import SHARED
 from pipeline import acquire, evaluate, finetune, index, vectorize
-from pipeline.grocery import queries_manifest
+from pipeline.catalog.grocery import queries_manifest
 from runtime.products import SCORINGS
 
 LABELS = ("none", "category", "name")

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.vectors import clustered
-from pipeline.near_duplicates import DISTANCE_FACTOR, Neighbours, calibrate, find, of_index
+from pipeline.indexing.duplicate_search import DISTANCE_FACTOR, Neighbours, calibrate, find, of_index
 from runtime import artifacts
-from runtime.duplicates import find_groups, group_count
-from runtime.layout import Layout
+from runtime.duplicate_groups import find_groups, group_count
+from runtime.items import read_items
+from runtime.layout import ITEMS_FILE, Layout
 
 
 def agreement(first: np.ndarray, keys: np.ndarray) -> float:
@@ -45,7 +46,7 @@ def on_index(data_dir: Path, agree: list[str], thresholds: list[float], factors:
     """Print the calibration and the reproduction table for a data dir's current index."""
     folder = artifacts.resolve_index(Layout(data_dir).current_index)
     manifest = artifacts.verify(folder, check_hashes=False)
-    items = artifacts.read_items(folder)
+    items = read_items(folder / ITEMS_FILE)
     neighbours = of_index(folder, manifest, items)
     products = np.asarray(neighbours.vectors, np.float32)
     n_images = manifest["count"]

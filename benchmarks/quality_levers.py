@@ -27,14 +27,16 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import SHARED
-from pipeline import acquire, head
-from pipeline.catalog import holdout_rows, read_catalog
-from pipeline.encoders import load_encoder, with_multicrop
-from pipeline.grocery import queries_manifest
+from pipeline import acquire
+from pipeline.catalog.grocery import queries_manifest
+from pipeline.catalog.table import holdout_rows, read_catalog
+from pipeline.encoders.backbones import load_encoder, with_multicrop
+from pipeline.training import head
 from runtime import tfenv
+from runtime.items import flatten
 from runtime.layout import Layout
 from runtime.preprocess import decode_image
-from runtime.products import ProductSearch, flatten
+from runtime.products import ProductSearch
 
 MODELS = SHARED / "models"
 QE_IMAGES = 3

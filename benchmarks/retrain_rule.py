@@ -24,9 +24,10 @@ import numpy as np
 from benchmarks.common import SHARED
 from benchmarks.quality_levers import embed, features, train
 from pipeline import acquire
-from pipeline.catalog import holdout_rows, read_catalog
+from pipeline.catalog.table import holdout_rows, read_catalog
+from runtime.items import flatten
 from runtime.layout import Layout
-from runtime.products import ProductSearch, flatten
+from runtime.products import ProductSearch
 
 
 def added_rows(labels: np.ndarray, share: float, mode: str, seed: int) -> np.ndarray:

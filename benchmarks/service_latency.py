@@ -44,7 +44,8 @@ from benchmarks.common import (
 )
 from runtime import artifacts
 from runtime.extractor import load_extractor
-from runtime.layout import EXTRACTOR_DIR, Layout
+from runtime.items import read_items
+from runtime.layout import EXTRACTOR_DIR, ITEMS_FILE, Layout
 from runtime.preprocess import prepare_array
 from service.config import encoder_threads
 from service.uploads import decode
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="also measure benchmarks/floor_app.py (decode + encoder behind gunicorn and Flask)")
     args = parser.parse_args(argv)
     folder = artifacts.resolve_index(args.index)
-    items = artifacts.read_items(folder)
+    items = read_items(folder / ITEMS_FILE)
     image_path = args.image or folder / items[len(items) // 2]["thumbnail"]
     data = image_path.read_bytes()
     cores = os.cpu_count() or 1

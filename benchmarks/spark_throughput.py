@@ -28,8 +28,9 @@ from pathlib import Path
 
 from benchmarks.common import SHARED
 from benchmarks.vectorize_throughput import prepare_data_dir
-from pipeline import shards, spark_vectorize, vectorize
-from pipeline.catalog import catalog_inputs
+from pipeline import vectorize
+from pipeline.catalog.table import catalog_inputs
+from pipeline.vectorizing import shards, spark_engine
 from runtime import storage
 from runtime.layout import EXTRACTOR_CONFIG, Layout
 
@@ -43,7 +44,7 @@ def empty(data: Path) -> None:
 def task_overhead_ms(master: str, tasks: int = 400) -> tuple[float, float, int]:
     """Return (session start s, ms of wall time per empty task times the slots, slots) for a Spark master."""
     started = time.perf_counter()
-    spark = spark_vectorize.spark_session(master)
+    spark = spark_engine.spark_session(master)
     session_s = time.perf_counter() - started
     context = spark.sparkContext
     try:
@@ -67,7 +68,7 @@ def warm_rate(data: Path, master: str, shard_rows: int, batch_size: int) -> floa
     catalog, keys, _ = catalog_inputs(layout)
     export_id = storage.read_json(layout.extractor / EXTRACTOR_CONFIG)["export_id"]
     stamps = shards.plan(layout, keys, export_id, shard_rows)
-    spark = spark_vectorize.spark_session(master)
+    spark = spark_engine.spark_session(master)
     try:
         context = spark.sparkContext
         for root in (data, data / "warm"):  # the first pass starts the workers; the second is timed
@@ -78,10 +79,10 @@ def warm_rate(data: Path, master: str, shard_rows: int, batch_size: int) -> floa
                     (root / folder).symlink_to(data / folder)
             empty(root)
             Layout(root).embeddings.mkdir(parents=True)
-            tasks = spark_vectorize.make_tasks(str(root), stamps, list(range(len(stamps))), keys,
+            tasks = spark_engine.make_tasks(str(root), stamps, list(range(len(stamps))), keys,
                                                catalog["image"].tolist(), batch_size, 1)
             started = time.perf_counter()
-            context.parallelize(tasks, len(tasks)).map(spark_vectorize.embed_task).collect()
+            context.parallelize(tasks, len(tasks)).map(spark_engine.embed_task).collect()
         return len(keys) / (time.perf_counter() - started)
     finally:
         spark.stop()

@@ -1,5 +1,5 @@
 """Does the index stage's exact-or-Annoy choice hold from one build to the next? Each repeat runs, in a fresh
-process (cold, as a build is), the stage's measurement (`pipeline.annoy_tuning.serving_cost`) over a data dir's
+process (cold, as a build is), the stage's measurement (`pipeline.indexing.annoy_tuning.serving_cost`) over a data dir's
 current index, and a single pass of 20 scans with no warm-up (how the choice was made before): the figures and
 the choice of each.
 
@@ -21,7 +21,7 @@ import numpy as np
 ONE_REPEAT = """
 import json, time, numpy as np
 from runtime import artifacts
-from pipeline.annoy_tuning import choose_strategy, serving_cost, _sample
+from pipeline.indexing.annoy_tuning import choose_strategy, serving_cost, _sample
 from runtime.topk import exact_top_k
 folder = artifacts.resolve_index({folder!r})
 manifest = artifacts.verify(folder, check_hashes=False)

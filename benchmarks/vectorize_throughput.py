@@ -22,10 +22,10 @@ import numpy as np
 
 from benchmarks.common import SHARED
 from pipeline import acquire, finetune, vectorize
-from pipeline.catalog import read_catalog
-from pipeline.encoders import load_encoder
-from pipeline.export import export
-from pipeline.head import build_head
+from pipeline.catalog.table import read_catalog
+from pipeline.encoders.backbones import load_encoder
+from pipeline.training.export import export
+from pipeline.training.head import build_head
 from runtime.layout import FEATURE_PARTS, SHARD_FILES, Layout
 from runtime.preprocess import decode_image
 

@@ -31,8 +31,8 @@ def clustered(n: int, dim: int, seed: int, clusters: int = 1000, spread: float =
 
 def real_datasets(data_dir: Path, n_queries: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The pipeline's fine-tuned embeddings and the raw backbone features of a data dir, split into base/queries."""
-    from pipeline.catalog import read_catalog
-    from pipeline.feature_cache import FeatureCache
+    from pipeline.catalog.table import read_catalog
+    from pipeline.features.cache import FeatureCache
     from runtime.embeddings import load_embeddings
     from runtime.layout import EXTRACTOR_CONFIG, Layout
 

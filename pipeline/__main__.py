@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline import acquire, cli, duplicates, evaluate, finetune, index, remove, run, vectorize
+from pipeline import acquire, duplicates, evaluate, finetune, index, remove, run, vectorize
+from pipeline.common import cli
 
 COMMANDS = (acquire, finetune, vectorize, index, evaluate, duplicates, remove, run)
 

@@ -10,11 +10,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from pipeline import cli
-from pipeline.catalog import holdout_split
-from pipeline.ingest import ingest, merge_products, previous_results, reason_kind, write_tables
-from pipeline.reruns import locked, remove_leftovers
-from pipeline.sources import SOURCE_HELP, read_source
+from pipeline.catalog.ingest import ingest, merge_products, previous_results, reason_kind, write_tables
+from pipeline.catalog.sources import SOURCE_HELP, read_source
+from pipeline.catalog.table import holdout_split
+from pipeline.common import cli
+from pipeline.common.locks import locked, remove_leftovers
 from runtime import imaging, storage
 from runtime.layout import CATALOG_SUMMARY, Layout
 
@@ -27,7 +27,7 @@ def run(source: str, data_dir: Path, category_column: str | None = None, max_sid
     """Acquire a catalog: every input row ends up accepted in catalog.csv or explained in rejects.csv.
 
     Args:
-        source: a source spec (see `pipeline.sources.read_source`).
+        source: a source spec (see `pipeline.catalog.sources.read_source`).
         data_dir: the data directory; writes `catalog/` (replaced atomically when complete).
         category_column: the metadata column that names the category (fashion default: articleType).
         max_side: longer side of the normalised JPEGs.
@@ -41,7 +41,8 @@ def run(source: str, data_dir: Path, category_column: str | None = None, max_sid
         The summary written to `catalog/summary.json`.
 
     Raises:
-        SourceError: the source cannot be read at all.
+        SourceError: the source cannot be read at all (a StageError).
+        StageError: another acquire run holds the data dir's lock.
     """
     layout = Layout(Path(data_dir))
     with locked(layout.root, "acquire"):
@@ -54,7 +55,7 @@ def run(source: str, data_dir: Path, category_column: str | None = None, max_sid
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _swap_in(staging, layout.catalog)
+        storage.swap_in(staging, layout.catalog)
     log.info("acquire: %s", summary)
     return summary
 
@@ -88,15 +89,6 @@ def _acquire(source: str, layout: Layout, staging: Path, category_column: str | 
     }
     storage.write_json(staging / CATALOG_SUMMARY, summary)
     return summary
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    """Replace `target` with `staging` so that no reader ever sees a half-written catalog."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

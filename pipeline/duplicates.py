@@ -5,7 +5,7 @@ uploaded twice. `python -m pipeline duplicates --data-dir DIR [--threshold T]` r
 writes `DIR/reports/near-duplicates.csv` (group, product_id, name, category, similarity to the group's first)
 and `DIR/reports/near-duplicates.png`. By default it reports the groups the index stored for the service's
 `collapse=true`, at the threshold the index chose; `--threshold` finds them anew at another one, through the
-index's own Annoy trees (`pipeline.near_duplicates`).
+index's own Annoy trees (`pipeline.indexing.duplicate_search`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import cli, near_duplicates
-from pipeline.plots import contact_sheet
+from pipeline.common import cli
+from pipeline.common.errors import user_input
+from pipeline.common.plots import contact_sheet
+from pipeline.indexing import duplicate_search
 from runtime import artifacts
-from runtime.duplicates import check_threshold, read_groups
-from runtime.layout import NEAR_DUPLICATES_CSV, NEAR_DUPLICATES_PNG, Layout
+from runtime.duplicate_groups import check_threshold, read_groups
+from runtime.items import read_items
+from runtime.layout import ITEMS_FILE, NEAR_DUPLICATES_CSV, NEAR_DUPLICATES_PNG, Layout
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +46,26 @@ def run(data_dir: Path, threshold: float | None = None) -> dict:
         A summary: products, groups, products in groups, the largest group, threshold, seconds, paths.
 
     Raises:
-        FileNotFoundError: no index in the data directory.
-        ValueError: a threshold outside (0, 1].
+        StageError: no index in the data directory (or one that fails verification), or a threshold outside (0, 1].
     """
     if threshold is not None:
-        check_threshold(threshold)
+        with user_input(ValueError):
+            check_threshold(threshold)
     layout = Layout(Path(data_dir))
-    folder = artifacts.resolve_index(layout.current_index)
-    # A delta (`pipeline remove`) shares its base's groups: the report is the base's, removed products included.
-    folder, manifest = artifacts.base_of(folder, artifacts.verify(folder, check_hashes=False), check_hashes=False)
-    items = artifacts.read_items(folder)
+    with user_input(artifacts.ArtifactError):
+        folder = artifacts.resolve_index(layout.current_index)
+        # A delta (`pipeline remove`) shares its base's groups: the report is the base's, removed products included.
+        folder, manifest = artifacts.base_of(folder, artifacts.verify(folder, check_hashes=False), check_hashes=False)
+    items = read_items(folder / ITEMS_FILE)
     started = time.perf_counter()
     served = manifest.get("duplicate_threshold")
-    neighbours = near_duplicates.of_index(folder, manifest, items)
+    neighbours = duplicate_search.of_index(folder, manifest, items)
     stored = read_groups(folder, manifest) if threshold in (None, served) else None
     if stored is not None:
         first, threshold = stored.astype(np.int64), served
         similarity = np.sum(neighbours.vectors * np.asarray(neighbours.vectors)[first], axis=1)
     else:
-        first, similarity, info = near_duplicates.find(neighbours, threshold)
+        first, similarity, info = duplicate_search.find(neighbours, threshold)
         threshold = info["threshold"]
     seconds = time.perf_counter() - started
     groups = _ranked_groups(first)

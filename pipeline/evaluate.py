@@ -16,15 +16,18 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import cli, deltas, plots
-from pipeline.catalog import read_catalog
-from pipeline.ingest import ingest, write_tables
-from pipeline.sources import SOURCE_HELP, read_source
+from pipeline.catalog.ingest import ingest, write_tables
+from pipeline.catalog.sources import SOURCE_HELP, read_source
+from pipeline.catalog.table import read_catalog
+from pipeline.common import cli, plots
+from pipeline.common.errors import StageError, user_input
+from pipeline.indexing import deltas
 from runtime import artifacts, storage
 from runtime.extractor import Extractor, load_extractor
-from runtime.layout import EXTRACTOR_DIR, Layout, report_details, report_grid
+from runtime.items import flatten_items, read_items
+from runtime.layout import EXTRACTOR_DIR, ITEMS_FILE, Layout, report_details, report_grid
 from runtime.preprocess import decode_image
-from runtime.products import CombinedSearch, Hit, ProductSearch, flatten
+from runtime.products import CombinedSearch, Hit, ProductSearch
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +67,26 @@ def run(data_dir: Path, queries: str, index: Path | None = None, label_column: s
         The report: precision_at_1/5/10, map_at_10, ann_recall_at_10, n_queries, latency_ms_p50.
 
     Raises:
-        ArtifactError: no index, or one that fails verification.
-        ValueError: no usable query image, or a label column the queries lack.
+        StageError: no index, or one that fails verification; no usable query image, or a label column the queries
+            lack.
     """
     layout = Layout(Path(data_dir))
-    served = artifacts.resolve_index(index or layout.root)
-    served_manifest = artifacts.verify(served)
-    folder, manifest = artifacts.base_of(served, served_manifest)  # a delta (`pipeline.deltas`) is its base ...
-    items = artifacts.read_items(folder)
+    with user_input(artifacts.ArtifactError):
+        served = artifacts.resolve_index(index or layout.root)
+        served_manifest = artifacts.verify(served)
+        folder, manifest = artifacts.base_of(served, served_manifest)  # a delta (`indexing.deltas`) is its base ...
+    items = read_items(folder / ITEMS_FILE)
     gone = set(artifacts.read_removed(served, served_manifest))  # ... less the products it removed ...
     annoy = artifacts.load_annoy(folder, manifest, prefault=True)
     base = ProductSearch(artifacts.load_vectors(folder, manifest, annoy),
-                         *flatten([image["id"] for image in item["images"]] for item in items),
+                         *flatten_items(items),
                          annoy, int(manifest["search_k"]),
                          int(manifest["n_trees"]), exact=False, scoring=manifest["scoring"],
                          removed=np.array([i for i, item in enumerate(items) if item["product_id"] in gone], int))
     added = deltas.read_added(served, served_manifest)  # ... and with the products it added, numbered after
     offset = len(items)
     search = CombinedSearch(base, ProductSearch(
-        added.vectors, *flatten([image["id"] for image in item["images"]] for item in added.items), None,
+        added.vectors, *flatten_items(added.items), None,
         scoring=manifest["scoring"]) if added.items else None)
     items += [{**item, "id": offset + i} for i, item in enumerate(added.items)]
     extractor = load_extractor(folder / EXTRACTOR_DIR)
@@ -91,7 +95,7 @@ def run(data_dir: Path, queries: str, index: Path | None = None, label_column: s
     work = Layout(Path(work_dir or layout.eval_queries))
     qcat, n_rejected = _acquire_queries(queries, work)
     if label_column not in qcat.columns:
-        raise ValueError(f"--label-column {label_column!r} is not a column of the queries; "
+        raise StageError(f"--label-column {label_column!r} is not a column of the queries; "
                          f"columns: {list(qcat.columns)}")
     qpaths = [str(work.catalog / p) for p in qcat["image"]]
     # A query that is itself in the index (same product id) must not count finding itself.
@@ -128,7 +132,7 @@ def _acquire_queries(queries: str, work: Layout) -> tuple[Any, int]:
     accepted, failed = ingest(records, work.catalog)
     write_tables(work.catalog, accepted, rejects + failed)
     if not accepted:
-        raise ValueError(f"none of the query images of {queries} could be used; see {work.rejects_csv}")
+        raise StageError(f"none of the query images of {queries} could be used; see {work.rejects_csv}")
     return read_catalog(work.catalog_csv), len(rejects) + len(failed)
 
 

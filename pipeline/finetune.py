@@ -11,15 +11,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline import autoencoder, cli, composite, plots, tuned_cache
-from pipeline import retrain as retrain_rule
-from pipeline.catalog import catalog_inputs, holdout_rows
-from pipeline.encoders import DEFAULT_ENCODER, can_train, load_encoder, with_multicrop
-from pipeline.export import export
-from pipeline.feature_cache import FeatureCache
-from pipeline.features import fill_cache
-from pipeline.head import build_head, train_head
-from pipeline.sources import default_label, default_multicrop
+from pipeline.catalog.sources import default_label, default_multicrop
+from pipeline.catalog.table import catalog_inputs, holdout_rows
+from pipeline.common import cli, plots
+from pipeline.common.errors import StageError
+from pipeline.encoders import autoencoder
+from pipeline.encoders.backbones import DEFAULT_ENCODER, can_train, load_encoder, with_multicrop
+from pipeline.features.cache import FeatureCache
+from pipeline.features.compute import fill_cache
+from pipeline.training import composite, retrain_rule, tuned_cache
+from pipeline.training.export import export
+from pipeline.training.head import build_head, train_head
 from runtime import storage
 from runtime.layout import (
     AUTOENCODER_CURVES,
@@ -55,15 +57,16 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
         epochs: int = 100, ae_epochs: int = 15, seed: int = 0, backbone_epochs: int | None = None,
         multicrop: float | None = None, retrain: str = "auto") -> dict:
     """Compute (or reuse) backbone features for the catalog, train the head on them, export the extractor; or keep
-    the model when the catalog gives no reason to train it again (`pipeline.retrain`).
+    the model when the catalog gives no reason to train it again (`pipeline.training.retrain_rule`).
 
     Args:
         data_dir: the data directory; reads `catalog/`, writes `model/` and `cache/features/`.
-        encoder: backbone name (see `pipeline.encoders.load_encoder`), or several joined by `+`
-            (`pipeline.composite`: their features side by side; a trainable one is first trained with its own head).
+        encoder: backbone name (see `pipeline.encoders.backbones.load_encoder`), or several joined by `+`
+            (`pipeline.training.composite`: their features side by side; a trainable one is first trained with its
+            own head).
         encoder_weights: the backbone's weights file where it takes one (for `a+b`: one per backbone, `+`-joined).
         label_column: catalog column the classification layer learns (default: the source's, see
-            `pipeline.sources.default_label`: `name` for grocery, else `category`).
+            `pipeline.catalog.sources.default_label`: `name` for grocery, else `category`).
         dim: length of the feature-vector layer (the embedding).
         no_finetune: keep the raw backbone features (only L2-normalised) instead of training a head.
         val_split: fraction of products held out for early stopping.
@@ -71,26 +74,27 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
         ae_epochs: most epochs of auto-encoder training (encoder `autoencoder` without weights).
         seed: random seed of the split and the training.
         backbone_epochs: epochs of training the backbone itself with the head, on augmented images, after the
-            head (`pipeline.backbone_tuning`); None: the encoder's default (`BACKBONE_EPOCHS`: 8 for
+            head (`pipeline.training.backbone_tuning`); None: the encoder's default (`BACKBONE_EPOCHS`: 8 for
             mobilenet-v1-0.25, 4 for mediapipe-embedder, else 0). A TFLite backbone other than the MediaPipe
             embedder cannot be trained. A backbone already trained on the same images, labels, split and options (by
-            itself or as a composite's part) is loaded from `cache/tuned` instead (`pipeline.tuned_cache`).
+            itself or as a composite's part) is loaded from `cache/tuned` instead
+            (`pipeline.training.tuned_cache`).
         multicrop: pool the backbone's features over the whole image and five crops of this share of the side
             (`runtime.views`; six backbone passes per image, in vectorize and per query too, one call for the
-            MediaPipe embedder); 0 turns it off; None: the source's default (`pipeline.sources.default_multicrop`:
-            0.5 for grocery, else 0), except 0 for one backbone that finetune trains other than MediaPipe (a
-            trained MobileNet gained nothing from it on grocery).
+            MediaPipe embedder); 0 turns it off; None: the source's default
+            (`pipeline.catalog.sources.default_multicrop`: 0.5 for grocery, else 0), except 0 for one backbone that
+            finetune trains other than MediaPipe (a trained MobileNet gained nothing from it on grocery).
         retrain: with a model already trained with the same options: `auto` keeps it unless enough of the catalog
-            is new to it (`pipeline.retrain.decide`), `always` trains (even a backbone `cache/tuned` holds), `never`
-            keeps it. The same images and labels never train again. A kept model keeps its export id: vectorize
-            embeds only new images.
+            is new to it (`pipeline.training.retrain_rule.decide`), `always` trains (even a backbone `cache/tuned`
+            holds), `never` keeps it. The same images and labels never train again. A kept model keeps its export
+            id: vectorize embeds only new images.
 
     Returns:
         The summary written to `model/finetune.json` (`reused` and `decision` say whether it trained, and why).
 
     Raises:
-        ValueError: an unknown label column, fewer than two classes, an encoder that cannot be loaded, a
-            multi-crop fraction outside [0, 1), or `--retrain never` without a model trained with these options.
+        StageError: no catalog, an unknown label column, fewer than two classes, an encoder that cannot be loaded,
+            a multi-crop fraction outside [0, 1), or `--retrain never` without a model trained with these options.
     """
     layout = Layout(Path(data_dir))
     catalog, keys, paths = catalog_inputs(layout)
@@ -145,7 +149,7 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
         summary["parts"] = parts_info
     backbone_epochs = BACKBONE_EPOCHS.get(encoder, 0) if backbone_epochs is None else backbone_epochs
     if backbone_epochs and not no_finetune and not can_train(single_view):
-        raise ValueError(f"--backbone-epochs {backbone_epochs}: encoder {encoder!r} cannot be fine-tuned (a TFLite "
+        raise StageError(f"--backbone-epochs {backbone_epochs}: encoder {encoder!r} cannot be fine-tuned (a TFLite "
                          "file other than the MediaPipe embedder is inference-only); use --backbone-epochs 0")
     if no_finetune:
         _, head = build_head(backbone.feature_dim, None, 0)
@@ -208,13 +212,13 @@ def _split(catalog: pd.DataFrame, label_column: str, val_split: float, seed: int
     """Return (classes, each row's class, training rows, held-out rows) for a label column.
 
     Raises:
-        ValueError: the column is not in the catalog, or has fewer than two values.
+        StageError: the column is not in the catalog, or has fewer than two values.
     """
     if label_column not in catalog.columns:
-        raise ValueError(f"--label-column {label_column!r} is not a catalog column; columns: {list(catalog.columns)}")
+        raise StageError(f"--label-column {label_column!r} is not a catalog column; columns: {list(catalog.columns)}")
     classes, labels = np.unique(catalog[label_column].to_numpy(), return_inverse=True)
     if len(classes) < 2:
-        raise ValueError(f"--label-column {label_column!r} has {len(classes)} distinct value(s); a classification "
+        raise StageError(f"--label-column {label_column!r} has {len(classes)} distinct value(s); a classification "
                          "head needs at least two (or use --no-finetune)")
     fit, val = holdout_rows(labels, val_split, seed) if val_split else (np.arange(len(labels)), np.array([], int))
     return classes, labels, fit, val

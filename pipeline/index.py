@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,13 +13,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import cli, deltas, near_duplicates, versions
-from pipeline.annoy_tuning import TARGET_RECALL, K, choose_strategy, serving_cost, tune_search_k
-from pipeline.catalog import SOURCE_COLUMNS, item_lines, load_catalog
-from pipeline.reruns import check_shards, fingerprint, locked, remove_leftovers
-from pipeline.thumbnails import build_thumbnails
+from pipeline.catalog.table import SOURCE_COLUMNS, load_catalog
+from pipeline.common import cli
+from pipeline.common.errors import StageError, require, user_input
+from pipeline.common.locks import locked, remove_leftovers
+from pipeline.indexing import deltas, duplicate_search, versions
+from pipeline.indexing.annoy_tuning import TARGET_RECALL, K, choose_strategy, serving_cost, tune_search_k
+from pipeline.indexing.inputs import check_shards, fingerprint
+from pipeline.indexing.items import item_lines
+from pipeline.indexing.thumbnails import build_thumbnails
 from runtime import artifacts, storage
-from runtime.duplicates import check_threshold, write_groups
+from runtime.duplicate_groups import check_threshold, write_groups
 from runtime.embeddings import iter_shards
 from runtime.layout import (
     DUPLICATES_FILE,
@@ -33,6 +36,7 @@ from runtime.layout import (
     Layout,
 )
 from runtime.products import DEFAULT_SCORING, SCORINGS
+from runtime.versions import KEEP_VERSIONS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,7 +46,6 @@ log = logging.getLogger(__name__)
 METRIC = "angular"
 DEFAULT_TREES = 32  # recall follows search_k, not trees, from 25 to 100 trees (docs/index-choices.md)
 ON_DISK_ABOVE = 200_000_000  # floats; larger indexes are built in their file, not in memory
-KEEP_VERSIONS = versions.KEEP_VERSIONS
 DELTA_LIMIT = 0.02  # a larger change is a full build: added products cost every query a scan (docs/live-catalog.md)
 
 
@@ -53,7 +56,7 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
 
     When less than `delta_limit` of the products changed since the full version being served (its base, if a
     delta is served) and that version was built with the same options and model, a delta version over it is
-    written instead (`pipeline.deltas`): the removed and changed products' ids, and the new and changed ones'
+    written instead (`pipeline.indexing.deltas`): the removed and changed products' ids, and the new and changed ones'
     items, vectors and thumbnails. `full` (or a larger change) builds a full version, folding every delta in.
 
     Args:
@@ -65,7 +68,7 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         scoring: how a product's images' similarities make its score (max, mean or mix), for the service and
             evaluate.
         duplicate_threshold: near-duplicates' cosine similarity, for collapse=true; None calibrates it from the
-            index (`pipeline.near_duplicates`).
+            index (`pipeline.indexing.duplicate_search`).
         delta_limit: the largest changed share of the products written as a delta (0: always full).
         full: build a full version whatever changed.
 
@@ -74,21 +77,19 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         embeddings and options, its manifest with `unchanged: true` (no new version is written).
 
     Raises:
-        FileNotFoundError: no catalog or no embeddings.
-        ValueError: embeddings that do not match the catalog or the extractor, a bad option, or another index run
-            working in the same folder.
+        StageError: no catalog, embeddings or extractor; embeddings that do not match the catalog or the
+            extractor; a bad option; or another index run working in the same folder.
     """
     if scoring not in SCORINGS:
-        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+        raise StageError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     if duplicate_threshold is not None:
-        check_threshold(duplicate_threshold)
+        with user_input(ValueError):
+            check_threshold(duplicate_threshold)
     layout = Layout(Path(data_dir))
     keys = load_catalog(layout, columns=("sha256",))["sha256"]  # the table itself is read after the Annoy build
     catalog_stat = _stat(layout.catalog_csv)
-    if not layout.embeddings_summary.is_file():
-        raise FileNotFoundError(f"no embeddings in {layout.embeddings}; run `python -m pipeline vectorize` first")
-    extractor_config = storage.read_json(layout.extractor / EXTRACTOR_CONFIG)
-    embeddings_summary = storage.read_json(layout.embeddings_summary)
+    embeddings_summary = storage.read_json(require(layout.embeddings_summary, "embeddings", "vectorize"))
+    extractor_config = storage.read_json(require(layout.extractor / EXTRACTOR_CONFIG, "extractor", "finetune"))
     contents = check_shards(layout, keys, embeddings_summary, extractor_config["export_id"])
     del keys
     options = {"format_version": artifacts.FORMAT_VERSION, "trees": trees, "search_k": search_k,
@@ -108,20 +109,12 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
                                        extractor_config["export_id"], options, inputs, delta_limit, keep)
             if delta is not None:
                 return delta
-        version, now = versions.new_version()
-        staging = layout.index / f".tmp-{version}"
-        staging.mkdir(parents=True)
-        try:
+        with versions.staged(layout) as (version, now, staging):
             manifest = _build(layout, catalog_stat, staging, extractor_config, embeddings_summary, trees,
                               search_k, target_recall, scoring, duplicate_threshold)
             manifest.update(version=version, created_at=now.isoformat(), inputs=inputs, options=options)
             storage.write_json(staging / MANIFEST, manifest)
-            staging.rename(layout.index / version)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)  # a failed build leaves nothing behind, whatever its size
-            raise
-        versions.point_current(layout, version)
-        versions.prune(layout, keep)
+        versions.make_current(layout, version, keep)
     log.info("index %s: %d items, %d trees, search_k %d, %.1f s", version, manifest["count"], trees,
              manifest["search_k"], manifest["build_seconds"])
     return manifest
@@ -158,7 +151,7 @@ def _build(layout: Layout, catalog_stat: tuple, staging: Path, extractor_config:
     ids = _readable(_catalog_again(layout, catalog_stat, columns=("product_id",)), readable)["product_id"]
     product_of = ids.factorize(sort=False)[0]  # numbered by first appearance, as in items.jsonl
     del ids
-    first, _, near = near_duplicates.find(near_duplicates.over_images(index, vectors, product_of),
+    first, _, near = duplicate_search.find(duplicate_search.over_images(index, vectors, product_of),
                                              duplicate_threshold)
     groups = write_groups(first, staging / DUPLICATES_FILE)
     index.unload()
@@ -197,7 +190,7 @@ def _stat(path: Path) -> tuple:
 def _catalog_again(layout: Layout, catalog_stat: tuple, **columns: tuple[str, ...]) -> pd.DataFrame:
     """Read the catalog again for another part of the build, refusing one that acquire replaced meanwhile."""
     if not layout.catalog_csv.is_file() or _stat(layout.catalog_csv) != catalog_stat:
-        raise ValueError(f"{layout.catalog_csv} changed while the index was built (acquire ran); run index again")
+        raise StageError(f"{layout.catalog_csv} changed while the index was built (acquire ran); run index again")
     return load_catalog(layout, **columns)
 
 
@@ -221,7 +214,7 @@ def _add_vectors(index: Any, data_dir: Path, n: int, rows: int) -> np.ndarray:
                 at += 1
             bar.update(int(ok.sum()))
     if readable.sum() != n:  # a shard's `missing` disagrees with the summary: vectorize did not finish cleanly
-        raise ValueError(f"{Layout(Path(data_dir)).embeddings}: {int(readable.sum())} readable rows in the shards, "
+        raise StageError(f"{Layout(Path(data_dir)).embeddings}: {int(readable.sum())} readable rows in the shards, "
                          f"{n} in embeddings.json; re-run vectorize")
     if len(readable) - readable.sum():
         log.warning("index: %d catalog row(s) left out: their images could not be read (catalog/%s)",

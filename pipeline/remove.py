@@ -20,10 +20,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline import cli, deltas, versions
-from pipeline.reruns import locked, remove_leftovers
+from pipeline.common import cli
+from pipeline.common.errors import StageError, require, user_input
+from pipeline.common.locks import locked, remove_leftovers
+from pipeline.indexing import deltas
 from runtime import artifacts
+from runtime.items import find_products
 from runtime.layout import Layout
+from runtime.versions import KEEP_VERSIONS
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,7 @@ def read_ids(product_ids: Sequence[str], from_file: Path | None) -> list[str]:
 
 
 def run(data_dir: Path, product_ids: Sequence[str] = (), from_file: Path | None = None,
-        keep: int = versions.KEEP_VERSIONS) -> dict:
+        keep: int = KEEP_VERSIONS) -> dict:
     """Write a delta version of the current index without `product_ids` and make it current.
 
     Args:
@@ -53,32 +57,31 @@ def run(data_dir: Path, product_ids: Sequence[str] = (), from_file: Path | None 
         never in it, or removed before) and `seconds`.
 
     Raises:
-        FileNotFoundError: no index yet.
-        ValueError: no product id given, or none of them is served (nothing to write).
+        StageError: no index yet (or one that fails verification), no product id given, or none of them is served
+            (nothing to write); another index run holds the lock.
     """
     started = time.perf_counter()
     layout = Layout(Path(data_dir))
     wanted = read_ids(product_ids, from_file)
     if not wanted:
-        raise ValueError("no product ids to remove: give them as arguments or with --from-file")
+        raise StageError("no product ids to remove: give them as arguments or with --from-file")
     with locked(layout.index, "index"):
         remove_leftovers(layout.index, (".tmp-*", ".current-*"))
-        if not layout.current_index.exists():
-            raise FileNotFoundError(f"no index in {layout.index}; run `python -m pipeline index` first")
-        current = artifacts.resolve_index(layout.current_index)
-        manifest = artifacts.verify(current, check_hashes=False)
-        base, base_manifest = artifacts.base_of(current, manifest, check_hashes=False)
+        with user_input(artifacts.ArtifactError):  # no index yet, or one damaged: the user runs index again
+            current = artifacts.resolve_index(require(layout.current_index, "index", "index"))
+            manifest = artifacts.verify(current, check_hashes=False)
+            base, base_manifest = artifacts.base_of(current, manifest, check_hashes=False)
         before = set(artifacts.read_removed(current, manifest))
         added = deltas.read_added(current, manifest)
         added_ids = {str(item["product_id"]) for item in added.items}
-        in_base = artifacts.find_products(base, set(wanted) - added_ids - before)
+        in_base = find_products(base, set(wanted) - added_ids - before)
         removed_now = [p for p in wanted if p in added_ids or p in in_base]
         unknown = [p for p in wanted if p not in added_ids and p not in in_base]
         for product_id in unknown:
             log.warning("remove: %r is not served by version %s (%s)", product_id, manifest["version"],
                         "removed before" if product_id in before else "no such product")
         if not removed_now:
-            raise ValueError(f"none of the {len(wanted)} product id(s) is served by version {manifest['version']} "
+            raise StageError(f"none of the {len(wanted)} product id(s) is served by version {manifest['version']} "
                              f"(unknown or removed before: {', '.join(unknown[:10])}"
                              f"{' ...' if len(unknown) > 10 else ''}); nothing written")
         delta = deltas.write(layout, base, base_manifest, sorted(before | set(in_base)),
@@ -96,8 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the catalog's product ids to remove")
     parser.add_argument("--from-file", type=Path, default=None, metavar="FILE",
                         help="a text file of product ids, one per line")
-    parser.add_argument("--keep", type=int, default=versions.KEEP_VERSIONS,
-                        help=f"index versions to keep ({versions.KEEP_VERSIONS}; a kept delta's base is kept too)")
+    parser.add_argument("--keep", type=int, default=KEEP_VERSIONS,
+                        help=f"index versions to keep ({KEEP_VERSIONS}; a kept delta's base is kept too)")
 
 
 def describe(summary: dict, options: dict) -> str:

@@ -8,9 +8,10 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline import acquire, cli, duplicates, evaluate, finetune, index, vectorize
-from pipeline.encoders import DEFAULT_ENCODER
-from pipeline.sources import SOURCE_HELP, default_label
+from pipeline import acquire, duplicates, evaluate, finetune, index, vectorize
+from pipeline.catalog.sources import SOURCE_HELP, default_label
+from pipeline.common import cli
+from pipeline.encoders.backbones import DEFAULT_ENCODER
 from runtime.layout import Layout, report_grid
 from runtime.products import DEFAULT_SCORING, SCORINGS
 
@@ -30,7 +31,7 @@ def run(source: str, data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_wei
         data_dir: the data directory all stages share.
         encoder: backbone name; encoder_weights: its weights file where it takes one.
         label_column: what the head learns and what evaluation counts as a correct result (default: the
-            source's, `pipeline.sources.default_label`: `name`, the product itself, for grocery; else category).
+            source's, `pipeline.catalog.sources.default_label`: `name`, the product itself, for grocery; else category).
         eval_split: fraction of the catalog's products held out as queries.
         queries: a query source to evaluate with instead of a held-out split (grocery: its val.txt photos).
         backbone_epochs: epochs of training the backbone itself after the head (None: the encoder's default).

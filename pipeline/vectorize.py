@@ -5,18 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
-from tqdm import tqdm
-
-from pipeline import cli, shards
-from pipeline.catalog import catalog_inputs
-from pipeline.feature_cache import FeatureCache
-from pipeline.features import BATCH_SIZE
-from runtime import embeddings, storage
-from runtime.extractor import load_extractor
-from runtime.layout import EXTRACTOR_CONFIG, Layout
+from pipeline.common import cli
+from pipeline.common.errors import StageError
+from pipeline.features.compute import BATCH_SIZE
+from pipeline.vectorizing import local_engine
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +33,8 @@ def run(data_dir: Path, shard_rows: int = SHARD_ROWS, batch_size: int = BATCH_SI
             `model/extractor/`, writes `embeddings/` and `catalog/vectorize_rejects.csv`.
         shard_rows: catalog rows per shard.
         batch_size: images per backbone call.
-        engine: `local` (this process) or `spark` (one Spark task per shard; see `pipeline.spark_vectorize`).
+        engine: `local` (this process, `pipeline.vectorizing.local_engine`) or `spark` (one Spark task per shard,
+            `pipeline.vectorizing.spark_engine`).
         spark_master: the Spark master with engine spark (`local[2]`, `yarn`, `spark://host:7077`); None takes
             spark-submit's or `local[*]`.
 
@@ -47,36 +42,17 @@ def run(data_dir: Path, shard_rows: int = SHARD_ROWS, batch_size: int = BATCH_SI
         The summary written to `embeddings/embeddings.json`.
 
     Raises:
-        ValueError: an unknown engine, or an s3:// data dir with the local engine.
+        StageError: an unknown engine, an s3:// data dir with the local engine, no catalog or no extractor.
     """
     if engine == "spark":
-        from pipeline import spark_vectorize
+        from pipeline.vectorizing import spark_engine  # pyspark is imported only when Spark runs
 
-        return spark_vectorize.run(str(data_dir), shard_rows, batch_size, spark_master)
+        return spark_engine.run(str(data_dir), shard_rows, batch_size, spark_master)
     if engine != "local":
-        raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+        raise StageError(f"unknown engine {engine!r}; expected one of {ENGINES}")
     if str(data_dir).startswith("s3:"):
-        raise ValueError("an s3:// data dir needs --engine spark (the local engine reads a local folder)")
-    layout = Layout(Path(data_dir))
-    catalog, keys, paths = catalog_inputs(layout)
-    config = storage.read_json(layout.extractor / EXTRACTOR_CONFIG)
-    cache = FeatureCache(layout.features(config["encoder_fingerprint"]))
-    stamps = shards.plan(layout, keys, config["export_id"], shard_rows)
-    stale = [i for i, stamp in enumerate(stamps) if not embeddings.is_current(layout, i, stamp)]
-    layout.embeddings.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    computed = 0
-    if stale:  # the extractor (TensorFlow and the model) is loaded only when a shard needs it
-        extractor = load_extractor(layout.extractor)
-        with tqdm(total=cache.count_missing(keys), desc="vectorize", unit="img", disable=None) as bar:
-            for i in stale:
-                rows = slice(*stamps[i]["rows"])
-                vectors, stamp, done = shards.embed_shard(extractor, cache, stamps[i], keys[rows], paths[rows],
-                                                          batch_size, bar)
-                embeddings.write_shard(layout, i, vectors, stamp)
-                computed += done
-    return shards.finish(layout, catalog, config, len(stamps), shard_rows, len(stamps) - len(stale), computed,
-                         time.perf_counter() - started, "local")
+        raise StageError("an s3:// data dir needs --engine spark (the local engine reads a local folder)")
+    return local_engine.run(Path(data_dir), shard_rows, batch_size)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

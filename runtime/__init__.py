@@ -1,8 +1,15 @@
-"""The runtime layer shared by the pipeline's stages and the query service.
+"""The runtime layer shared by the pipeline's stages, the query service and the deploy command.
 
-What both sides must agree on lives here and only here: the data contract (`layout`: every folder and file
-name), image decoding and preprocessing to the model's input (`imaging`, `preprocess`), the feature extractor
-loader (`extractor`), embeddings I/O (`embeddings`), index folders (`artifacts`), exact top-k (`topk`), file
-and S3 helpers (`storage`) and TensorFlow's environment (`tfenv`). It imports neither `pipeline` nor
-`service`, and needs only what the service installs (requirements.txt).
+What they must agree on lives here and only here:
+- the data contract, every folder and file name (`layout`);
+- index versions: reading and verifying one (`artifacts`), its products (`items`), the pointer to the one served
+  and pruning old ones (`versions`), embeddings I/O (`embeddings`);
+- searching it: product search over per-image vectors (`products`), exact top-k (`topk`), near-duplicate groups
+  (`duplicate_groups`);
+- images: decoding (`imaging`), preprocessing to the model's input (`preprocess`), multi-crop views (`views`), and
+  the feature extractor that embeds them (`extractor`, `tfenv` for TensorFlow's environment);
+- I/O: files, folder swaps and S3 through one client per thread (`storage`), and fetching a URL safely (`fetch`).
+
+It imports neither `pipeline` nor `service` nor `scripts`, and needs only what the service installs
+(requirements.txt).
 """

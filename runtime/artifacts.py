@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -138,16 +137,6 @@ def read_removed(folder: Path, manifest: dict) -> list[str]:
     return removed
 
 
-def read_items(folder: Path) -> list[dict]:
-    """Return the products: entry i describes product i (product id, name, category, images, metadata)."""
-    with open(Path(folder) / ITEMS_FILE, encoding="utf-8") as fh:
-        items = [json.loads(line) for line in fh if line.strip()]
-    for i, item in enumerate(items):
-        if item["id"] != i:
-            raise ArtifactError(f"{folder}: {ITEMS_FILE} line {i + 1} has id {item['id']}, expected {i}")
-    return items
-
-
 def load_annoy(folder: Path, manifest: dict, prefault: bool = False) -> Any:
     """Memory-map the Annoy index of a verified folder."""
     from annoy import AnnoyIndex
@@ -199,38 +188,3 @@ def annoy_vectors(path: Path, count: int, dim: int, index: Any = None) -> np.nda
         raise ArtifactError(f"{path}: its items are not laid out as this code reads them (another Annoy version?); "
                             f"rebuild the index with `python -m pipeline index`")
     return nodes[:, ANNOY_NODE_HEADER:]
-
-
-_PRODUCT_ID = re.compile(rb'^\{"id": (\d+), "product_id": ("(?:[^"\\\n]|\\.)*")', re.MULTILINE)
-
-
-def find_products(folder: Path, product_ids: set[str]) -> dict[str, int]:
-    """Return {product id: product number} for those of `product_ids` that the version's items.jsonl lists.
-
-    One pass over the file's bytes that parses only the product ids (the index stage writes each line's id and
-    product_id first), so that it costs seconds at millions of products; a line written otherwise is parsed whole.
-    """
-    import mmap
-
-    wanted = {json.dumps(p, ensure_ascii=False).encode(): p for p in product_ids}
-    found: dict[str, int] = {}
-    path = Path(folder) / ITEMS_FILE
-    with open(path, "rb") as fh:
-        if not path.stat().st_size:
-            return found
-        data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            lines = int(np.count_nonzero(np.frombuffer(data, np.uint8) == ord("\n"))) + (data[-1:] != b"\n")
-            matched = 0
-            for match in _PRODUCT_ID.finditer(data):
-                matched += 1
-                if match.group(2) in wanted:
-                    found[wanted[match.group(2)]] = int(match.group(1))
-            if matched != lines:  # not the index stage's key order: the slow, sure way
-                found = {}
-                for item in (json.loads(line) for line in data[:].splitlines() if line.strip()):
-                    if str(item["product_id"]) in product_ids:
-                        found[str(item["product_id"])] = int(item["id"])
-        finally:
-            data.close()
-    return found

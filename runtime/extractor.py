@@ -1,6 +1,6 @@
 """The feature extractor (backbone + trained feature layer + L2 normalisation): one loader for every format.
 
-On disk (`model/extractor/`, copied into every index; `pipeline.export` writes it):
+On disk (`model/extractor/`, copied into every index; `pipeline.training.export` writes it):
 - `extractor.json`: format, encoder, dimensions, export id;
 - format `savedmodel` (TF-graph backbones): `model/`, one SavedModel with functions `embed` (images -> unit
   vectors), `features` (images -> backbone features) and `head` (features -> unit vectors);
@@ -10,7 +10,7 @@ On disk (`model/extractor/`, copied into every index; `pipeline.export` writes i
 Images are [B, S, S, 3] with values 0..255, as `runtime.preprocess` makes them at the config's `input_size`: 224,
 or larger where `multicrop` (a fraction of the side) says the features are pooled over multi-crop views
 (`runtime.views`); the saved functions then take 224x224 views, except a backbone file that cuts and pools the
-views itself (`views_in_backbone`, `pipeline.mediapipe_keras.views_tflite`), which takes the whole image.
+views itself (`views_in_backbone`, `pipeline.encoders.mediapipe_keras.views_tflite`), which takes the whole image.
 """
 
 from __future__ import annotations
@@ -165,14 +165,14 @@ class Extractor:
 
 def side_by_side(features: list[np.ndarray]) -> np.ndarray:
     """Several backbones' features of the same images [B, F_i], each L2-normalised, concatenated [B, sum F_i]: a
-    composite extractor's features (`pipeline.composite` trains its head on exactly these)."""
+    composite extractor's features (`pipeline.training.composite` trains its head on exactly these)."""
     out = [np.asarray(f, np.float32) for f in features]
     return np.concatenate([f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12) for f in out], axis=1)
 
 
 def numpy_head(concrete: Any, tf_head: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray], np.ndarray]:
-    """The head in numpy when it is what `pipeline.head.build_head` makes (L2 norm, dense layer, L2 norm; or the
-    raw head's L2 norm alone), checked against the saved function on random features; else `tf_head` itself.
+    """The head in numpy when it is what `pipeline.training.head.build_head` makes (L2 norm, dense layer, L2 norm;
+    or the raw head's L2 norm alone), checked against the saved function on random features; else `tf_head` itself.
 
     A TensorFlow call costs about 0.5 ms of dispatch whatever its size; this matrix product takes microseconds,
     which is most of what a query costs after a TFLite backbone.

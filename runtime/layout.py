@@ -28,7 +28,7 @@ FEATURE_PARTS = "part-*"
 THUMBS_DIR = "thumbs"  # also inside every index folder
 S3_MIRROR_DIR = "s3"
 KAGGLE_DIR = "kaggle"
-TUNED_DIR = "tuned"  # tuned/<training key>/: a head and the backbone trained with it (`pipeline.tuned_cache`)
+TUNED_DIR = "tuned"  # tuned/<training key>/: a head and the backbone trained with it (`pipeline.training.tuned_cache`)
 
 # model/: finetune
 MODEL_DIR = "model"
@@ -82,7 +82,7 @@ REPORTS_DIR = "reports"
 NEAR_DUPLICATES_CSV = "near-duplicates.csv"
 NEAR_DUPLICATES_PNG = "near-duplicates.png"
 
-# held while a stage writes: index/.lock by index, .lock at the data dir's root by acquire (`pipeline.reruns`)
+# held while a stage writes: index/.lock by index, .lock at the data dir's root by acquire (`pipeline.common.locks`)
 LOCK = ".lock"
 
 # Every path a run may write under a data dir, as glob patterns (data/README.md lists each one).
@@ -175,7 +175,7 @@ class Layout:
 
     @property
     def tuned_cache(self) -> Path:
-        """Trained backbones kept between runs, one folder per training key (`pipeline.tuned_cache`)."""
+        """Trained backbones kept between runs, one folder per training key (`pipeline.training.tuned_cache`)."""
         return self.cache / TUNED_DIR
 
     @property

@@ -8,13 +8,13 @@ is scored exactly, and a product's score is its images' maximum, mean or their m
 from __future__ import annotations
 
 import math
-from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from runtime.artifacts import ArtifactError
+from runtime.topk import top_k
 
 SCORINGS = ("max", "mean", "mix")
 DEFAULT_SCORING = "mix"  # the best scoring on grocery's shelf photos (docs/quality.md, "Several images per product")
@@ -30,15 +30,6 @@ class Hit(NamedTuple):
     product: int
     score: float
     image: int
-
-
-def flatten(image_lists: Iterable[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Return (image count per product, all image ids in product order) from each product's image ids."""
-    counts, flat = array("i"), array("i")
-    for ids in image_lists:
-        counts.append(len(ids))
-        flat.extend(ids)
-    return np.frombuffer(counts, np.int32).copy(), np.frombuffer(flat, np.int32).copy()
 
 
 def image_table(counts: np.ndarray, flat: np.ndarray, n_images: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +75,7 @@ class ProductSearch:
 
     Args:
         vectors: unit vectors, one row per image [N, dim] (a memory map is fine).
-        counts: each product's number of images; flat: their image ids, product after product (`flatten`).
+        counts: each product's number of images; flat: their image ids, product after product (`runtime.items.flatten`).
         annoy: the Annoy index over the N images (None: always exact).
         search_k: Annoy's nodes per query; n_trees: its trees (a wider query inspects n * n_trees nodes).
         exact: scan every image instead of asking Annoy (the index stage measured it faster).
@@ -207,13 +198,6 @@ def hits(products: np.ndarray, scores: np.ndarray, images: np.ndarray, k: int) -
     """The first k of ranked (product, score, best image) arrays as Hits of Python numbers."""
     return [Hit(*row) for row in zip(products[:k].tolist(), np.asarray(scores[:k], np.float64).tolist(),
                                      images[:k].tolist(), strict=True)]
-
-
-def top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None) -> np.ndarray:
-    """Positions of the k highest scores, highest first, without a full sort; ties go to the lower `tiebreak`
-    value (default: the lower position)."""
-    chosen = np.argpartition(scores, len(scores) - k)[-k:] if len(scores) > k else np.arange(len(scores))
-    return chosen[np.lexsort((chosen if tiebreak is None else tiebreak[chosen], -scores[chosen]))]
 
 
 class CombinedSearch:

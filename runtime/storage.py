@@ -1,4 +1,5 @@
-"""Small file helpers shared by the stages and the service: hashing, atomic writes, JSON, and S3 through boto3."""
+"""Small file helpers shared by the stages and the service: hashing, atomic writes and folder swaps, JSON, and S3
+through boto3 (one client per process and thread)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,17 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+# The environment a boto3 client is made from: a client is reused only while these are as they were
+S3_CLIENT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONFIG_FILE",
+                 "AWS_SHARED_CREDENTIALS_FILE")
+_clients = threading.local()
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -65,13 +73,29 @@ def make_readable(path: Path) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
+def swap_in(staging: Path, target: Path) -> None:
+    """Replace the folder `target` with the complete folder `staging`, so that no reader sees a half-written one.
+
+    The old folder is renamed aside before the new one is renamed into place, and deleted only then.
+    """
+    staging, target = Path(staging), Path(target)
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def link_or_copy(src: Path | str, dst: Path | str) -> None:
+    """Hard-link a file where the filesystem allows (the same bytes, no second copy on disk), else copy it."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def link_tree(src: Path, dst: Path) -> None:
     """Copy a folder, hard-linking files where the filesystem allows (an extractor can be hundreds of MB)."""
-    def link_or_copy(s: str, d: str) -> None:
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
     shutil.copytree(src, dst, copy_function=link_or_copy)
 
 
@@ -101,11 +125,25 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def s3_client():
-    """Return a boto3 S3 client; AWS_ENDPOINT_URL (boto3's own variable) points it at another server."""
+def s3_client() -> Any:
+    """Return this thread's boto3 S3 client, made once per process and thread (a client holds a connection pool, and
+    making one costs milliseconds: once per image in acquire, once per request in a watcher).
+
+    boto3's clients may be shared between threads, but the session that makes them may not, and a client must not
+    cross a fork; so each thread of each process makes its own, from a session of its own. A client is made again
+    when the environment it was made from changed (`S3_CLIENT_ENV`: AWS_ENDPOINT_URL, boto3's own variable, points it
+    at another server).
+    """
+    key = (os.getpid(), *(os.environ.get(name) for name in S3_CLIENT_ENV))
+    cached = getattr(_clients, "s3", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     import boto3
 
-    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    client = boto3.session.Session().client("s3", endpoint_url=endpoint)
+    _clients.s3 = (key, client)
+    return client
 
 
 def s3_exists(uri: str) -> bool:
@@ -118,15 +156,6 @@ def s3_exists(uri: str) -> bool:
         return True
     except ClientError:
         return False
-
-
-def s3_read(uri: str, max_bytes: int) -> bytes:
-    """Read one S3 object, refusing one larger than `max_bytes`."""
-    bucket, key = split_s3(uri)
-    response = s3_client().get_object(Bucket=bucket, Key=key)
-    if response["ContentLength"] > max_bytes:
-        raise ValueError(f"{uri} is larger than {max_bytes // 2**20} MiB")
-    return response["Body"].read()
 
 
 def mirror_s3(uri: str, cache_dir: Path) -> Path:

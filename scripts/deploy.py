@@ -29,8 +29,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from runtime import artifacts, storage
-from runtime.layout import MANIFEST, S3_POINTER
+from runtime import artifacts, storage, versions
+from runtime.layout import MANIFEST
 from scripts.beanstalk import (
     ENV_NAMESPACE,
     INSTANCE_POLICIES,
@@ -79,8 +79,7 @@ def upload_artifacts(folder: Path, bucket: str, prefix: str, client=None) -> dic
         base_folder, _ = artifacts.base_of(folder, manifest)
         base_result = _upload_version(base_folder, bucket, prefix, client, skip_if_published=True)
     result = _upload_version(folder, bucket, prefix, client)
-    pointer = f"{prefix.strip('/')}/{S3_POINTER}" if prefix.strip("/") else S3_POINTER
-    client.put_object(Bucket=bucket, Key=pointer, Body=manifest["version"].encode())
+    versions.write_s3_pointer(client, bucket, prefix, manifest["version"])
     return {**result, **({"base": base_result} if base_result else {}),
             "artifacts": f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")}
 
@@ -88,7 +87,7 @@ def upload_artifacts(folder: Path, bucket: str, prefix: str, client=None) -> dic
 def _upload_version(folder: Path, bucket: str, prefix: str, client, skip_if_published: bool = False) -> dict:
     """Upload one version folder's files (those whose sha256 is not already there), its manifest last."""
     manifest = artifacts.verify(folder, check_hashes=False)
-    base = f"{prefix.strip('/')}/{manifest['version']}" if prefix.strip("/") else manifest["version"]
+    base = versions.version_key(prefix, manifest["version"])
     manifest_sha = artifacts.manifest_sha256(folder)
     if skip_if_published and _published_sha(client, bucket, f"{base}/{MANIFEST}") == manifest_sha:
         return {"uploaded": 0, "skipped": len(manifest["files"]) + 1, "bytes": 0, "version": manifest["version"]}
@@ -173,7 +172,7 @@ def deploy(artifacts_dir: Path, bucket: str, application: str, environment: str,
         base = up.get("base")
         sent = f"{up['bytes']:,} bytes uploaded" + (
             f" (a delta; its base {base['version']}: {base['bytes']:,} bytes)" if base else "")
-        print(f"deploy: s3://{bucket}/{prefix.strip('/')}/{S3_POINTER} -> {up['version']}, {sent}; "
+        print(f"deploy: s3://{bucket}/{versions.pointer_key(prefix)} -> {up['version']}, {sent}; "
               "every instance loads it within RELOAD_CHECK_S (see /health)", flush=True)
         return result
     eb = clients.get("elasticbeanstalk") or boto3.client("elasticbeanstalk")

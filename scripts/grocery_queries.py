@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.grocery import SPLITS, queries_manifest
+from pipeline.catalog.grocery import SPLITS, queries_manifest
 
 
 def main(argv: list[str] | None = None) -> None:

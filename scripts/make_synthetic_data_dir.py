@@ -22,8 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.vectors import clustered
-from pipeline.catalog import read_catalog
-from pipeline.ingest import CATALOG_COLUMNS
+from pipeline.catalog.ingest import CATALOG_COLUMNS
+from pipeline.catalog.table import read_catalog
 from pipeline.vectorize import SHARD_ROWS
 from runtime import embeddings, storage
 from runtime.layout import EXTRACTOR_CONFIG, IMAGES_DIR, Layout

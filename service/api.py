@@ -32,11 +32,6 @@ def image_urls(item: dict) -> list[str]:
     return [url] + [f"{url}?n={position}" for position in range(1, len(item["images"]))]
 
 
-def image_url(item: dict, position: int = 0) -> str:
-    """The URL of one of a product's images (`image_urls`)."""
-    return image_urls(item)[position]
-
-
 def product_json(item: dict, matched: int = 0) -> dict:
     """A product as the API shows it: `image_url` is its matched (else first) image, `images` all of them."""
     urls = image_urls(item)

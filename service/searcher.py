@@ -12,12 +12,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from runtime import artifacts
-from runtime.duplicates import read_groups
+from runtime.duplicate_groups import read_groups
 from runtime.extractor import load_extractor
+from runtime.items import ItemStore
 from runtime.layout import ADDED_ITEMS, EXTRACTOR_DIR, ITEMS_FILE
 from runtime.preprocess import prepare_array
 from runtime.products import CombinedSearch, Hit, ProductSearch
-from service.items import ItemStore
 
 log = logging.getLogger(__name__)
 

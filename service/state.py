@@ -12,7 +12,6 @@ verification is refused, and kept out until the pointer moves again.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -21,8 +20,8 @@ from pathlib import Path
 
 from flask import Flask, current_app
 
-from runtime import artifacts, storage
-from runtime.layout import CURRENT, INDEX_DIR, MANIFEST, S3_POINTER
+from runtime import artifacts, storage, versions
+from runtime.layout import MANIFEST
 from service import metrics
 from service.config import encoder_threads
 from service.errors import APIError
@@ -37,31 +36,14 @@ BACKOFF_S = 0.2  # first wait between them, doubled each time
 MAX_BACKOFF_S = 300.0  # the longest wait before a version that failed to load (not to verify) is tried again
 
 
-def local_pointer(location: str) -> Path | None:
-    """The `index/current` symlink a local ARTIFACTS names (itself, or inside an index folder or a data dir); None
-    when it names a version folder, which nothing moves."""
-    path = Path(location)
-    for candidate in (path, path / CURRENT, path / INDEX_DIR / CURRENT):
-        if candidate.name == CURRENT and candidate.is_symlink():
-            return candidate
-    return None
-
-
 def pointer_of(location: str) -> str | None:
     """A token that changes when `location` names another version: CURRENT's ETag on S3, the resolved folder locally.
 
     None when there is nothing to follow (an S3 version folder without CURRENT, a local path with no index).
     """
     if location.startswith("s3://"):
-        from botocore.exceptions import ClientError
-
         bucket, prefix = storage.split_s3(location.rstrip("/"))
-        try:
-            return storage.s3_client().head_object(Bucket=bucket, Key=f"{prefix}/{S3_POINTER}")["ETag"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
+        return versions.s3_pointer_etag(storage.s3_client(), bucket, prefix)
     try:
         return str(artifacts.resolve_index(Path(location)))
     except artifacts.ArtifactError:
@@ -72,30 +54,27 @@ def move_pointer(location: str, version: str) -> None:
     """Point ARTIFACTS' pointer at another of its versions (a sibling folder, or a version under the S3 prefix).
 
     Raises:
-        ArtifactError: no such version there, or ARTIFACTS names a version folder rather than a pointer.
+        ArtifactError: not a version name, no such version there, or ARTIFACTS names a version folder rather than
+            a pointer.
     """
-    if "/" in version or version in ("", ".", "..", CURRENT):
-        raise artifacts.ArtifactError(f"{version!r} is not a version name")
+    versions.check_name(version)
     if location.startswith("s3://"):
         from botocore.exceptions import ClientError
 
         bucket, prefix = storage.split_s3(location.rstrip("/"))
         client = storage.s3_client()
         try:
-            client.head_object(Bucket=bucket, Key=f"{prefix}/{version}/{MANIFEST}")
+            client.head_object(Bucket=bucket, Key=versions.version_key(prefix, version, MANIFEST))
         except ClientError:
             raise artifacts.ArtifactError(f"no version {version} in s3://{bucket}/{prefix}") from None
-        client.put_object(Bucket=bucket, Key=f"{prefix}/{S3_POINTER}", Body=version.encode())
+        versions.write_s3_pointer(client, bucket, prefix, version)
         return
-    pointer = local_pointer(location)
+    pointer = versions.local_pointer(location)
     if pointer is None:
         raise artifacts.ArtifactError(f"ARTIFACTS {location} names a version folder, not an index/current pointer")
     if not (pointer.parent / version / MANIFEST).is_file():
         raise artifacts.ArtifactError(f"no version {version} in {pointer.parent}")
-    tmp = pointer.parent / f".current-{version}-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(version)
-    os.replace(tmp, pointer)
+    versions.point_local(pointer.parent, version)
 
 
 class SearcherHolder:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
-from runtime import artifacts, storage
-from runtime.layout import MANIFEST, S3_POINTER
+from runtime import artifacts, storage, versions
+from runtime.layout import MANIFEST
 
 log = logging.getLogger(__name__)
-KEEP_VERSIONS = 3  # cached index versions kept per S3 prefix: the one being loaded and the two before it
 SERVING_DIR = ".serving"  # in the cache: one file per serving process, the version folders it has open
 
 
@@ -24,24 +22,23 @@ def fetch_s3(uri: str, cache_dir: Path) -> Path:
     unless every file matches its manifest.
 
     Raises:
-        ArtifactError: no manifest, or a file whose size or sha256 differs from the manifest (tampering).
+        ArtifactError: no manifest, a pointer or base that names no possible version, or a file whose size or sha256
+            differs from the manifest (tampering).
+        botocore's ClientError: S3 could not be read (retried by the caller).
     """
-    from botocore.exceptions import ClientError
-
     bucket, prefix = storage.split_s3(uri.rstrip("/"))
     client = storage.s3_client()
-    try:
-        pointer = client.get_object(Bucket=bucket, Key=f"{prefix}/{S3_POINTER}")["Body"].read().decode().strip()
-        prefix = f"{prefix}/{pointer}"
-    except ClientError:
-        pass  # no pointer: the URI names a version folder itself
+    pointer = versions.read_s3_pointer(client, bucket, prefix)
+    if pointer is not None:
+        prefix = versions.version_key(prefix, pointer)  # else the URI names a version folder itself
     local, manifest = _fetch_version(client, bucket, prefix, Path(cache_dir))
     base = (manifest.get("delta") or {}).get("base")
     if base:
-        if "/" in base or base in ("", ".", ".."):
-            raise artifacts.ArtifactError(f"manifest at s3://{bucket}/{prefix} names an unsafe base {base!r}")
-        _fetch_version(client, bucket, f"{prefix.rpartition('/')[0]}/{base}".lstrip("/"), Path(cache_dir),
-                       trust_cached=True)
+        try:
+            base_prefix = versions.version_key(prefix.rpartition("/")[0], base)
+        except artifacts.ArtifactError:
+            raise artifacts.ArtifactError(f"manifest at s3://{bucket}/{prefix} names an unsafe base {base!r}") from None
+        _fetch_version(client, bucket, base_prefix, Path(cache_dir), trust_cached=True)
     prune_cache(local, keep_also=(base,) if base else (), in_use=serving(Path(cache_dir)))
     return local
 
@@ -84,10 +81,11 @@ def _fetch_version(client, bucket: str, prefix: str, cache_dir: Path, trust_cach
     return local, manifest
 
 
-def prune_cache(current: Path, keep: int = KEEP_VERSIONS, keep_also: tuple[str, ...] = (),
+def prune_cache(current: Path, keep: int = versions.KEEP_VERSIONS, keep_also: tuple[str, ...] = (),
                 in_use: set[Path] = frozenset()) -> list[Path]:
-    """Delete cached versions beside `current` but the `keep` most recently fetched (current among them), those
-    named in `keep_also` (the base a delta is served over) and those `in_use` (served by a worker: `serving`).
+    """Delete cached versions beside `current` but the `keep` most recently fetched, `current` itself, those named in
+    `keep_also` (the base a delta is served over) and those `in_use` (served by a worker: `serving`), with
+    `runtime.versions.prune`.
 
     Each catalog publish adds a version to every instance's cache; without pruning the disk fills. A few are
     kept because another worker of the instance may be loading an older one; the ones workers serve are kept
@@ -96,15 +94,9 @@ def prune_cache(current: Path, keep: int = KEEP_VERSIONS, keep_also: tuple[str, 
     Returns:
         The folders removed.
     """
-    in_use = {p.resolve() for p in in_use}
-    versions = [p for p in current.parent.iterdir() if p.is_dir() and (p / MANIFEST).is_file() and p != current
-                and p.name not in keep_also and p.resolve() not in in_use]
-    versions.sort(key=lambda p: (p / MANIFEST).stat().st_mtime, reverse=True)
-    removed = versions[max(keep - 1 - len(keep_also), 0):]
-    for folder in removed:
-        shutil.rmtree(folder, ignore_errors=True)
-        log.info("removed %s from the artifacts cache (keeping the %d newest versions)", folder, keep)
-    return removed
+    folder = current.parent.resolve()
+    served = {p.name for p in (Path(f).resolve() for f in in_use) if p.parent == folder}
+    return versions.prune(current.parent, keep, protect={current.name, *keep_also, *served}, order="fetched")
 
 
 def mark_serving(cache_dir: Path, token: str, folders: list[Path]) -> Path:

@@ -9,11 +9,17 @@ import numpy as np
 from flask import Request
 
 from runtime import imaging
+from runtime.fetch import FetchError, fetch_url
 from service.errors import TOO_LARGE, APIError, too_large_message
-from service.fetch import fetch_url
 from service.params import Box
 
 STATUS_BY_KIND = {"empty": 400, "format": 415, "corrupt": 400, "pixels": 413, "dimensions": 422}
+# how each reason an image_url gave no image is answered: a malformed or private URL is the caller's to change, the
+# rest is the remote server's
+FETCH_ERRORS = {"bad_url": (400, "bad_image_url"), "private_address": (400, "bad_image_url"),
+                "unresolved": (400, "url_unreachable"), "unreachable": (400, "url_unreachable"),
+                "timeout": (400, "url_unreachable"), "http_status": (400, "url_unreachable"),
+                "too_large": (413, TOO_LARGE)}
 HINT = "send a photo as a multipart 'image' file, or JSON {\"image_url\": ...} or {\"image_base64\": ...}"
 
 
@@ -47,7 +53,7 @@ def image_bytes(request: Request, body: dict, config: dict) -> bytes:
         except (binascii.Error, ValueError):
             raise APIError(400, "bad_image_base64", "image_base64 is not valid base64") from None
     elif body.get("image_url") is not None:
-        data = fetch_url(body["image_url"], limit, float(config["URL_TIMEOUT_S"]), bool(config["ALLOW_PRIVATE_URLS"]))
+        data = fetch_image(body["image_url"], limit, config)
     elif request.files:
         raise APIError(400, "no_image", f"the multipart form has no field named 'image' ({HINT})")
     else:
@@ -55,6 +61,16 @@ def image_bytes(request: Request, body: dict, config: dict) -> bytes:
     if len(data) > limit:
         raise APIError(413, TOO_LARGE, too_large_message(config))
     return data
+
+
+def fetch_image(url: object, limit: int, config: dict) -> bytes:
+    """Download an `image_url` within URL_TIMEOUT_S (`runtime.fetch.fetch_url`), or a 4xx APIError saying why not."""
+    try:
+        return fetch_url(url, limit, float(config["URL_TIMEOUT_S"]), bool(config["ALLOW_PRIVATE_URLS"]),
+                         name="image_url").data
+    except FetchError as exc:
+        status, code = FETCH_ERRORS[exc.reason]
+        raise APIError(status, code, str(exc)) from None
 
 
 def decode(data: bytes, config: dict) -> np.ndarray:

@@ -101,7 +101,7 @@ def own_index(demo_index: Path, tmp_path: Path) -> Path:
 def assert_uploads_find_their_products(data_dir: Path, cache: Path, positions: list[int]) -> None:
     """Upload catalog photos (those at `positions` among photos with no exact twin) to a service over the data dir's
     current index and assert each one's own product comes first, with a score of 1."""
-    from pipeline.catalog import read_catalog
+    from pipeline.catalog.table import read_catalog
     from runtime.layout import Layout
     from service import create_app
 

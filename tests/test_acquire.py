@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline import acquire, ingest
-from pipeline.catalog import read_catalog
-from pipeline.sources import SourceError, parse_source
+from pipeline import acquire
+from pipeline.catalog import ingest
+from pipeline.catalog.sources import SourceError, parse_source
+from pipeline.catalog.table import read_catalog
 from runtime.layout import Layout
 
 

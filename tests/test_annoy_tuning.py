@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from annoy import AnnoyIndex
 
-from pipeline.annoy_tuning import REFINE_STEPS, tune_search_k
+from pipeline.indexing.annoy_tuning import REFINE_STEPS, tune_search_k
 
 
 def test_search_k_is_refined_below_the_first_doubling_that_reaches_the_target() -> None:

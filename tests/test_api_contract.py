@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from runtime.versions import KEEP_VERSIONS
 from service import create_app
-from service.store import KEEP_VERSIONS, prune_cache, serving
+from service.store import prune_cache, serving
 from tests.test_service import catalog_photo, photo, upload
 
 

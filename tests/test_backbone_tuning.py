@@ -65,7 +65,7 @@ def test_the_mediapipe_backbone_is_tuned_and_served_as_tflite(built: Path, tmp_p
 
 
 def test_a_tflite_file_of_another_model_cannot_be_tuned(built: Path, tmp_path: Path) -> None:
-    from pipeline.encoders import Encoder, can_train
+    from pipeline.encoders.backbones import Encoder, can_train
 
     weights = shared_path("models", "mobilenet_v3_small_075_224_embedder.tflite")
     assert not can_train(Encoder("some-tflite", "x", 8, tflite_path=weights))

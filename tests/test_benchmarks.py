@@ -3,6 +3,8 @@ serving memory in a fresh process, dataset difficulty, and the serving footprint
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -260,3 +262,29 @@ def test_delta_benchmarks_measure_and_leave_the_data_dir_as_it_was(own_index, ca
     assert sorted(p.name for p in (own_index / "index").iterdir() if p.is_dir() and not p.is_symlink()) == \
         [current.name]
     assert (own_index / "catalog" / "catalog.csv").read_bytes() == catalog
+
+
+def test_items_reading_times_every_reader_in_a_fresh_process(capsys) -> None:
+    from benchmarks import items_reading
+
+    items_reading.main(["--products", "500,1500"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith(("500", "1,500"))]
+    assert sorted((row[0], row[2]) for row in rows) == sorted(
+        (n, reader) for n in ("500", "1,500") for reader in items_reading.READERS)
+    assert all(float(row[-2]) >= 0 and float(row[-1]) > 20 for row in rows)  # seconds, and a Python process
+
+
+def test_vectorize_views_runs_both_ways_of_cutting_views_in_turns(sample_catalog, tmp_path, capsys) -> None:
+    from benchmarks import vectorize_views
+    from tests.conftest import shared_path
+
+    weights = shared_path("models", "mobilenet_v3_small_075_224_embedder.tflite")
+    vectorize_views.main(["--source", f"fashion:{sample_catalog}", "--weights", str(weights), "--rounds", "1",
+                          "--work-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    for mode in vectorize_views.MODES:
+        line = next(line for line in out.splitlines() if line.startswith(mode))
+        assert float(line.split()[-1]) > 0
+    configs = [json.loads((tmp_path / d / "model" / "extractor" / "extractor.json").read_text())
+               for d in ("cut", "inside")]
+    assert [c["views_in_backbone"] for c in configs] == [False, True] and {c["multicrop"] for c in configs} == {0.5}

@@ -9,12 +9,15 @@ import json
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
-from pipeline import STAGES, cli
+from pipeline import STAGES
 from pipeline.__main__ import build_parser
+from pipeline.catalog.records import SourceError
+from pipeline.common import cli
 from tests.helpers import ROOT
 
 COMMANDS = (*STAGES, "run")
@@ -59,6 +62,11 @@ def test_run_end_to_end_from_the_command_line(sample_catalog: Path, tiny_hub_mod
     (["finetune", "--data-dir", "{tmp}"], "error: no catalog at"),
     (["index", "--data-dir", "{tmp}"], "error: no catalog at|error: no embeddings"),
     (["evaluate", "--data-dir", "{tmp}", "--queries", "folders:{tmp}"], "error: no index at"),
+    (["vectorize", "--data-dir", "{tmp}"], "error: no catalog at"),
+    (["vectorize", "--data-dir", "s3://bucket/data"], "error: an s3:// data dir needs --engine spark"),
+    (["duplicates", "--data-dir", "{tmp}"], "error: no index at"),
+    (["remove", "--data-dir", "{tmp}", "SKU-1"], "error: no index at"),
+    (["acquire", "--source", "nonsense:{tmp}/x", "--data-dir", "{tmp}"], "error: unknown source"),
     (["vectorize"], "the following arguments are required: --data-dir"),
 ])
 def test_user_mistakes_get_one_line_errors(args: list[str], message: str, tmp_path: Path) -> None:
@@ -125,3 +133,25 @@ def test_options_reach_run_by_keyword(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert seen["seed"] == 7 and seen["dim"] == 64 and seen["encoder"] == "autoencoder"
     assert seen["data_dir"] == tmp_path and "verbose" not in seen
     assert "finetune: e on 1 products" in capsys.readouterr().out
+
+
+def test_only_a_stage_error_is_one_line_and_a_bug_keeps_its_traceback(capsys: pytest.CaptureFixture) -> None:
+    """What the user must fix is `StageError`; a ValueError from a bug must not pass for bad input."""
+    stage = types.ModuleType("pipeline.fake")
+    stage.describe = lambda summary, options: "done"
+
+    def user_mistake(**options: object) -> dict:
+        raise SourceError("csv manifest not found: /x.csv")  # a StageError
+
+    stage.run = user_mistake
+    with pytest.raises(SystemExit) as stopped:
+        cli.invoke(stage, {})
+    assert stopped.value.code == "error: csv manifest not found: /x.csv"
+
+    def bug(**options: object) -> dict:
+        return {"n": int("not a number")}
+
+    stage.run = bug
+    with pytest.raises(ValueError, match="invalid literal"):
+        cli.invoke(stage, {})
+    assert "done" not in capsys.readouterr().out

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import composite, finetune, index, vectorize
-from pipeline.catalog import read_catalog
-from pipeline.encoders import with_multicrop
+from pipeline import finetune, index, vectorize
+from pipeline.catalog.table import read_catalog
+from pipeline.common.errors import StageError
+from pipeline.encoders.backbones import with_multicrop
+from pipeline.training import composite
 from runtime.embeddings import load_embeddings
 from runtime.extractor import load_extractor, tflite_runner
 from runtime.layout import TUNED_PARTS_DIR, Layout
@@ -74,5 +76,5 @@ def test_multicrop_views_pool_the_concatenated_features(tiny_hub_model: Path) ->
 
 @pytest.mark.parametrize("weights", ["a.tflite", "a.tflite+b.h5+c.h5"])
 def test_one_weights_file_per_backbone(weights: str) -> None:
-    with pytest.raises(ValueError, match="one per backbone"):
+    with pytest.raises(StageError, match="one per backbone"):
         composite.load_parts("mediapipe-embedder+mobilenet-v1-0.25", weights)

@@ -60,7 +60,7 @@ def test_a_new_cluster_installs_the_project_and_runs_the_vectorize_step(clients)
     # What the bootstrap installs is the project: its archive holds the pipeline, not the service or tests.
     bucket, key = result["code"]["archive"][5:].split("/", 1)
     names = zipfile.ZipFile(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())).namelist()
-    assert "pipeline/spark_vectorize.py" in names and "runtime/extractor.py" in names and "pyproject.toml" in names
+    assert {"pipeline/vectorizing/spark_engine.py", "runtime/extractor.py", "pyproject.toml"} <= set(names)
     assert not any(n.startswith(("service/", "tests/")) for n in names)
     script = s3.get_object(Bucket=bucket, Key=result["code"]["bootstrap"].split("/", 3)[3])["Body"].read().decode()
     assert "python3.11" in script and '.[pipeline]' in script

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline import acquire, finetune, index, vectorize
-from pipeline.catalog import read_catalog
+from pipeline.catalog.table import read_catalog
 from runtime import tfenv
 from runtime.embeddings import load_embeddings
 from runtime.extractor import load_extractor
@@ -36,7 +36,7 @@ def _fresh(acquired: Path, tmp_path: Path) -> Path:
 
 
 def test_autoencoder_trains_on_the_catalog_and_serves_as_encoder(acquired: Path, tmp_path: Path) -> None:
-    from pipeline.encoders import load_encoder
+    from pipeline.encoders.backbones import load_encoder
 
     data = _fresh(acquired, tmp_path)
     summary = finetune.run(data, encoder="autoencoder", dim=32, ae_epochs=2, epochs=5)

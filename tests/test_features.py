@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from pipeline import index, vectorize
-from pipeline.catalog import read_catalog
-from pipeline.feature_cache import FeatureCache
-from pipeline.feature_stream import training_dataset
+from pipeline.catalog.table import read_catalog
+from pipeline.features.cache import FeatureCache
+from pipeline.training.batches import training_dataset
 from runtime.layout import Layout
 
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from pipeline import acquire
-from pipeline.grocery import queries_manifest, read_grocery
-from pipeline.records import SourceError
+from pipeline.catalog.grocery import queries_manifest, read_grocery
+from pipeline.catalog.records import SourceError
 from runtime.layout import Layout
 from tests.conftest import shared_path
 

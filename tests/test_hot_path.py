@@ -14,8 +14,9 @@ from werkzeug.test import EnvironBuilder
 
 from runtime import tfenv
 from runtime.extractor import numpy_head
-from runtime.products import ProductSearch, aggregate, top_k
-from service.api import IMAGE_PATH_SAFE, image_url, image_urls
+from runtime.products import ProductSearch, aggregate
+from runtime.topk import exact_top_k, top_k
+from service.api import IMAGE_PATH_SAFE, image_urls
 from service.forms import parse_multipart
 from tests.helpers import multipart
 
@@ -75,9 +76,9 @@ def test_multipart_limits_are_werkzeugs() -> None:
 
 
 def _saved_head(tmp_path, layers) -> object:
-    """A head SavedModel as pipeline.export writes one (a `head` tf.function), loaded back."""
+    """A head SavedModel as pipeline.training.export writes one (a `head` tf.function), loaded back."""
     tf, keras = tfenv.tensorflow(), tfenv.keras()
-    from pipeline.head import l2_normalize
+    from pipeline.training.head import l2_normalize
 
     inputs = keras.Input((12,))
     x = keras.layers.Lambda(l2_normalize)(inputs)
@@ -112,9 +113,8 @@ def test_image_links_are_what_url_for_makes(product_id: str) -> None:
     app.add_url_rule("/images/<path:product_id>", "web.product_image", lambda product_id: "")
     item = {"product_id": product_id, "images": [{"thumbnail": "t0"}, {"thumbnail": "t1"}]}
     with app.test_request_context("/", base_url="http://shop.example/search-app/"):
-        assert image_url(item) == url_for("web.product_image", product_id=product_id)
-        assert image_url(item, 1) == url_for("web.product_image", product_id=product_id, n=1)
-        assert image_urls(item) == [image_url(item), image_url(item, 1)]
+        assert image_urls(item) == [url_for("web.product_image", product_id=product_id),
+                                    url_for("web.product_image", product_id=product_id, n=1)]
     app.config["IMAGE_BASE_URL"] = "https://cdn.example/shop/"
     with app.test_request_context("/"):
         assert image_urls(item) == ["https://cdn.example/shop/t0", "https://cdn.example/shop/t1"]
@@ -137,6 +137,28 @@ def test_one_image_per_product_ranks_as_the_general_path_does() -> None:
         assert np.allclose([h.score for h in hits], values[:10])
     assert top_k(np.array([0.1, 0.5, 0.5, 0.9], np.float32), 3).tolist() == [3, 1, 2]
     assert top_k(np.array([0.2], np.float32), 5).tolist() == [0]
+
+
+def test_one_top_k_for_a_row_and_for_a_block_of_queries() -> None:
+    """The service's `top_k` and the index stage's `exact_top_k` rank alike: highest first, ties by tiebreak, then
+    by position, whatever the partition picked."""
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.normal(size=(4, 300)), 1)  # many ties
+    tiebreak = rng.integers(0, 3, size=(4, 300))
+    for row in range(4):
+        k = int((scores[row] > 1.0).sum())  # a cut between two different scores: which ties make it is not in doubt
+        order = np.lexsort((np.arange(300), tiebreak[row], -scores[row]))[:k]
+        assert top_k(scores[row], k, tiebreak[row]).tolist() == order.tolist()
+        assert top_k(scores, k, tiebreak)[row, :k].tolist() == order.tolist()
+        assert top_k(scores, k)[row].tolist() == np.lexsort((np.arange(300), -scores[row]))[:k].tolist()
+        assert len(set(scores[row, order])) < k  # ties there are
+    vectors = rng.normal(size=(200, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    found = exact_top_k(vectors, vectors[:5], 4, exclude=np.array([0, -1, 2, -1, 4]))
+    sims = vectors[:5] @ vectors.T
+    sims[[0, 2, 4], [0, 2, 4]] = -np.inf
+    assert found.tolist() == np.argsort(-sims, axis=1, kind="stable")[:, :4].tolist()
+    assert found[1, 0] == 1 and found[3, 0] == 3  # not excluded: itself first
 
 
 @pytest.mark.parametrize("scoring", ["max", "mean", "mix"])

@@ -12,6 +12,7 @@ import boto3
 import pytest
 
 from pipeline import index
+from runtime import versions
 from scripts import deploy
 from tests.helpers import Load, free_port, multipart, start_gunicorn, stop
 
@@ -38,7 +39,7 @@ def tampered_upload(folder: Path, client) -> str:
             body = body.replace(b"Northwind", b"Southwind")
         client.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{folder.name}/{path.relative_to(folder).as_posix()}",
                           Body=body)
-    client.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{deploy.S3_POINTER}", Body=folder.name.encode())
+    versions.write_s3_pointer(client, BUCKET, PREFIX, folder.name)
     return folder.name
 
 
@@ -114,10 +115,11 @@ def search_ids(base: str, body: bytes, content_type: str) -> list[str]:
 
 def test_a_published_delta_reaches_every_instance_under_load(two_instances, own_index: Path) -> None:
     from pipeline import remove
-    from runtime import artifacts
+    from runtime.items import read_items
+    from runtime.layout import ITEMS_FILE
 
     bases, _first = two_instances
-    items = artifacts.read_items(own_index / "index" / "current")
+    items = read_items(own_index / "index" / "current" / ITEMS_FILE)
     gone = items[12]
     image = own_index / "catalog" / gone["image"]
     body, content_type = multipart("image", image.name, image.read_bytes())

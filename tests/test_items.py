@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from runtime.artifacts import ArtifactError
-from service.items import ItemStore
+from runtime.items import ItemStore
 
 
 def write(path: Path, items: list[dict], blank_lines: bool = False) -> Path:
@@ -65,16 +65,16 @@ def test_a_large_store_keeps_a_few_bytes_per_product(tmp_path: Path) -> None:
 def test_item_lines_are_the_same_whatever_the_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     import pandas as pd
 
-    from pipeline import catalog as catalog_module
+    from pipeline.indexing import items as items_module
 
     rng = np.random.default_rng(0)
     products = [f"P{p:03d}" for p in rng.integers(0, 40, 120)]  # images of a product scattered over the rows
     table = pd.DataFrame({"product_id": products, "name": [f"name {p}" for p in products],
                           "category": ["c"] * 120, "image": [f"images/{i}.jpg" for i in range(120)],
                           "sha256": [f"{i:064x}" for i in range(120)], "colour": ["", "Blue", "Red"] * 40})
-    whole = [json.loads(line) for line in catalog_module.item_lines(table)]
-    monkeypatch.setattr(catalog_module, "ITEM_CHUNK", 7)
-    assert [json.loads(line) for line in catalog_module.item_lines(table)] == whole
+    whole = [json.loads(line) for line in items_module.item_lines(table)]
+    monkeypatch.setattr(items_module, "ITEM_CHUNK", 7)
+    assert [json.loads(line) for line in items_module.item_lines(table)] == whole
     assert [item["product_id"] for item in whole] == list(dict.fromkeys(products))
     assert sorted(image["id"] for item in whole for image in item["images"]) == list(range(120))
     for item in whole:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import mediapipe_keras
+from pipeline.common.errors import StageError
+from pipeline.encoders import mediapipe_keras
 from runtime import tfenv, views
 from runtime.extractor import tflite_runner
 from tests.conftest import shared_path
@@ -68,7 +69,7 @@ def test_another_tflite_file_is_refused(tmp_path: Path) -> None:
     small = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3)(inputs)))
     path = tmp_path / "other.tflite"
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(small).convert())
-    with pytest.raises(ValueError, match="is not the MediaPipe MobileNetV3-small"):
+    with pytest.raises(StageError, match="is not the MediaPipe MobileNetV3-small"):
         mediapipe_keras.build(path)
 
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from pipeline import acquire, finetune, index, vectorize
-from pipeline.catalog import read_catalog
-from pipeline.encoders import load_encoder, with_multicrop
-from pipeline.sources import default_multicrop
+from pipeline.catalog.sources import default_multicrop
+from pipeline.catalog.table import read_catalog
+from pipeline.common.errors import StageError
+from pipeline.encoders.backbones import load_encoder, with_multicrop
 from runtime import views
 from runtime.embeddings import load_embeddings
 from runtime.extractor import load_extractor
@@ -48,7 +49,7 @@ def test_pooling_averages_unit_vectors_per_image() -> None:
 
 @pytest.mark.parametrize("fraction", [-0.5, 1.0, 1.5])
 def test_a_fraction_outside_zero_to_one_is_refused(fraction: float, tiny_hub_model: Path) -> None:
-    with pytest.raises(ValueError, match="between 0 and 1"):
+    with pytest.raises(StageError, match="between 0 and 1"):
         with_multicrop(load_encoder(f"hub:{tiny_hub_model}"), fraction)
 
 

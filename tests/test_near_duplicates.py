@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from annoy import AnnoyIndex
 
-from pipeline import index, near_duplicates
-from pipeline.near_duplicates import Neighbours, calibrate, find
-from runtime.duplicates import find_groups, group_count, group_pairs, product_vectors
+from pipeline import index
+from pipeline.indexing import duplicate_search
+from pipeline.indexing.duplicate_search import Neighbours, calibrate, find
+from runtime.duplicate_groups import find_groups, group_count, group_pairs, product_vectors
 from service import create_app
 
 
@@ -59,7 +60,7 @@ def test_annoy_candidates_reproduce_every_pair_groups(threshold: float) -> None:
 
 
 def test_a_product_with_more_near_neighbours_than_asked_widens_its_query(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(near_duplicates, "NEIGHBOURS", 4)
+    monkeypatch.setattr(duplicate_search, "NEIGHBOURS", 4)
     vectors = with_copies(500, 16, 100, 0.05, seed=2)  # 25 copies of one product: far more than 4 neighbours
     annoy = annoy_over(vectors)
     neighbours = Neighbours(annoy, vectors, workers=1)
@@ -97,7 +98,7 @@ def test_calibration_follows_the_catalogs_own_scale() -> None:
         thresholds[name] = info["threshold"]
         calibration = info["calibration"]
         assert calibration["sample"] == len(vectors) and calibration["raised"] == []
-        expected, _ = calibrate(near_duplicates.Neighbours(annoy_over(vectors), vectors).nearest_other(
+        expected, _ = calibrate(duplicate_search.Neighbours(annoy_over(vectors), vectors).nearest_other(
             np.arange(len(vectors))))
         assert info["threshold"] == expected
         # the planted copies are what is grouped, whatever the cone
@@ -108,10 +109,10 @@ def test_calibration_follows_the_catalogs_own_scale() -> None:
 def test_no_group_swallows_a_large_share_of_the_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
     vectors = with_copies(2000, 16, 10, 0.1, seed=5)
     vectors[:300] = unit(vectors[0] + 0.05 * np.random.default_rng(5).normal(size=(300, 16)) / 4)  # one tight clump
-    monkeypatch.setattr(near_duplicates, "calibrate", lambda nearest: (0.9, {"rule": "too low on purpose"}))
+    monkeypatch.setattr(duplicate_search, "calibrate", lambda nearest: (0.9, {"rule": "too low on purpose"}))
     first, _, info = find(Neighbours(annoy_over(vectors), vectors, workers=2))
     assert info["calibration"]["raised"][0] == {"threshold": 0.9, "largest_group": 300}
-    assert info["largest_group"] <= near_duplicates.group_cap(2000) and info["threshold"] > 0.9
+    assert info["largest_group"] <= duplicate_search.group_cap(2000) and info["threshold"] > 0.9
     assert np.bincount(first).max() == info["largest_group"]
 
 
@@ -119,7 +120,7 @@ def test_the_index_records_its_calibrated_threshold_and_collapse_answers_k(own_i
     manifest = index.run(own_index, trees=4)
     near = manifest["near_duplicates"]
     assert manifest["duplicate_threshold"] == near["threshold"] and "rule" in near["calibration"]
-    assert near["largest_group"] <= near_duplicates.group_cap(manifest["products"])
+    assert near["largest_group"] <= duplicate_search.group_cap(manifest["products"])
     app = create_app({"ARTIFACTS": str(own_index / "index" / "current"), "ARTIFACTS_CACHE": str(tmp_path / "c"),
                       "RELOAD_CHECK_S": 0})
     client = app.test_client()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from service import create_app, params
+from service.uploads import FETCH_ERRORS
 from tests.conftest import gunicorn_over
 from tests.helpers import ROOT
 from tests.test_service_live import CHROMIUM, CHROMIUM_FLAGS
@@ -73,6 +74,7 @@ def _raised_codes() -> set[str]:
                     codes.add(code.value)
                 elif isinstance(code, ast.JoinedStr):  # f"bad_{name}" of parse_flag
                     codes.add("bad_collapse")
+    codes |= {code for _, code in FETCH_ERRORS.values()}  # an image_url fetch's, by the reason it failed
     return codes | {"too_large", "load_failed", "internal_error", "image_empty", "image_format", "image_corrupt",
                     "image_pixels", "image_dimensions"}  # constants, /health's, the 500 handler, imaging's kinds
 

@@ -12,12 +12,13 @@ import pytest
 from PIL import Image, ImageOps
 
 from pipeline import acquire, evaluate, finetune, index, vectorize
-from pipeline.ingest import merge_products
-from pipeline.records import Record
+from pipeline.catalog.ingest import merge_products
+from pipeline.catalog.records import Record
 from runtime import artifacts
 from runtime import products as products_module
+from runtime.items import flatten
 from runtime.layout import Layout
-from runtime.products import ProductSearch, aggregate, flatten, image_table
+from runtime.products import ProductSearch, aggregate, image_table
 from service import create_app
 from tests.helpers import free_port, start_gunicorn, stop
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import evaluate, finetune, index, run, vectorize
-from pipeline.grocery import queries_manifest
+from pipeline.catalog.grocery import queries_manifest
 from runtime.layout import Layout
 from tests.conftest import shared_path
 

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import index, remove, versions
-from runtime import artifacts
+from pipeline import index, remove
+from pipeline.common.errors import StageError
+from runtime import artifacts, versions
 from runtime import products as products_module
+from runtime.items import find_products, read_items
 from runtime.layout import ITEMS_FILE, MANIFEST, REMOVED_FILE, Layout
 from runtime.products import ProductSearch
 from service import create_app
@@ -24,7 +26,7 @@ from tests.helpers import ROOT
 
 
 def served_ids(folder: Path) -> list[str]:
-    return [item["product_id"] for item in artifacts.read_items(folder)]
+    return [item["product_id"] for item in read_items(folder / ITEMS_FILE)]
 
 
 def test_remove_writes_a_delta_over_the_full_version_and_reports_unknown_ids(own_index: Path) -> None:
@@ -45,9 +47,9 @@ def test_remove_writes_a_delta_over_the_full_version_and_reports_unknown_ids(own
     again = remove.run(own_index, [ids[5], ids[8]])  # a new delta over the same base, holding every removal
     assert again["removed_now"] == [ids[8]] and again["unknown"] == [ids[5]]
     assert again["delta"]["base"] == base.name and again["delta"]["removed"] == 3
-    with pytest.raises(ValueError, match="none of the 2 product id"):
+    with pytest.raises(StageError, match="none of the 2 product id"):
         remove.run(own_index, [ids[3], "nope"])
-    with pytest.raises(ValueError, match="no product ids"):
+    with pytest.raises(StageError, match="no product ids"):
         remove.run(own_index, [])
 
 
@@ -71,7 +73,7 @@ def test_a_delta_whose_base_was_altered_or_is_missing_is_refused(own_index: Path
 def test_a_removed_product_never_comes_back(own_index: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             annoy: bool) -> None:
     layout = Layout(own_index)
-    items = artifacts.read_items(layout.current_index.resolve())
+    items = read_items(layout.current_index.resolve() / ITEMS_FILE)
     gone = [items[i] for i in (0, 1, 2, 10, 11)]
     remove.run(own_index, [item["product_id"] for item in gone])
     gone_ids = {item["product_id"] for item in gone}
@@ -137,17 +139,17 @@ def test_pruning_keeps_the_base_of_a_kept_delta(own_index: Path) -> None:
     full = index.run(own_index, trees=5, keep=1)  # a full build folds the removals in (from the catalog)
     assert "delta" not in full and full["products"] == len(ids)
     assert [p.name for p in layout.index.iterdir() if p.is_dir() and not p.is_symlink()] == [full["version"]]
-    assert versions.prune(layout, keep=1) == []
+    assert versions.prune(layout.index, keep=1, protect={full["version"]}) == []
 
 
 def test_find_products_reads_ids_fast_and_falls_back_on_other_layouts(tmp_path: Path) -> None:
     lines = [{"id": i, "product_id": pid, "name": "n"} for i, pid in enumerate(["a", 'q"uote', "ünï", "7"])]
     (tmp_path / ITEMS_FILE).write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
     wanted = {"a", 'q"uote', "ünï", "7", "missing"}
-    assert artifacts.find_products(tmp_path, wanted) == {"a": 0, 'q"uote': 1, "ünï": 2, "7": 3}
+    assert find_products(tmp_path, wanted) == {"a": 0, 'q"uote': 1, "ünï": 2, "7": 3}
     other = [{"product_id": line["product_id"], "id": line["id"]} for line in lines]  # keys in another order
     (tmp_path / ITEMS_FILE).write_text("\n".join(json.dumps(line) for line in other) + "\n\n")
-    assert artifacts.find_products(tmp_path, wanted) == {"a": 0, 'q"uote': 1, "ünï": 2, "7": 3}
+    assert find_products(tmp_path, wanted) == {"a": 0, 'q"uote': 1, "ünï": 2, "7": 3}
 
 
 @pytest.mark.parametrize("images_each", [1, 3])

@@ -12,7 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import acquire, index, reruns
+from pipeline import acquire, index
+from pipeline.common import locks
+from pipeline.common.errors import StageError
 from runtime import storage
 from runtime.layout import Layout
 
@@ -59,11 +61,11 @@ def test_shards_made_from_other_images_are_refused(data: Path) -> None:
     # acquire run again on a catalog of as many rows, one of them now another photo: the old vectors must not serve
     catalog.loc[3, ["image", "sha256"]] = catalog.loc[7, ["image", "sha256"]].tolist()
     catalog.to_csv(layout.catalog_csv, index=False)
-    with pytest.raises(ValueError, match=r"part-00000.npy was not made from catalog rows 0\.\.15 .*re-run vectorize"):
+    with pytest.raises(StageError, match=r"part-00000.npy was not made from catalog rows 0\.\.15 .*re-run vectorize"):
         index.run(data, trees=4)
     summary = storage.read_json(layout.embeddings_summary)
     storage.write_json(layout.embeddings_summary, {**summary, "export_id": "another"})
-    with pytest.raises(ValueError, match="another extractor"):
+    with pytest.raises(StageError, match="another extractor"):
         index.run(data, trees=4)
 
 
@@ -88,7 +90,7 @@ def test_a_catalog_replaced_during_the_build_is_refused(data: Path, monkeypatch:
     # the stage reads the catalog's columns at three points (keys, products, then the table after Annoy)
     current = (data / "index" / "current").resolve().name
     layout = Layout(data)
-    find = index.near_duplicates.find
+    find = index.duplicate_search.find
 
     def acquire_meanwhile(*args, **kwargs):
         fresh = layout.catalog_csv.with_name("fresh.csv")
@@ -96,15 +98,15 @@ def test_a_catalog_replaced_during_the_build_is_refused(data: Path, monkeypatch:
         fresh.replace(layout.catalog_csv)  # as acquire swaps its catalog in
         return find(*args, **kwargs)
 
-    monkeypatch.setattr(index.near_duplicates, "find", acquire_meanwhile)
-    with pytest.raises(ValueError, match="changed while the index was built"):
+    monkeypatch.setattr(index.duplicate_search, "find", acquire_meanwhile)
+    with pytest.raises(StageError, match="changed while the index was built"):
         index.run(data, trees=4)
     assert list((data / "index").glob(".tmp-*")) == []
     assert (data / "index" / "current").resolve().name == current
 
 
 def test_one_run_per_folder_at_a_time(data: Path, tmp_path: Path) -> None:
-    with reruns.locked(data / "index", "index"), pytest.raises(ValueError, match="another index run is working in"):
+    with locks.locked(data / "index", "index"), pytest.raises(StageError, match="another index run is working in"):
         index.run(data, trees=4)
     assert "unchanged" not in index.run(data, trees=4)  # released: the next run goes ahead
 
@@ -136,7 +138,7 @@ def test_s3_mirror_follows_etags_and_deletions(s3_server, tmp_path: Path) -> Non
 
 def test_acquire_decodes_only_new_and_changed_images(sample_catalog: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import ingest as ingest_module
+    from pipeline.catalog import ingest as ingest_module
     from runtime import imaging
 
     source = tmp_path / "source"
@@ -285,7 +287,7 @@ def test_finetune_trains_nothing_on_the_same_images_and_labels(trained, tiny_hub
     kept = finetune.run(data, encoder=f"hub:{tiny_hub_model}", dim=16, epochs=5)
     assert kept["reused"] is True and kept["new_images"] == 2 and kept["new_classes"] == 0
     assert storage.read_json(Layout(data).extractor / "extractor.json")["export_id"] == export_id
-    with pytest.raises(ValueError, match="other options"):
+    with pytest.raises(StageError, match="other options"):
         finetune.run(data, encoder=f"hub:{tiny_hub_model}", dim=24, epochs=5, retrain="never")
 
 

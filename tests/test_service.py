@@ -351,7 +351,8 @@ class _static_server:  # noqa: N801 - used as a context manager
 def test_the_artifacts_cache_keeps_the_newest_versions(tmp_path: Path) -> None:
     import os
 
-    from service.store import KEEP_VERSIONS, prune_cache
+    from runtime.versions import KEEP_VERSIONS
+    from service.store import prune_cache
 
     prefix = tmp_path / "bucket" / "prod"
     for age, name in enumerate(["v5", "v4", "v3", "v2", "v1"]):

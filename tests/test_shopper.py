@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from pipeline import duplicates, index
-from runtime.duplicates import find_groups, product_vectors
+from pipeline.common.errors import StageError
+from runtime.duplicate_groups import find_groups, product_vectors
 from service import create_app
 
 
@@ -188,7 +189,7 @@ def test_duplicates_stage_writes_the_report_and_contact_sheet(own_index: Path) -
     assert strict["groups"] <= summary["groups"]
     loose = duplicates.run(own_index, threshold=0.5)
     assert loose["products_in_groups"] > summary["products_in_groups"]
-    with pytest.raises(ValueError, match="threshold"):
+    with pytest.raises(StageError, match="threshold"):
         duplicates.run(own_index, threshold=0)
     cli = subprocess.run([sys.executable, "-m", "pipeline", "duplicates", "--data-dir", str(own_index),
                           "--threshold", "0.99"], capture_output=True, text=True, timeout=120)

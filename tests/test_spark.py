@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import shards, spark_vectorize, vectorize
+from pipeline import vectorize
+from pipeline.common.errors import StageError
+from pipeline.vectorizing import shards, spark_engine
 from runtime.layout import Layout
 
 MASTER = "local[2]"
@@ -80,23 +82,23 @@ def test_spark_local2_equals_the_local_engine_from_an_empty_cache(built: Path, t
 def test_a_task_run_twice_writes_the_same_shard_and_cache_part(built: Path, tmp_path: Path) -> None:
     data = fresh(built, tmp_path / "data")
     layout = Layout(data)
-    from pipeline.catalog import catalog_inputs
+    from pipeline.catalog.table import catalog_inputs
 
     catalog, keys, _ = catalog_inputs(layout)
     export_id = json.loads((layout.extractor / "extractor.json").read_text())["export_id"]
     stamp = shards.plan(layout, keys, export_id, 16)[1]
     task = {"root": str(data), "shard": 1, "stamp": stamp, "keys": keys[16:32],
             "images": catalog["image"].tolist()[16:32], "batch_size": 8, "threads": 1}
-    first = spark_vectorize.embed_task(task)
+    first = spark_engine.embed_task(task)
     written = {p: p.read_bytes() for p in sorted(data.rglob("part-*"))}
     for keys_file in (data / "cache").rglob("part-*.keys"):
         keys_file.unlink()  # the second attempt cannot see the first's cache part: it computes and writes it again
-    spark_vectorize._WORKER.clear()  # and runs in another worker, with its own cache handle
-    second = spark_vectorize.embed_task(task)
+    spark_engine._WORKER.clear()  # and runs in another worker, with its own cache handle
+    second = spark_engine.embed_task(task)
     assert first["computed"] == second["computed"] == len(set(task["keys"])) > 0
     assert {p: p.read_bytes() for p in sorted(data.rglob("part-*"))} == written  # same files, same bytes
     assert not list(data.rglob(".part-*"))  # no temporary left behind
-    spark_vectorize._WORKER.clear()
+    spark_engine._WORKER.clear()
 
 
 def test_a_killed_spark_job_resumes_at_the_first_unfinished_shard(built: Path, tmp_path: Path) -> None:
@@ -154,15 +156,15 @@ def test_spark_on_an_s3_data_dir(built: Path, tmp_path: Path, s3_server: str) ->
 
 
 def test_the_local_engine_refuses_an_s3_data_dir_and_unknown_engines_are_named() -> None:
-    with pytest.raises(ValueError, match="needs --engine spark"):
+    with pytest.raises(StageError, match="needs --engine spark"):
         vectorize.run("s3://shop/catalogs/spring")
-    with pytest.raises(ValueError, match=r"unknown engine 'dask'.*local.*spark"):
+    with pytest.raises(StageError, match=r"unknown engine 'dask'.*local.*spark"):
         vectorize.run("data", engine="dask")
 
 
 def test_a_worker_refuses_an_extractor_other_than_the_one_the_job_was_planned_with(built: Path, tmp_path: Path
                                                                                    ) -> None:
     data = fresh(built, tmp_path / "data")
-    with pytest.raises(ValueError, match="finetune ran during the job: run vectorize again"):
-        spark_vectorize._worker(str(data), 1, "an-older-export")
-    assert not spark_vectorize._WORKER
+    with pytest.raises(StageError, match="finetune ran during the job: run vectorize again"):
+        spark_engine._worker(str(data), 1, "an-older-export")
+    assert not spark_engine._WORKER

@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 
 from pipeline import acquire, evaluate, finetune, index, vectorize
-from pipeline.annoy_tuning import ServingCost
-from pipeline.catalog import read_catalog
+from pipeline.catalog.table import read_catalog
+from pipeline.common.errors import StageError
+from pipeline.indexing.annoy_tuning import ServingCost
 from runtime import artifacts
 from runtime.embeddings import load_embeddings
 from runtime.extractor import Extractor, load_extractor
-from runtime.layout import WRITTEN, Layout
+from runtime.items import read_items
+from runtime.layout import ITEMS_FILE, WRITTEN, Layout
 from runtime.preprocess import decode_image, prepare_array
 from tests.helpers import ROOT
 
@@ -28,7 +30,7 @@ REPORT_KEYS = {"precision_at_1", "precision_at_5", "precision_at_10", "map_at_10
 
 
 def test_hub_encoder_loads_a_local_savedmodel(tiny_hub_model: Path) -> None:
-    from pipeline.encoders import load_encoder
+    from pipeline.encoders.backbones import load_encoder
 
     encoder = load_encoder(f"hub:{tiny_hub_model}")
     features = encoder(np.full((3, 224, 224, 3), 128.0, np.float32))
@@ -39,9 +41,9 @@ def test_hub_encoder_loads_a_local_savedmodel(tiny_hub_model: Path) -> None:
 
 @pytest.mark.parametrize("handle", ["hub:/nonexistent/model", "hub:http://127.0.0.1:9/bit/m-r50x1/1"])
 def test_hub_handle_that_cannot_be_fetched_is_a_clear_error(handle: str) -> None:
-    from pipeline.encoders import load_encoder
+    from pipeline.encoders.backbones import load_encoder
 
-    with pytest.raises(ValueError, match=r"could not load the TF Hub model .*downloaded once \(network needed\) into "
+    with pytest.raises(StageError, match=r"could not load the TF Hub model .*downloaded once \(network needed\) into "
                                          r"TFHUB_CACHE_DIR .*--encoder hub:/path/to/model"):
         load_encoder(handle)
 
@@ -53,9 +55,9 @@ def test_hub_handle_that_cannot_be_fetched_is_a_clear_error(handle: str) -> None
     ("mobilenet-v1-0.25", "/no/such/file.h5", "not found"),
 ])
 def test_encoder_misconfiguration_is_a_clear_error(name: str, weights: str | None, message: str) -> None:
-    from pipeline.encoders import load_encoder
+    from pipeline.encoders.backbones import load_encoder
 
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(StageError, match=message):
         load_encoder(name, weights)
 
 
@@ -96,7 +98,7 @@ def test_index_folder_is_self_describing_and_verified(built: Path, tmp_path: Pat
     for name in ("manifest.json", "index.ann", "items.jsonl"):  # a service user can read them
         assert stat.S_IMODE((folder / name).stat().st_mode) == 0o666 & ~umask, name
     assert {"index.ann", "items.jsonl", "extractor/extractor.json"} <= set(manifest["files"])
-    items = artifacts.read_items(folder)
+    items = read_items(folder / ITEMS_FILE)
     assert [i["id"] for i in items] == list(range(len(catalog)))
     assert [i["product_id"] for i in items] == catalog["product_id"].tolist()
     assert items[0]["metadata"]["baseColour"] and "sha256" not in items[0]["metadata"]
@@ -132,7 +134,7 @@ def test_a_cold_first_scan_does_not_decide_the_strategy(monkeypatch: pytest.Monk
     and made a small catalog serve by Annoy; the measurement warms both paths up and takes the median round."""
     from annoy import AnnoyIndex
 
-    from pipeline import annoy_tuning
+    from pipeline.indexing import annoy_tuning
 
     vectors = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -271,12 +273,12 @@ def test_raw_features_without_finetuning(built: Path, tiny_hub_model: Path, tmp_
 def test_finetune_refuses_a_bad_label_column(built: Path, tiny_hub_model: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(built / "catalog", data / "catalog")
-    with pytest.raises(ValueError, match="--label-column 'colour' is not a catalog column"):
+    with pytest.raises(StageError, match="--label-column 'colour' is not a catalog column"):
         finetune.run(data, encoder=f"hub:{tiny_hub_model}", label_column="colour")
     catalog = read_catalog(data / "catalog/catalog.csv")
     catalog["shop"] = "the one shop"
     catalog.to_csv(data / "catalog/catalog.csv", index=False)
-    with pytest.raises(ValueError, match=r"'shop' has 1 distinct value.*at least two"):
+    with pytest.raises(StageError, match=r"'shop' has 1 distinct value.*at least two"):
         finetune.run(data, encoder=f"hub:{tiny_hub_model}", label_column="shop")
 
 

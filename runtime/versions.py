@@ -1,0 +1,170 @@
+"""Index versions side by side, and the pointer to the one served: where the stages, deploy and the service agree.
+
+A folder of versions (a data dir's `index/`, an S3 prefix, or an instance's cache of that prefix) holds one folder
+per version, named when it was built, and a pointer naming the one to serve: locally the symlink `index/current`,
+switched by renaming a new symlink over it; on S3 the object `CURRENT`, whose content is the version's name. The
+index stage and `pipeline remove` move the local pointer, deploy and an admin reload the S3 one, and every service
+worker follows whichever its ARTIFACTS names. A name read from a pointer or a manifest is checked before it becomes
+a path (`check_name`).
+
+Old versions are pruned by one rule (`prune`): keep the newest few, whatever is protected (the version served, the
+versions other workers serve), and the base of every delta kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from runtime import storage
+from runtime.artifacts import ArtifactError
+from runtime.layout import CURRENT, INDEX_DIR, MANIFEST, S3_POINTER
+
+log = logging.getLogger(__name__)
+
+KEEP_VERSIONS = 3  # versions kept in a data dir's index/ and in an instance's cache of each S3 prefix
+ORDERS = ("name", "fetched")
+NOT_FOUND = ("404", "NoSuchKey", "NotFound")  # what S3 answers for a key that is not there
+
+
+def check_name(name: object) -> str:
+    """Return `name` if it can name a version folder beside the others: one plain path component, not hidden (a
+    staging folder) and not the pointer itself.
+
+    Raises:
+        ArtifactError: anything else (`../x`, `a/b`, `.tmp-1`, `current`, ...), which must never become a path.
+    """
+    if not isinstance(name, str) or not name or name.startswith(".") or name in (CURRENT, S3_POINTER) \
+            or any(c in name for c in "/\\\0\n\r"):
+        raise ArtifactError(f"{name!r} is not a version name")
+    return name
+
+
+def local_pointer(location: str | Path) -> Path | None:
+    """The `index/current` symlink that a local ARTIFACTS names (itself, or inside an index folder or a data dir);
+    None when it names a version folder, which nothing moves."""
+    path = Path(location)
+    for candidate in (path, path / CURRENT, path / INDEX_DIR / CURRENT):
+        if candidate.name == CURRENT and candidate.is_symlink():
+            return candidate
+    return None
+
+
+def point_local(index_dir: Path, version: str) -> None:
+    """Switch `index_dir/current` to the version folder beside it, atomically (a new symlink renamed over the old
+    one): a reader sees the old version or the new one, never none."""
+    index_dir = Path(index_dir)
+    tmp = index_dir / f".{CURRENT}-{check_name(version)}-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(version)
+    os.replace(tmp, index_dir / CURRENT)
+
+
+def pointer_key(prefix: str) -> str:
+    """The key of the pointer object under an S3 prefix ("" for the bucket's root)."""
+    prefix = prefix.strip("/")
+    return f"{prefix}/{S3_POINTER}" if prefix else S3_POINTER
+
+
+def version_key(prefix: str, version: str, rel: str = "") -> str:
+    """The key of a version folder under an S3 prefix, or of a file `rel` inside it."""
+    parts = [p for p in (prefix.strip("/"), check_name(version), rel) if p]
+    return "/".join(parts)
+
+
+def is_not_found(error: Exception) -> bool:
+    """Whether a botocore ClientError says the object is not there (not a denial, a throttle or a server error)."""
+    return getattr(error, "response", {}).get("Error", {}).get("Code") in NOT_FOUND
+
+
+def read_s3_pointer(client: Any, bucket: str, prefix: str) -> str | None:
+    """The version the prefix's pointer names; None when there is no pointer (the prefix is a version itself).
+
+    Raises:
+        ArtifactError: the pointer names no possible version.
+        botocore's ClientError: S3 answered anything but "not found" (retry later).
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        body = client.get_object(Bucket=bucket, Key=pointer_key(prefix))["Body"].read()
+    except ClientError as exc:
+        if is_not_found(exc):
+            return None
+        raise
+    return check_name(body.decode("utf-8", "replace").strip())
+
+
+def s3_pointer_etag(client: Any, bucket: str, prefix: str) -> str | None:
+    """The pointer object's ETag (one HEAD request: what a watcher compares); None when there is no pointer.
+
+    Raises:
+        botocore's ClientError: S3 answered anything but "not found".
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        return client.head_object(Bucket=bucket, Key=pointer_key(prefix))["ETag"]
+    except ClientError as exc:
+        if is_not_found(exc):
+            return None
+        raise
+
+
+def write_s3_pointer(client: Any, bucket: str, prefix: str, version: str) -> None:
+    """Point the prefix's pointer at a version (write it after the version's files, so that no reader follows it
+    to a half-uploaded version)."""
+    client.put_object(Bucket=bucket, Key=pointer_key(prefix), Body=check_name(version).encode())
+
+
+def delta_base(folder: Path) -> str | None:
+    """The base version a version folder's manifest names when it is a delta; None for a full version or an
+    unreadable manifest."""
+    try:
+        base = (storage.read_json(Path(folder) / MANIFEST).get("delta") or {}).get("base")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return base if isinstance(base, str) else None
+
+
+def prune(folder: Path, keep: int = KEEP_VERSIONS, protect: Iterable[str] = (), order: str = "name") -> list[Path]:
+    """Delete the version folders of `folder` but the `keep` newest, those named in `protect` and the base of every
+    delta kept; then a kept delta whose base is gone (it cannot be served), unless protected.
+
+    A version folder is a directory with a manifest, not hidden (a staging folder) and not a symlink.
+
+    Args:
+        folder: a data dir's `index/`, or an instance's cache of one S3 prefix.
+        keep: how many of the newest versions to keep.
+        protect: version names never deleted: the one served, those other workers serve.
+        order: what "newest" means: `name` in a data dir, where names sort by build time; `fetched` in a cache,
+            by when the manifest was written there, which is when this instance fetched the version: a rollback
+            fetches a version with an old name, and it is the newest there.
+
+    Returns:
+        The folders removed.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    versions = [p for p in Path(folder).iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+                and (p / MANIFEST).is_file()]
+    if order == "name":
+        versions.sort(key=lambda p: p.name, reverse=True)
+    else:
+        versions.sort(key=lambda p: (p / MANIFEST).stat().st_mtime, reverse=True)
+    protect = set(protect)
+    kept = {p.name for p in versions[:max(keep, 0)]} | protect
+    kept |= {b for b in (delta_base(Path(folder) / name) for name in list(kept)) if b}
+    removed = [p for p in versions if p.name not in kept]
+    removed += [p for p in versions if p.name in kept and p.name not in protect
+                and (base := delta_base(p)) and not (Path(folder) / base).is_dir()]
+    for old in removed:
+        shutil.rmtree(old, ignore_errors=True)
+    if removed:
+        log.info("removed %d old index version(s) from %s (keeping the %d newest): %s", len(removed), folder, keep,
+                 ", ".join(p.name for p in removed))
+    return removed
