@@ -30,7 +30,7 @@ from pipeline.training.export import export
 from pipeline.training.head import build_head
 from runtime import storage
 from runtime.extractor import load_extractor
-from runtime.layout import CACHE_DIR, FEATURES_DIR, VIEWS_DIR, Layout
+from runtime.layout import FEATURES_DIR, VIEWS_DIR, Layout
 
 WEIGHTS = SHARED / "models" / "mobilenet_v3_small_075_224_embedder.tflite"
 MODES = {"cut by runtime.views": False, "inside the file": True}
@@ -56,7 +56,7 @@ def prepare(source: str, work: Path, weights: Path, fraction: float) -> dict[str
 
 def empty(data: Path) -> None:
     """Delete what vectorize keeps between runs (the feature cache, the shards), so each run embeds every image."""
-    shutil.rmtree(data / CACHE_DIR / FEATURES_DIR, ignore_errors=True)
+    shutil.rmtree(Layout(data).cache / FEATURES_DIR, ignore_errors=True)
     shutil.rmtree(Layout(data).embeddings, ignore_errors=True)
 
 

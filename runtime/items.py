@@ -166,7 +166,7 @@ def find_products(folder: Path, product_ids: set[str]) -> dict[str, int]:
             return found
         data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            lines = int(np.count_nonzero(np.frombuffer(data, np.uint8) == ord("\n"))) + (data[-1:] != b"\n")
+            lines = len(line_spans(data)[0])
             matched = 0
             for match in _PRODUCT_ID.finditer(data):
                 matched += 1

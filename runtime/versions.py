@@ -157,11 +157,12 @@ def prune(folder: Path, keep: int = KEEP_VERSIONS, protect: Iterable[str] = (), 
     else:
         versions.sort(key=lambda p: (p / MANIFEST).stat().st_mtime, reverse=True)
     protect = set(protect)
+    bases = {p.name: delta_base(p) for p in versions}
     kept = {p.name for p in versions[:max(keep, 0)]} | protect
-    kept |= {b for b in (delta_base(Path(folder) / name) for name in list(kept)) if b}
+    kept |= {bases[name] for name in kept if bases.get(name)}
     removed = [p for p in versions if p.name not in kept]
     removed += [p for p in versions if p.name in kept and p.name not in protect
-                and (base := delta_base(p)) and not (Path(folder) / base).is_dir()]
+                and bases[p.name] and not (Path(folder) / bases[p.name]).is_dir()]
     for old in removed:
         shutil.rmtree(old, ignore_errors=True)
     if removed:
