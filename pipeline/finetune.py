@@ -16,7 +16,17 @@ from pipeline.catalog.table import catalog_inputs, holdout_rows
 from pipeline.common import cli, plots
 from pipeline.common.errors import StageError
 from pipeline.encoders import autoencoder
-from pipeline.encoders.backbones import DEFAULT_ENCODER, can_train, load_encoder, with_multicrop
+from pipeline.encoders.backbones import (
+    DEFAULT_ENCODER,
+    SERVED_AS_TFLITE,
+    Encoder,
+    as_tflite,
+    can_train,
+    load_encoder,
+    pooled_views_tflite,
+    with_multicrop,
+)
+from pipeline.encoders.mediapipe_keras import one_call_possible
 from pipeline.features.cache import FeatureCache
 from pipeline.features.compute import fill_cache
 from pipeline.training import composite, retrain_rule, tuned_cache
@@ -28,6 +38,7 @@ from runtime.layout import (
     AUTOENCODER_WEIGHTS,
     HISTORY,
     LABELS,
+    SERVED_TFLITE,
     TRAINING_CURVES,
     TUNED_PARTS_DIR,
     TUNED_TFLITE,
@@ -42,14 +53,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DIM = 256
 # Epochs of training the backbone itself after the head, per encoder where that won on both catalogs measured
-# (docs/quality.md: MobileNet v1 0.25, and the MediaPipe embedder rebuilt as a Keras graph).
-BACKBONE_EPOCHS = {"mobilenet-v1-0.25": 8, "mediapipe-embedder": 4}
+# (docs/quality.md: MobileNet v1 0.25, and the MediaPipe embedder rebuilt as a Keras graph), or on fashion by more
+# than it moved grocery (EfficientNet-Lite2, its top blocks).
+BACKBONE_EPOCHS = {"mobilenet-v1-0.25": 8, "mediapipe-embedder": 4, "efficientnet-lite2": 4}
 # A composite's parts: a trained MediaPipe part lost beside the trained MobileNet on both catalogs
 # (docs/quality.md, "Pick an encoder"), so it stays frozen unless --backbone-epochs says.
 COMPOSITE_PART_EPOCHS = {"mobilenet-v1-0.25": 8}
 # Backbones that keep multi-crop views when trained: MediaPipe with views, trained, is the best single-backbone
-# grocery figure measured (docs/quality.md); trained without views it is not measured.
-VIEWS_EVEN_TRAINED = ("mediapipe-embedder",)
+# grocery figure measured (docs/quality.md); trained without views it is not measured. A trained Lite2 lost 0.06
+# of grocery's precision@1 without them.
+VIEWS_EVEN_TRAINED = ("mediapipe-embedder", "efficientnet-lite2")
 
 
 def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | None = None,
@@ -134,8 +147,9 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
     else:
         single_view = load_encoder(encoder, encoder_weights)
     backbone = with_multicrop(single_view, multicrop, layout.model / VIEWS_DIR)
+    served = _served(single_view, backbone, multicrop, layout)  # computes the features as vectorize will
     cache = FeatureCache(layout.features(backbone.fingerprint))
-    computed, failed = fill_cache(cache, keys, paths, backbone)
+    computed, failed = fill_cache(cache, keys, paths, served)
     if failed:  # the catalog changed since acquire verified it; train on what can be read
         readable = ~np.isin(np.asarray(keys), list(failed))
         catalog = catalog[readable].reset_index(drop=True)
@@ -163,6 +177,7 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
             head = trained.head
             info = _record_head(trained.history, classes, label_column, dim, len(fit), len(val), layout)
             backbone = with_multicrop(trained.backbone, multicrop, layout.model / VIEWS_DIR)
+            served = _served(trained.backbone, backbone, multicrop, layout)
             monitored = trained.tuning["val_precision_at_5"]
             info.update({"backbone_epochs": backbone_epochs, "backbone_history": trained.tuning,
                          "backbone_val_precision_at_5": max(monitored) if monitored else None,
@@ -172,11 +187,22 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
             info = _record_head(history, classes, label_column, dim, len(fit), len(val), layout)
     summary.update(info, encoder_fingerprint=backbone.fingerprint, reused=False, decision=decision.reason,
                    new_images=decision.new_images, new_classes=decision.new_classes)
-    export(backbone, head, layout.extractor, info)
+    export(served, head, layout.extractor, info)
     retrain_rule.record(layout, summary, options, digest, keys)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     storage.write_json(layout.finetune_summary, summary)
     return summary
+
+
+def _served(single: Encoder, backbone: Encoder, multicrop: float, layout: Layout) -> Encoder:
+    """The backbone as vectorize and the service run it: one of `SERVED_AS_TFLITE` written as TFLite from its
+    single-view Keras graph `single` (`model/backbone.tflite`, or at a multi-crop fraction of 0.5 its views cut and
+    pooled inside one file in `model/views/`: the same vectors, so the same fingerprint); any other as it is."""
+    if single.name not in SERVED_AS_TFLITE or single.keras_model is None or single.parts:
+        return backbone
+    if multicrop and one_call_possible(multicrop):
+        return pooled_views_tflite(single, multicrop, layout.model / VIEWS_DIR)
+    return with_multicrop(as_tflite(single, layout.model / SERVED_TFLITE), multicrop)
 
 
 def _record_head(history: dict, classes: np.ndarray, label_column: str, dim: int, train_rows: int, val_rows: int,
@@ -197,7 +223,7 @@ def _record_head(history: dict, classes: np.ndarray, label_column: str, dim: int
 
 def _one_trained_backbone(encoder: str, backbone_epochs: int | None) -> bool:
     """Whether the encoder is one backbone that finetune trains itself (a TF-graph one with epochs to run), whose
-    multi-crop views are then off by default; a trained MediaPipe keeps them (`VIEWS_EVEN_TRAINED`).
+    multi-crop views are then off by default; a trained MediaPipe or Lite2 keeps them (`VIEWS_EVEN_TRAINED`).
 
     Multi-crop views gave such a backbone nothing on grocery (MobileNet: 0.601 -> 0.605), while a frozen one
     (MediaPipe: 0.696 -> 0.791) and a composite with a trained part (0.733 -> 0.841) gained.
@@ -228,7 +254,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add this stage's options to a parser: one flag per keyword of `run`."""
     parser.add_argument("--data-dir", type=Path, required=True, help="the data directory (see data/README.md)")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER,
-                        help="bit-m-r50x3 (default) | bit-m-r50x1 | hub:HANDLE_OR_PATH | mobilenet-v1-0.25 | "
+                        help="bit-m-r50x3 (default) | bit-m-r50x1 | hub:HANDLE_OR_PATH | efficientnet-lite2 | "
+                             "mobilenet-v1-0.25 | "
                              "mediapipe-embedder | autoencoder; several joined by + (a+b): their features side by side")
     parser.add_argument("--encoder-weights", default=None,
                         help="weights file (.h5, .tflite, .weights.h5); for a+b one per backbone, joined by +")

@@ -33,12 +33,18 @@ log = logging.getLogger(__name__)
 FORMATS = ("savedmodel", "tflite+head", "composite")
 
 
-def tflite_runner(path: Path, scale: float = 1 / 255.0, threads: int | None = None) -> Callable[[np.ndarray],
-                                                                                               np.ndarray]:
+# Images per interpreter call of a file that runs six views of each (`views_in_backbone`): the interpreter's
+# activations grow with the batch, and at 64 images EfficientNet-Lite2's views took 8 GB.
+VIEWS_FILE_BATCH = 8
+
+
+def tflite_runner(path: Path, scale: float = 1 / 255.0, threads: int | None = None,
+                  max_batch: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """Return a function that runs a TFLite image model on a batch of square images of the side it takes (224, or
     more for a backbone that pools multi-crop views itself), resizing its batch dimension as needed (on `threads`
-    threads, default one per CPU). A model over float pixels gets them times `scale`; one over uint8 pixels
-    scales them itself and gets them as they are (no float copy of the batch to allocate and fill)."""
+    threads, default one per CPU), `max_batch` images per call at most. A model over float pixels gets them times
+    `scale`; one over uint8 pixels scales them itself and gets them as they are (no float copy of the batch to
+    allocate and fill)."""
     tf = tfenv.tensorflow()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice, once per load
@@ -51,6 +57,8 @@ def tflite_runner(path: Path, scale: float = 1 / 255.0, threads: int | None = No
     lock = threading.Lock()  # an interpreter is not thread-safe; the service calls it from gthread threads
 
     def run(images: np.ndarray) -> np.ndarray:
+        if max_batch and len(images) > max_batch:
+            return np.concatenate([run(images[i:i + max_batch]) for i in range(0, len(images), max_batch)])
         with lock:
             if state["batch"] != len(images):
                 interpreter.resize_tensor_input(inp, [len(images), side, side, 3])
@@ -95,7 +103,8 @@ class Extractor:
         elif fmt == "tflite+head":
             self._model = tf.saved_model.load(str(self.path / EXTRACTOR_HEAD))
             self._head = _concrete(self._model.head)
-            run = tflite_runner(self.path / EXTRACTOR_TFLITE, threads=threads)
+            run = tflite_runner(self.path / EXTRACTOR_TFLITE, threads=threads,
+                                max_batch=VIEWS_FILE_BATCH if self.config.get("views_in_backbone") else None)
             self._features = run
             self._embed = lambda x: self._head(run(np.asarray(x)))
         elif fmt == "composite":

@@ -46,6 +46,7 @@ AUTOENCODER_WEIGHTS = "autoencoder.weights.h5"
 AUTOENCODER_CURVES = "autoencoder_curves.png"
 TRAINED_IMAGES = "trained_images.npy"  # uint64 [n]: the first 8 bytes of the sha256 of every image the model saw
 TUNED_TFLITE = "backbone-tuned.tflite"  # a TFLite backbone (MediaPipe) after --backbone-epochs, as export copies it
+SERVED_TFLITE = "backbone.tflite"  # a Keras backbone (EfficientNet-Lite2), frozen or trained, as export copies it
 VIEWS_DIR = "views"  # the MediaPipe backbone cutting and pooling its multi-crop views itself, one file per backbone
 TUNED_PARTS_DIR = "parts"  # a composite's trained MediaPipe part: its tuned backbone, and that plus its own head
 
@@ -97,7 +98,7 @@ WRITTEN = (
     f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_PARTS}/*",
     f"{MODEL_DIR}/{FINETUNE_SUMMARY}", f"{MODEL_DIR}/{HISTORY}", f"{MODEL_DIR}/{LABELS}",
     f"{MODEL_DIR}/{TRAINING_CURVES}", f"{MODEL_DIR}/{AUTOENCODER_WEIGHTS}", f"{MODEL_DIR}/{AUTOENCODER_CURVES}",
-    f"{MODEL_DIR}/{TRAINED_IMAGES}", f"{MODEL_DIR}/{TUNED_TFLITE}",
+    f"{MODEL_DIR}/{TRAINED_IMAGES}", f"{MODEL_DIR}/{TUNED_TFLITE}", f"{MODEL_DIR}/{SERVED_TFLITE}",
     f"{MODEL_DIR}/{VIEWS_DIR}/*.tflite", f"{MODEL_DIR}/{TUNED_PARTS_DIR}/*.tflite",
     f"{EMBEDDINGS_DIR}/{SHARD_FILES}.npy", f"{EMBEDDINGS_DIR}/{SHARD_FILES}.json",
     f"{EMBEDDINGS_DIR}/{EMBEDDINGS_SUMMARY}",

@@ -15,10 +15,10 @@ from runtime import tfenv
 from scripts.make_sample_catalog import make_catalog
 from tests.helpers import SHARED, free_port, start_gunicorn, stop
 
-# The two longest modules, first: under `make test`'s two pytest-xdist workers (`--dist loadscope
+# The longest modules, first: under `make test`'s two pytest-xdist workers (`--dist loadscope
 # --no-loadscope-reorder`, a module per worker, in this order) each worker starts one of them at once and the other
 # modules fill the time around them, instead of a quality run starting when everything else is done.
-LONGEST_FIRST = ("test_quality.py", "test_quality_grocery.py")
+LONGEST_FIRST = ("test_quality.py", "test_quality_grocery.py", "test_quality_lite2.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

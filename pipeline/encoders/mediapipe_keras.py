@@ -179,11 +179,19 @@ def views_tflite(path: Path, fraction: float, out: Path) -> Path:
     Raises:
         ValueError: `fraction` is not one `one_call_possible` accepts, or the file is not the embedder.
     """
+    return graph_views_tflite(build(Path(path)), fraction, out)
+
+
+def graph_views_tflite(graph: Any, fraction: float, out: Path) -> Path:
+    """`views_tflite` for any Keras graph over 0..1 pixels [B, 224, 224, 3] (EfficientNet-Lite2 too).
+
+    Raises:
+        ValueError: `fraction` is not one `one_call_possible` accepts.
+    """
     if not one_call_possible(fraction):
         raise ValueError(f"multi-crop fraction {fraction}: only views of half the prepared side are pooled inside "
                          "the backbone file; the others are cut by runtime.views")
     tf = tfenv.tensorflow()
-    graph = build(Path(path))
     side, crop = 2 * INPUT_SIZE, INPUT_SIZE
     far, mid = side - crop, (side - crop) // 2
     taps = np.outer(HALF_SIZE_TAPS, HALF_SIZE_TAPS)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.common.errors import StageError
-from pipeline.encoders.backbones import Encoder, can_train, keras_encoder, load_encoder
+from pipeline.encoders.backbones import SERVED_AS_TFLITE, Encoder, as_tflite, can_train, keras_encoder, load_encoder
 from pipeline.features.cache import FeatureCache
 from pipeline.features.compute import fill_cache
 from pipeline.training import tuned_cache
@@ -143,6 +143,8 @@ def build(name: str, weights: str | None, features_dir: Callable[[str], Path], k
                                    n, seed, store, model_dir, reuse)
         else:
             done = {"encoder": part.name, "backbone_epochs": 0}
+        if part.name in SERVED_AS_TFLITE and part.keras_model is not None and model_dir is not None:
+            part = as_tflite(part, Path(model_dir) / f"{part.fingerprint}.tflite")  # the same vectors, faster
         parts.append(part)
         facts.append(done)
     return concatenated(parts), facts

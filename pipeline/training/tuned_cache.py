@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline.encoders.backbones import Encoder, keras_encoder, trainable
 from pipeline.features.cache import FeatureCache
-from pipeline.training import backbone_tuning, head
+from pipeline.training import backbone_tuning, head, lite_tuning
 from pipeline.training.backbone_tuning import tune_backbone, weights_digest
 from pipeline.training.head import build_head, train_head
 from runtime import storage
@@ -72,6 +72,8 @@ def training_key(source: Encoder, features_fingerprint: str, keys: list[str], la
                      backbone_tuning.MONITOR_VAL_ROWS, backbone_tuning.MONITOR_BASE_ROWS,
                      backbone_tuning.CALIBRATION_IMAGES],
     }
+    if lite_tuning.handles(source):
+        recipe["backbone"] = lite_tuning.RECIPE
     parts = [json.dumps(recipe, sort_keys=True).encode(), "\n".join(keys).encode()]
     parts += [np.asarray(a, np.int64).tobytes() for a in (labels, fit, val)]
     return storage.sha256_bytes(b"\0".join(parts))[:32]
@@ -103,8 +105,9 @@ def head_and_backbone(source: Encoder, cache: FeatureCache, features_fingerprint
                      "training again", source.name, folder)
             return loaded
     classifier, head_model, history = train_head(cache, keys, labels, fit, val, dim, epochs=epochs, seed=seed)
-    tuned, tuning = tune_backbone(source, classifier, head_model, paths, labels, fit, val, backbone_epochs, seed,
-                                  tflite_out=tflite_out)
+    tune = lite_tuning.tune_top if lite_tuning.handles(source) else tune_backbone
+    tuned, tuning = tune(source, classifier, head_model, paths, labels, fit, val, backbone_epochs, seed,
+                         tflite_out=tflite_out)
     _save(folder, tuned, head_model, history, tuning)
     return Trained(head_model, tuned, history, tuning, reused=False)
 
