@@ -16,21 +16,11 @@ from pipeline.catalog.table import catalog_inputs, holdout_rows
 from pipeline.common import cli, plots
 from pipeline.common.errors import StageError
 from pipeline.encoders import autoencoder
-from pipeline.encoders.backbones import (
-    DEFAULT_ENCODER,
-    SERVED_AS_TFLITE,
-    Encoder,
-    as_tflite,
-    can_train,
-    load_encoder,
-    pooled_views_tflite,
-    with_multicrop,
-)
-from pipeline.encoders.mediapipe_keras import one_call_possible
+from pipeline.encoders.backbones import DEFAULT_ENCODER, can_train, load_encoder, with_multicrop
 from pipeline.features.cache import FeatureCache
 from pipeline.features.compute import fill_cache
 from pipeline.training import composite, retrain_rule, tuned_cache
-from pipeline.training.export import export
+from pipeline.training.export import export, served_form
 from pipeline.training.head import build_head, train_head
 from runtime import storage
 from runtime.layout import (
@@ -38,7 +28,6 @@ from runtime.layout import (
     AUTOENCODER_WEIGHTS,
     HISTORY,
     LABELS,
-    SERVED_TFLITE,
     TRAINING_CURVES,
     TUNED_PARTS_DIR,
     TUNED_TFLITE,
@@ -147,7 +136,7 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
     else:
         single_view = load_encoder(encoder, encoder_weights)
     backbone = with_multicrop(single_view, multicrop, layout.model / VIEWS_DIR)
-    served = _served(single_view, backbone, multicrop, layout)  # computes the features as vectorize will
+    served = served_form(single_view, backbone, multicrop, layout.model)  # computes the features as vectorize will
     cache = FeatureCache(layout.features(backbone.fingerprint))
     computed, failed = fill_cache(cache, keys, paths, served)
     if failed:  # the catalog changed since acquire verified it; train on what can be read
@@ -177,7 +166,7 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
             head = trained.head
             info = _record_head(trained.history, classes, label_column, dim, len(fit), len(val), layout)
             backbone = with_multicrop(trained.backbone, multicrop, layout.model / VIEWS_DIR)
-            served = _served(trained.backbone, backbone, multicrop, layout)
+            served = served_form(trained.backbone, backbone, multicrop, layout.model)
             monitored = trained.tuning["val_precision_at_5"]
             info.update({"backbone_epochs": backbone_epochs, "backbone_history": trained.tuning,
                          "backbone_val_precision_at_5": max(monitored) if monitored else None,
@@ -192,17 +181,6 @@ def run(data_dir: Path, encoder: str = DEFAULT_ENCODER, encoder_weights: str | N
     summary["seconds"] = round(time.perf_counter() - started, 1)
     storage.write_json(layout.finetune_summary, summary)
     return summary
-
-
-def _served(single: Encoder, backbone: Encoder, multicrop: float, layout: Layout) -> Encoder:
-    """The backbone as vectorize and the service run it: one of `SERVED_AS_TFLITE` written as TFLite from its
-    single-view Keras graph `single` (`model/backbone.tflite`, or at a multi-crop fraction of 0.5 its views cut and
-    pooled inside one file in `model/views/`: the same vectors, so the same fingerprint); any other as it is."""
-    if single.name not in SERVED_AS_TFLITE or single.keras_model is None or single.parts:
-        return backbone
-    if multicrop and one_call_possible(multicrop):
-        return pooled_views_tflite(single, multicrop, layout.model / VIEWS_DIR)
-    return with_multicrop(as_tflite(single, layout.model / SERVED_TFLITE), multicrop)
 
 
 def _record_head(history: dict, classes: np.ndarray, label_column: str, dim: int, train_rows: int, val_rows: int,

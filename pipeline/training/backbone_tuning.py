@@ -11,7 +11,7 @@ its features are never mixed with the frozen backbone's in the feature cache.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,27 @@ def weights_digest(model: Any) -> str:
     return storage.sha256_bytes(b"".join(np.asarray(w).tobytes() for w in model.get_weights()))[:12]
 
 
+def fit_keeping_best(model: Any, epochs: int, data: Callable[[int], Any], score: Callable[[], float] | None,
+                     what: str) -> dict[str, list[float]]:
+    """Fit `model` one epoch at a time on `data(epoch)`, score it after each (held-out precision@5; None: no
+    held-out rows, the last epoch is kept) and leave it with the best epoch's weights; return the history."""
+    history: dict[str, list[float]] = {"loss": [], "val_precision_at_5": []}
+    best, best_weights = -1.0, None
+    for epoch in range(epochs):
+        run = model.fit(data(epoch), epochs=1, verbose=0)
+        history["loss"].append(float(run.history["loss"][-1]))
+        if score is not None:
+            value = score()
+            history["val_precision_at_5"].append(value)
+            log.info("%s epoch %d/%d: loss %.3f, held-out precision@5 %.4f", what, epoch + 1, epochs,
+                     history["loss"][-1], value)
+            if value > best:
+                best, best_weights = value, model.get_weights()
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return history
+
+
 def tune_backbone(encoder: Encoder, train_model: Any, head: Any, paths: Sequence[str], labels: np.ndarray,
                   fit: np.ndarray, val: np.ndarray, epochs: int, seed: int = 0, tflite_out: Path | None = None
                   ) -> tuple[Encoder, dict]:
@@ -109,23 +130,15 @@ def tune_backbone(encoder: Encoder, train_model: Any, head: Any, paths: Sequence
     embed = keras.Model(inputs, head(backbone(inputs, training=False)), name="embed")
     paths = np.asarray(paths)
     val_rows, base_rows = sample_rows(val, MONITOR_VAL_ROWS, seed), sample_rows(fit, MONITOR_BASE_ROWS, seed)
-    history: dict[str, list[float]] = {"loss": [], "val_precision_at_5": []}
-    best, best_weights = -1.0, None
-    for epoch in range(epochs):
-        run = model.fit(_images(paths[fit], labels[fit], BATCH_SIZE, True, seed + epoch), epochs=1, verbose=0)
-        history["loss"].append(float(run.history["loss"][-1]))
-        if len(val_rows):
-            score = retrieval_precision(embed.predict(_images(paths[val_rows], None, 64, False, 0), verbose=0),
-                                        labels[val_rows],
-                                        embed.predict(_images(paths[base_rows], None, 64, False, 0), verbose=0),
-                                        labels[base_rows])
-            history["val_precision_at_5"].append(score)
-            log.info("backbone epoch %d/%d: loss %.3f, held-out precision@5 %.4f", epoch + 1, epochs,
-                     history["loss"][-1], score)
-            if score > best:
-                best, best_weights = score, model.get_weights()
-    if best_weights is not None:
-        model.set_weights(best_weights)
+    def score() -> float:
+        return retrieval_precision(embed.predict(_images(paths[val_rows], None, 64, False, 0), verbose=0),
+                                   labels[val_rows],
+                                   embed.predict(_images(paths[base_rows], None, 64, False, 0), verbose=0),
+                                   labels[base_rows])
+
+    history = fit_keeping_best(model, epochs, lambda epoch: _images(paths[fit], labels[fit], BATCH_SIZE, True,
+                                                                    seed + epoch),
+                               score if len(val_rows) else None, "backbone")
     backbone.trainable = False
     fingerprint = f"{encoder.fingerprint}-tuned-{weights_digest(backbone)}"
     if source.tflite_path is None:

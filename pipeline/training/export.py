@@ -1,4 +1,5 @@
-"""Export the feature extractor (frozen backbone + head) in the format `runtime.extractor` loads."""
+"""Export the feature extractor (frozen backbone + head) in the format `runtime.extractor` loads, a backbone in the
+form it is served in."""
 
 from __future__ import annotations
 
@@ -8,12 +9,32 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pipeline.encoders.backbones import Encoder
+from pipeline.encoders.backbones import SERVED_AS_TFLITE, Encoder, as_tflite, pooled_views_tflite, with_multicrop
+from pipeline.encoders.mediapipe_keras import one_call_possible
 from runtime import storage, tfenv
-from runtime.layout import EXTRACTOR_CONFIG, EXTRACTOR_HEAD, EXTRACTOR_PARTS, EXTRACTOR_SAVEDMODEL, EXTRACTOR_TFLITE
+from runtime.layout import (
+    EXTRACTOR_CONFIG,
+    EXTRACTOR_HEAD,
+    EXTRACTOR_PARTS,
+    EXTRACTOR_SAVEDMODEL,
+    EXTRACTOR_TFLITE,
+    SERVED_TFLITE,
+    VIEWS_DIR,
+)
 from runtime.preprocess import INPUT_SIZE
 
 log = logging.getLogger(__name__)
+
+
+def served_form(single: Encoder, backbone: Encoder, multicrop: float, model_dir: Path) -> Encoder:
+    """The backbone as vectorize and the service run it: one of `SERVED_AS_TFLITE` written as TFLite from its
+    single-view Keras graph `single` (`model/backbone.tflite`, or at a multi-crop fraction of 0.5 its views cut and
+    pooled inside one file in `model/views/`: the same vectors, so the same fingerprint); any other as it is."""
+    if single.name not in SERVED_AS_TFLITE or single.keras_model is None or single.parts:
+        return backbone
+    if multicrop and one_call_possible(multicrop):
+        return pooled_views_tflite(single, multicrop, Path(model_dir) / VIEWS_DIR)
+    return with_multicrop(as_tflite(single, Path(model_dir) / SERVED_TFLITE), multicrop)
 
 
 def export(encoder: Encoder, head: Any, out: Path, info: dict) -> dict:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from pipeline.encoders import efficientnet_lite
 from pipeline.encoders.backbones import Encoder, keras_encoder
-from pipeline.training.backbone_tuning import weights_digest
+from pipeline.training.backbone_tuning import fit_keeping_best, weights_digest
 from pipeline.training.batches import sample_rows
 from pipeline.training.head import retrieval_precision
 from runtime import tfenv
@@ -109,24 +109,17 @@ def tune_top(encoder: Encoder, train_model: Any, head: Any, paths: Sequence[str]
     def embedded(rows: np.ndarray) -> np.ndarray:
         return np.concatenate([embed(cached[position[rows[i:i + 256]]]).numpy() for i in range(0, len(rows), 256)])
 
+    def score() -> float:
+        return retrieval_precision(embedded(val_rows), labels[val_rows], embedded(base_rows), labels[base_rows])
+
     fit_maps, fit_labels = cached[position[fit]], labels[fit]
-    history: dict[str, list[float]] = {"loss": [], "val_precision_at_5": []}
-    best, best_weights = -1.0, None
-    for epoch in range(epochs):
+
+    def epoch_data(epoch: int) -> Any:
         order = np.random.default_rng(seed + epoch).permutation(len(fit))
-        data = tf.data.Dataset.from_tensor_slices((fit_maps[order], fit_labels[order])).map(
+        return tf.data.Dataset.from_tensor_slices((fit_maps[order], fit_labels[order])).map(
             lambda x, y: (tf.cast(x, tf.float32), y)).batch(BATCH_SIZE).prefetch(2)
-        run = model.fit(data, epochs=1, verbose=0)
-        history["loss"].append(float(run.history["loss"][-1]))
-        if len(val_rows):
-            score = retrieval_precision(embedded(val_rows), labels[val_rows], embedded(base_rows), labels[base_rows])
-            history["val_precision_at_5"].append(score)
-            log.info("top blocks epoch %d/%d: loss %.3f, held-out precision@5 %.4f", epoch + 1, epochs,
-                     history["loss"][-1], score)
-            if score > best:
-                best, best_weights = score, model.get_weights()
-    if best_weights is not None:
-        model.set_weights(best_weights)
+
+    history = fit_keeping_best(model, epochs, epoch_data, score if len(val_rows) else None, "top blocks")
     for layer in top.layers:
         if layer.weights:
             graph.get_layer(layer.name).set_weights(layer.get_weights())
