@@ -51,6 +51,26 @@ def file_entries(root: Path) -> dict[str, dict[str, Any]]:
     return entries
 
 
+def parse_manifest(data: bytes, where: str) -> dict:
+    """Return the manifest in `data` (read from `where`) once it is one: a JSON object whose `files` maps each name
+    to its sha256 and size.
+
+    Raises:
+        ArtifactError: anything else, which no retry will change.
+    """
+    try:
+        manifest = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"the {MANIFEST} at {where} is not JSON: {exc}") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(
+            isinstance(rel, str) and isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("bytes"), int) for rel, entry in files.items()):
+        raise ArtifactError(f"the {MANIFEST} at {where} is not an index manifest: it needs \"files\" mapping each "
+                            "name to its sha256 and bytes")
+    return manifest
+
+
 def verify(folder: Path, check_hashes: bool = True) -> dict:
     """Check an index folder against its manifest and return the manifest.
 
@@ -63,14 +83,17 @@ def verify(folder: Path, check_hashes: bool = True) -> dict:
     """
     folder = Path(folder)
     try:
-        manifest = storage.read_json(folder / MANIFEST)
-    except (OSError, json.JSONDecodeError) as exc:
+        manifest = parse_manifest((folder / MANIFEST).read_bytes(), str(folder))
+    except OSError as exc:
         raise ArtifactError(f"cannot read {folder / MANIFEST}: {exc}") from None
     if manifest.get("format_version") not in READABLE_FORMATS:
         raise ArtifactError(f"{folder}: index format {manifest.get('format_version')!r}, this code reads "
                             f"{READABLE_FORMATS}; rebuild it with `python -m pipeline index`")
-    for rel, entry in manifest.get("files", {}).items():
-        path = folder / rel
+    for rel, entry in manifest["files"].items():
+        try:
+            path = storage.inside(folder, rel, f"{folder}: the manifest lists")
+        except storage.UnsafePathError as exc:
+            raise ArtifactError(str(exc)) from None
         if not path.is_file():
             raise ArtifactError(f"{folder}: {rel} is listed in the manifest but missing")
         if path.stat().st_size != entry["bytes"]:
@@ -83,7 +106,7 @@ def verify(folder: Path, check_hashes: bool = True) -> dict:
     else:
         required = (INDEX_FILE, ITEMS_FILE) + ((VECTORS_FILE,) if manifest["format_version"] == 2 else ())
     for name in required:
-        if name not in manifest.get("files", {}):
+        if name not in manifest["files"]:
             raise ArtifactError(f"{folder}: the manifest lists no {name}")
     return manifest
 

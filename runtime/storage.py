@@ -20,6 +20,58 @@ S3_CLIENT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                  "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONFIG_FILE",
                  "AWS_SHARED_CREDENTIALS_FILE")
 _clients = threading.local()
+NOT_FOUND = ("404", "NoSuchKey", "NotFound")  # what S3 answers for a key that is not there
+DENIED = ("AccessDenied", "403", "AllAccessDisabled")  # what it answers to a caller without the permission
+
+
+class UnsafePathError(ValueError):
+    """A name read from outside (a bucket's key, a manifest's path) that would become a path outside its folder."""
+
+
+def inside(root: Path, rel: str, what: str = "a name") -> Path:
+    """Return `root / rel` for a relative name read from a bucket or a manifest, after checking that it stays
+    inside `root`: not absolute, no `..`, no empty or NUL-bearing part, and not through a symlink leading out.
+
+    Raises:
+        UnsafePathError: the name would leave `root` (`/etc/x`, `../x`, `a/../../x`, ...); it must never be used.
+    """
+    parts = rel.split("/") if isinstance(rel, str) else None
+    if not parts or rel.startswith("/") or "\0" in rel or any(p in ("", ".", "..") for p in parts):
+        raise UnsafePathError(f"{what} {rel!r} is not a plain relative path; refusing to write or read it")
+    root = Path(root)
+    target = root.joinpath(*parts)
+    resolved_root = root.resolve()
+    if not target.resolve().is_relative_to(resolved_root):
+        raise UnsafePathError(f"{what} {rel!r} leads outside {root} (through a symlink); refusing it")
+    return target
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether an error met reading S3 or the network may pass by itself, so the read is worth retrying: a
+    throttle (503 SlowDown), a 5xx, a dropped or timed-out connection, a denial (a policy being fixed). A "not
+    found" is final, and so is anything that is not about S3 or the network (a bug, a verified mismatch).
+
+    The one classification the stages and the service share: only an `ArtifactError` (a hash, a size, a manifest
+    that is not one) refuses an index version; what this calls transient is retried with backoff.
+    """
+    from boto3.exceptions import RetriesExceededError, S3TransferFailedError, S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+    from s3transfer.exceptions import RetriesExceededError as TransferRetriesExceeded
+
+    if isinstance(error, ClientError):
+        return not is_not_found(error)
+    return isinstance(error, (BotoCoreError, ConnectionError, TimeoutError, RetriesExceededError,
+                              S3TransferFailedError, S3UploadFailedError, TransferRetriesExceeded))
+
+
+def is_denied(error: BaseException) -> bool:
+    """Whether a botocore ClientError says the caller may not do this (its role lacks the permission)."""
+    return getattr(error, "response", {}).get("Error", {}).get("Code") in DENIED
+
+
+def is_not_found(error: BaseException) -> bool:
+    """Whether a botocore ClientError says the object is not there (not a denial, a throttle or a server error)."""
+    return getattr(error, "response", {}).get("Error", {}).get("Code") in NOT_FOUND
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -169,8 +221,11 @@ def mirror_s3(uri: str, cache_dir: Path) -> Path:
     Returns:
         The local folder that mirrors the prefix.
 
+    A key whose name would leave the mirror (`prefix//etc/x`, `prefix/../x`) is skipped with a warning: a shop's
+    bucket is input like any other.
+
     Raises:
-        FileNotFoundError: nothing exists under the prefix.
+        FileNotFoundError: nothing (safe) exists under the prefix.
     """
     bucket, prefix = split_s3(uri.rstrip("/"))
     prefix = prefix + "/" if prefix else ""
@@ -182,14 +237,20 @@ def mirror_s3(uri: str, cache_dir: Path) -> Path:
         known = {}
     client = s3_client()
     listed: dict[str, str] = {}
+    refused: list[str] = []
     fetched = 0
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             rel = obj["Key"][len(prefix):]
-            if not rel or rel.endswith("/") or ".." in Path(rel).parts:
+            if not rel or rel.endswith("/"):  # a "folder" placeholder
+                continue
+            try:
+                target = inside(local_root, rel, f"S3 key s3://{bucket}/{obj['Key']}: the name")
+            except UnsafePathError as error:
+                log.warning("skipped: %s (it would be written outside %s)", error, local_root)
+                refused.append(obj["Key"])
                 continue
             listed[rel] = obj["ETag"]
-            target = local_root / rel
             if target.is_file() and known.get(rel) == obj["ETag"] and target.stat().st_size == obj["Size"]:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +266,6 @@ def mirror_s3(uri: str, cache_dir: Path) -> Path:
     for path in gone:
         path.unlink()
     write_json(etags_file, {rel: known[rel] for rel in listed})
-    log.info("mirrored %d objects from %s to %s: %d fetched, %d deleted locally", len(listed), uri, local_root,
-             fetched, len(gone))
+    log.info("mirrored %d objects from %s to %s: %d fetched, %d deleted locally, %d refused (unsafe names)",
+             len(listed), uri, local_root, fetched, len(gone), len(refused))
     return local_root

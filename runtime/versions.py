@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 KEEP_VERSIONS = 3  # versions kept in a data dir's index/ and in an instance's cache of each S3 prefix
 ORDERS = ("name", "fetched")
-NOT_FOUND = ("404", "NoSuchKey", "NotFound")  # what S3 answers for a key that is not there
 
 
 def check_name(name: object) -> str:
@@ -76,11 +75,6 @@ def version_key(prefix: str, version: str, rel: str = "") -> str:
     return "/".join(parts)
 
 
-def is_not_found(error: Exception) -> bool:
-    """Whether a botocore ClientError says the object is not there (not a denial, a throttle or a server error)."""
-    return getattr(error, "response", {}).get("Error", {}).get("Code") in NOT_FOUND
-
-
 def read_s3_pointer(client: Any, bucket: str, prefix: str) -> str | None:
     """The version the prefix's pointer names; None when there is no pointer (the prefix is a version itself).
 
@@ -93,7 +87,7 @@ def read_s3_pointer(client: Any, bucket: str, prefix: str) -> str | None:
     try:
         body = client.get_object(Bucket=bucket, Key=pointer_key(prefix))["Body"].read()
     except ClientError as exc:
-        if is_not_found(exc):
+        if storage.is_not_found(exc):
             return None
         raise
     return check_name(body.decode("utf-8", "replace").strip())
@@ -110,7 +104,7 @@ def s3_pointer_etag(client: Any, bucket: str, prefix: str) -> str | None:
     try:
         return client.head_object(Bucket=bucket, Key=pointer_key(prefix))["ETag"]
     except ClientError as exc:
-        if is_not_found(exc):
+        if storage.is_not_found(exc):
             return None
         raise
 

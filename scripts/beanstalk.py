@@ -11,6 +11,7 @@ import urllib.request
 
 from botocore.exceptions import WaiterError
 
+from runtime import versions
 from scripts import waiters
 
 PLATFORM_BRANCH = "Python 3.11 running on 64bit Amazon Linux 2023"
@@ -73,11 +74,14 @@ def ensure_role(iam, role: str, service: str, policies: tuple[str, ...], inline:
     return role
 
 
-def bucket_read_policy(bucket: str) -> dict:
-    """Read access to the artifacts bucket: what an instance needs to fetch and watch its index."""
+def instance_bucket_policy(bucket: str, prefix: str) -> dict:
+    """What an instance may do in the artifacts bucket: read it (fetch and watch its index), and write one object,
+    the prefix's pointer, which an admin reload naming a version moves (`POST /api/admin/reload`)."""
     return {"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": f"arn:aws:s3:::{bucket}/*"},
-        {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{bucket}"}]}
+        {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{bucket}"},
+        {"Effect": "Allow", "Action": ["s3:PutObject"],
+         "Resource": f"arn:aws:s3:::{bucket}/{versions.pointer_key(prefix)}"}]}
 
 
 def creation_settings(instance_profile: str, service_role: str, instance_type: str) -> list[dict]:

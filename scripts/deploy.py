@@ -40,11 +40,11 @@ from scripts.beanstalk import (
     SERVICE_POLICIES,
     SERVICE_ROLE,
     DeployError,
-    bucket_read_policy,
     creation_settings,
     current_properties,
     ensure_role,
     ensure_version,
+    instance_bucket_policy,
     live_environment,
     newest_platform,
     wait_until_healthy,
@@ -187,7 +187,7 @@ def deploy(artifacts_dir: Path, bucket: str, application: str, environment: str,
     if existing is None:
         iam = clients.get("iam") or boto3.client("iam")
         profile = instance_profile or ensure_role(iam, INSTANCE_ROLE, "ec2.amazonaws.com", INSTANCE_POLICIES,
-                                                  inline=bucket_read_policy(bucket), profile=True)
+                                                  inline=instance_bucket_policy(bucket, prefix), profile=True)
         role = service_role or ensure_role(iam, SERVICE_ROLE, "elasticbeanstalk.amazonaws.com", SERVICE_POLICIES,
                                            external_id="elasticbeanstalk")
         arn = platform or newest_platform(eb)

@@ -53,6 +53,8 @@ ERROR_CODES: dict[str, str] = {
     "bad_parameter": "a reload body that is not {\"version\": name}",
     "unknown_version": "no such version beside the pointer",
     "reload_failed": "the version named could not be loaded; the old one keeps serving",
+    "reload_forbidden": "S3 denies this instance the write of the pointer; the message names the permission",
+    "storage_unavailable": "S3 did not answer; nothing changed: try again",
     "not_found": "no such route or file",
     "method_not_allowed": "the route does not take this method (the Allow header lists those it does)",
     "bad_request": "a request the HTTP layer refused (e.g. a malformed form body)",
@@ -76,7 +78,7 @@ def _json(schema: dict, description: str) -> dict:
 ERROR_STATUSES = {400: "bad input: the message says what to change", 401: "no bearer token", 403: "refused",
                   404: "not found", 409: "conflicts with how the index was built", 413: "too large",
                   415: "not an accepted image format", 422: "understood but not usable",
-                  503: "not ready, or a file gone under the worker: retry"}
+                  503: "not ready, a file gone under the worker, or S3 not answering: retry"}
 
 
 def _errors(*statuses: int) -> dict:
@@ -255,7 +257,7 @@ def document(config: dict, example: dict[str, str] | None = None) -> dict:
             "security": [{"adminToken": []}],
             "requestBody": {"required": False, "content": {"application/json": {"schema": {
                 "type": "object", "properties": {"version": {"type": "string"}}}}}},
-            "responses": {"200": _json(_ref("Reloaded"), "loaded"), **_errors(400, 401, 403, 404, 422)}}},
+            "responses": {"200": _json(_ref("Reloaded"), "loaded"), **_errors(400, 401, 403, 404, 422, 503)}}},
         "/": _html_page("The shopper's search page", "page"),
         "/static/{filename}": _file_route("The page's scripts, styles and images", "static"),
         "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",

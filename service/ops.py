@@ -8,6 +8,7 @@ import os
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from runtime import storage
 from runtime.artifacts import ArtifactError
 from service import metrics as prometheus
 from service.errors import APIError
@@ -70,6 +71,15 @@ def reload():
             move_pointer(holder.location, version)
         except ArtifactError as exc:
             raise APIError(404, "unknown_version", f"{exc}; still serving {old}") from None
+        except PermissionError as exc:
+            raise APIError(403, "reload_forbidden", f"{exc}; still serving {old}") from None
+        except Exception as exc:
+            if not storage.is_transient(exc):
+                raise
+            log.warning("reload: S3 did not answer moving the pointer of %s: %s", holder.location, exc)
+            raise APIError(503, "storage_unavailable", f"S3 did not answer ({type(exc).__name__}: {exc}); the "
+                                                       f"pointer did not move, still serving {old}: try again"
+                           ) from None
     try:
         searcher = holder.reload()
     except Exception as exc:

@@ -4,9 +4,10 @@ Where a worker's index comes from has one source of truth: the pointer that ARTI
 s3://bucket/prefix/CURRENT or a local `index/current` symlink. Every RELOAD_CHECK_S each worker reads it (one
 HEAD request, or one readlink) in a background thread and loads the version it names when it moved; an admin
 reload moves the pointer (or only asks for a check) and so reaches every worker of every instance. Reading the
-pointer and loading happen under one lock, so the watcher and a reload request never race. A transient error
-(S3 unreachable, a download cut) is retried with backoff and at the next check; only a version that fails
-verification is refused, and kept out until the pointer moves again.
+pointer and loading happen under one lock, so the watcher and a reload request never race. Any error of S3 or the
+network (a throttle, a 5xx, a cut connection, a manifest not found) is retried with backoff, at most
+TRANSIENT_BACKOFF_MAX_S apart; only a version that fails verification (`ArtifactError`: a hash, a size, a manifest
+that is not one, a name that is no path) is refused, and kept out until the pointer moves again.
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ log = logging.getLogger(__name__)
 EXTENSION = "visual_search"
 RETRIES = 3  # reads of the pointer before a check gives up until the next one
 BACKOFF_S = 0.2  # first wait between them, doubled each time
-MAX_BACKOFF_S = 300.0  # the longest wait before a version that failed to load (not to verify) is tried again
+# The longest wait before a version that failed to load (not to verify) is tried again: short when S3 or the
+# network failed (`storage.is_transient`), so a version is served soon after S3 answers again; long for anything
+# else (a model that cannot load), which retrying every few seconds would only repeat
+TRANSIENT_BACKOFF_MAX_S = 10.0
+MAX_BACKOFF_S = 300.0
 
 
 def pointer_of(location: str) -> str | None:
@@ -56,6 +61,8 @@ def move_pointer(location: str, version: str) -> None:
     Raises:
         ArtifactError: not a version name, no such version there, or ARTIFACTS names a version folder rather than
             a pointer.
+        PermissionError: S3 denies this instance the write of the pointer.
+        botocore's errors: S3 did not answer (`storage.is_transient`); nothing moved.
     """
     versions.check_name(version)
     if location.startswith("s3://"):
@@ -65,9 +72,20 @@ def move_pointer(location: str, version: str) -> None:
         client = storage.s3_client()
         try:
             client.head_object(Bucket=bucket, Key=versions.version_key(prefix, version, MANIFEST))
-        except ClientError:
-            raise artifacts.ArtifactError(f"no version {version} in s3://{bucket}/{prefix}") from None
-        versions.write_s3_pointer(client, bucket, prefix, version)
+        except ClientError as exc:
+            if storage.is_not_found(exc):
+                raise artifacts.ArtifactError(f"no version {version} in s3://{bucket}/{prefix}") from None
+            raise
+        try:
+            versions.write_s3_pointer(client, bucket, prefix, version)
+        except ClientError as exc:
+            if storage.is_denied(exc):
+                raise PermissionError(
+                    f"this instance may not write s3://{bucket}/{versions.pointer_key(prefix)} "
+                    f"({exc.response['Error'].get('Code')}): give its role s3:PutObject on that one object (the "
+                    "role deploy creates has it), or move the pointer with `scripts/deploy.py --artifacts-only`"
+                ) from None
+            raise
         return
     pointer = versions.local_pointer(location)
     if pointer is None:
@@ -152,9 +170,10 @@ class SearcherHolder:
             except Exception as exc:
                 failures = failures + 1 if pointer == failed else 1
                 base = max(float(self.config["RELOAD_CHECK_S"]), 1.0)
-                wait = min(MAX_BACKOFF_S, base * 2 ** (failures - 1))
-                log.exception("could not load %s (failure %d); will try again in %.0f s", self.location, failures,
-                              wait)
+                cap = TRANSIENT_BACKOFF_MAX_S if storage.is_transient(exc) else MAX_BACKOFF_S
+                wait = min(cap, base * 2 ** (failures - 1))
+                log.warning("could not load %s (failure %d): %s: %s; will try again in %.0f s", self.location,
+                            failures, type(exc).__name__, exc, wait, exc_info=not storage.is_transient(exc))
                 self._failed = (pointer, failures, time.monotonic() + wait)
                 self.transient = f"{type(exc).__name__}: {exc}"
                 if self.searcher is None:

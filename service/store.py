@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -22,9 +21,10 @@ def fetch_s3(uri: str, cache_dir: Path) -> Path:
     unless every file matches its manifest.
 
     Raises:
-        ArtifactError: no manifest, a pointer or base that names no possible version, or a file whose size or sha256
-            differs from the manifest (tampering).
-        botocore's ClientError: S3 could not be read (retried by the caller).
+        ArtifactError: a manifest that is not one, a pointer, base or file name that names no possible version or
+            path, or a file whose sha256 differs from the manifest (tampering): the version is refused.
+        botocore's errors: S3 or the network failed, a manifest not found included (`storage.is_transient`
+            says which may pass): the caller retries.
     """
     bucket, prefix = storage.split_s3(uri.rstrip("/"))
     client = storage.s3_client()
@@ -51,33 +51,35 @@ def _fetch_version(client, bucket: str, prefix: str, cache_dir: Path, trust_cach
     is written last, so the files were complete and checked then, and the searcher checks them again when it
     loads the base itself; a worker already serving the base must not hash gigabytes for a delta of kilobytes.
     """
-    from botocore.exceptions import ClientError
-
-    try:
-        manifest_bytes = client.get_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}")["Body"].read()
-    except ClientError as exc:
-        raise artifacts.ArtifactError(f"no {MANIFEST} at s3://{bucket}/{prefix}: {exc}") from None
-    manifest = json.loads(manifest_bytes)
+    where = f"s3://{bucket}/{prefix}"
+    # S3's errors go up as they are, retried by the caller: only what the bytes say can refuse a version
+    manifest_bytes = client.get_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}")["Body"].read()
+    manifest = artifacts.parse_manifest(manifest_bytes, where)
     local = cache_dir / bucket / prefix
     if trust_cached and (local / MANIFEST).is_file() and (local / MANIFEST).read_bytes() == manifest_bytes:
         return local, manifest
-    for rel, entry in manifest.get("files", {}).items():
-        if ".." in Path(rel).parts or Path(rel).is_absolute():
-            raise artifacts.ArtifactError(f"manifest at s3://{bucket}/{prefix} lists an unsafe path {rel!r}")
-        target = local / rel
+    for rel, entry in manifest["files"].items():
+        try:
+            target = storage.inside(local, rel, f"the manifest at {where} lists")
+        except storage.UnsafePathError as exc:
+            raise artifacts.ArtifactError(str(exc)) from None
         if target.is_file() and target.stat().st_size == entry["bytes"] \
                 and storage.sha256_file(target) == entry["sha256"]:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}")
-        client.download_file(bucket, f"{prefix}/{rel}", str(tmp))
+        try:
+            client.download_file(bucket, f"{prefix}/{rel}", str(tmp))
+        except BaseException:  # a connection cut mid-file: the next try starts it again
+            tmp.unlink(missing_ok=True)
+            raise
         if storage.sha256_file(tmp) != entry["sha256"]:
             tmp.unlink()
             raise artifacts.ArtifactError(f"s3://{bucket}/{prefix}/{rel} does not match its sha256 in the manifest; "
                                           "refusing to load these artifacts")
         os.replace(tmp, target)
     storage.atomic_write_bytes(local / MANIFEST, manifest_bytes)
-    log.info("fetched s3://%s/%s (%d files) into %s", bucket, prefix, len(manifest.get("files", {})), local)
+    log.info("fetched s3://%s/%s (%d files) into %s", bucket, prefix, len(manifest["files"]), local)
     return local, manifest
 
 

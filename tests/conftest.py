@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from runtime import tfenv
 from scripts.make_sample_catalog import make_catalog
-from tests.helpers import SHARED, free_port, start_gunicorn, stop
+from tests.helpers import SHARED, free_port, moto_s3, start_gunicorn, stop
 
 # The longest modules, first: under `make test`'s two pytest-xdist workers (`--dist loadscope
 # --no-loadscope-reorder`, a module per worker, in this order) each worker starts one of them at once and the other
@@ -120,20 +119,8 @@ def assert_uploads_find_their_products(data_dir: Path, cache: Path, positions: l
 @pytest.fixture()
 def s3_server(monkeypatch: pytest.MonkeyPatch):
     """S3 and IAM APIs (moto's server) on 127.0.0.1, with boto3 pointed at it through the environment."""
-    from moto.server import ThreadedMotoServer
-
-    monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")  # IAM knows AWS's managed policies, as AWS does
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    # moto keeps its state per process, not per server: start every test from an empty account
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).read()
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(key, value)
-    yield endpoint
-    server.stop()
+    with moto_s3(monkeypatch) as endpoint:
+        yield endpoint
 
 
 @contextlib.contextmanager

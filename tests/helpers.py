@@ -3,11 +3,15 @@ harness the benchmarks use too (a free port, multipart bodies, gunicorn started 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from benchmarks.common import (
     free_port,
@@ -21,8 +25,8 @@ from benchmarks.common import (
     wait_for_workers,
 )
 
-__all__ = ["ROOT", "SHARED", "Load", "free_port", "http_json", "launch_gunicorn", "multipart", "raw_request",
-           "server_timing", "start_gunicorn", "stop", "timed", "wait_for_workers"]
+__all__ = ["ROOT", "SHARED", "Load", "free_port", "http_json", "launch_gunicorn", "moto_s3", "multipart",
+           "raw_request", "server_timing", "start_gunicorn", "stop", "timed", "wait_for_workers"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"  # the real catalogs and models; tests that need them skip when it is absent
@@ -37,6 +41,28 @@ def http_json(url: str, data: bytes | None = None, headers: dict | None = None,
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
+
+
+@contextlib.contextmanager
+def moto_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """S3 and IAM APIs (moto's server) on 127.0.0.1, empty, with boto3 pointed at it through the environment; yields
+    its endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")  # IAM knows AWS's managed policies, as AWS does
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    try:
+        # moto keeps its state per process, not per server: start every test from an empty account
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).read()
+        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+            monkeypatch.setenv(key, value)
+        yield endpoint
+    finally:
+        server.stop()
 
 
 class Load:

@@ -175,7 +175,10 @@ def test_first_deploy_on_an_empty_account(aws, demo_index: Path, live_service: s
         "AttachedPolicies"]}
     assert attached == set(deploy.INSTANCE_POLICIES)
     inline = iam.get_role_policy(RoleName=deploy.INSTANCE_ROLE, PolicyName="visual-search-artifacts")
-    assert "arn:aws:s3:::shop-search/*" in json.dumps(inline["PolicyDocument"])
+    statements = {s["Resource"]: s["Action"] for s in inline["PolicyDocument"]["Statement"]}
+    assert statements["arn:aws:s3:::shop-search/*"] == ["s3:GetObject"]
+    # the one object an instance may write: the pointer an admin reload moves
+    assert statements["arn:aws:s3:::shop-search/prod/CURRENT"] == ["s3:PutObject"]
     profile = iam.get_instance_profile(InstanceProfileName=deploy.INSTANCE_ROLE)["InstanceProfile"]
     assert [r["RoleName"] for r in profile["Roles"]] == [deploy.INSTANCE_ROLE]
     trust = iam.get_role(RoleName=deploy.SERVICE_ROLE)["Role"]["AssumeRolePolicyDocument"]

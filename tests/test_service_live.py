@@ -11,10 +11,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 from PIL import Image
 
 from pipeline import index
+from runtime import versions
 from runtime.storage import s3_client
+from scripts import deploy
+from scripts.beanstalk import instance_bucket_policy
 from service import create_app
 from service.searcher import Searcher
 from tests.conftest import gunicorn_over
@@ -94,6 +98,48 @@ def _upload_index(folder: Path, bucket: str, prefix: str) -> None:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         client.upload_file(str(path), bucket, f"{prefix}/{folder.name}/{path.relative_to(folder).as_posix()}")
     client.put_object(Bucket=bucket, Key=f"{prefix}/CURRENT", Body=folder.name.encode())
+
+
+def test_an_admin_reload_on_s3_needs_the_write_of_current_that_deploy_grants(s3_server: str, own_index: Path,
+                                                                              tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under IAM (moto checks each request against the caller's policy): an instance whose role may only read gets
+    a 403 that names the permission, not a 500; the role deploy creates may move CURRENT, and nothing else."""
+    import boto3
+    from moto.core.authorization import enable_iam_authentication
+
+    client = s3_client()
+    client.create_bucket(Bucket="artifacts")
+    first = deploy.upload_artifacts(own_index / "index" / "current", "artifacts", "shop")["version"]
+    second = index.run(own_index, trees=4)["version"]
+    deploy.upload_artifacts(own_index / "index" / "current", "artifacts", "shop")
+    versions.write_s3_pointer(client, "artifacts", "shop", first)
+    granted = instance_bucket_policy("artifacts", "shop")
+    read_only = {**granted, "Statement": [s for s in granted["Statement"] if s["Action"] != ["s3:PutObject"]]}
+    iam, keys = boto3.client("iam"), {}
+    for user, policy in {"reader": read_only, "instance": granted}.items():
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName="artifacts", PolicyDocument=json.dumps(policy))
+        keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
+    answers = {}
+    with enable_iam_authentication():
+        for user in ("reader", "instance"):
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys[user]["AccessKeyId"])
+            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys[user]["SecretAccessKey"])
+            app = create_app({"ARTIFACTS": "s3://artifacts/shop", "LOAD_IN_BACKGROUND": False, "ADMIN_TOKEN": "t0k",
+                              "RELOAD_CHECK_S": 0, "ARTIFACTS_CACHE": str(tmp_path / user)})
+            assert app.test_client().get("/health").get_json()["version"] == first  # reading is allowed to both
+            response = app.test_client().post("/api/admin/reload", headers={"Authorization": "Bearer t0k"},
+                                              json={"version": second})
+            answers[user] = (response.status_code, response.get_json())
+        with pytest.raises(ClientError, match="AccessDenied"):  # the instance's one write is the pointer
+            s3_client().put_object(Bucket="artifacts", Key=f"shop/{second}/items.jsonl", Body=b"x")
+    status, body = answers["reader"]
+    assert status == 403 and body["error"]["code"] == "reload_forbidden", body
+    assert "s3:PutObject" in body["error"]["message"] and f"still serving {first}" in body["error"]["message"]
+    assert answers["instance"][0] == 200 and answers["instance"][1]["version"] == second, answers["instance"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    assert versions.read_s3_pointer(s3_client(), "artifacts", "shop") == second
 
 
 def test_artifacts_from_s3_are_verified_and_tampering_is_refused(s3_server: str, demo_index: Path,

@@ -60,6 +60,79 @@ def test_a_pointer_naming_a_path_outside_the_cache_is_refused(s3_server: str, tm
     assert not (tmp_path / "outside").exists() and not list((tmp_path / "cache").rglob("manifest.json"))
 
 
+@pytest.mark.parametrize("rel", ["../../escaped", "/tmp/escaped-abs", "thumbs/../../../escaped", "a//b", "./x", ""])
+def test_a_manifest_naming_a_path_outside_its_folder_is_refused(s3_server: str, tmp_path: Path, rel: str) -> None:
+    client = storage.s3_client()
+    client.create_bucket(Bucket="shop")
+    client.put_object(Bucket="shop", Key="prod/CURRENT", Body=b"v1")
+    entry = {"sha256": storage.sha256_bytes(b"x"), "bytes": 1}
+    manifest = {"format_version": 3, "version": "v1", "files": {rel: entry}}
+    client.put_object(Bucket="shop", Key="prod/v1/manifest.json", Body=json.dumps(manifest).encode())
+    client.put_object(Bucket="shop", Key=f"prod/v1/{rel}", Body=b"x")
+    with pytest.raises(ArtifactError, match="is not a plain relative path; refusing"):
+        fetch_s3("s3://shop/prod", tmp_path / "cache")
+    assert not any("escaped" in p.name for p in tmp_path.rglob("*")) and not Path("/tmp/escaped-abs").exists()
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'{"files": {"a": "b"}}', b'{"version": "v1"}'])
+def test_a_manifest_that_is_not_one_refuses_the_version(s3_server: str, tmp_path: Path, body: bytes) -> None:
+    client = storage.s3_client()
+    client.create_bucket(Bucket="shop")
+    client.put_object(Bucket="shop", Key="prod/CURRENT", Body=b"v1")
+    client.put_object(Bucket="shop", Key="prod/v1/manifest.json", Body=body)
+    with pytest.raises(ArtifactError, match=r"s3://shop/prod/v1 is not (JSON|an index manifest)"):
+        fetch_s3("s3://shop/prod", tmp_path / "cache")
+
+
+def test_a_missing_manifest_is_an_error_to_retry_not_a_refusal(s3_server: str, tmp_path: Path) -> None:
+    """Only what the bytes say refuses a version; S3 not answering (here: no manifest yet) is retried."""
+    client = storage.s3_client()
+    client.create_bucket(Bucket="shop")
+    client.put_object(Bucket="shop", Key="prod/CURRENT", Body=b"v1")
+    with pytest.raises(ClientError) as raised:
+        fetch_s3("s3://shop/prod", tmp_path / "cache")
+    assert not isinstance(raised.value, ArtifactError)
+
+
+def test_mirroring_a_bucket_writes_nothing_outside_its_folder(s3_server: str, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    client = storage.s3_client()
+    client.create_bucket(Bucket="shop")
+    for key in ("cat/ok/a.jpg", "cat//etc/escaped-root.jpg", "cat/x/../../escaped-up.jpg", "cat/./dot.jpg"):
+        client.put_object(Bucket="shop", Key=key, Body=b"jpeg")
+    listed = [o["Key"] for o in client.list_objects_v2(Bucket="shop")["Contents"]]
+    assert "cat//etc/escaped-root.jpg" in listed  # S3 keeps the names as given: they reach the mirror as they are
+    cache = tmp_path / "cache"
+    with caplog.at_level("WARNING", logger="runtime.storage"):
+        local = storage.mirror_s3("s3://shop/cat", cache)
+    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == ["ok/a.jpg"]
+    assert not Path("/etc/escaped-root.jpg").exists()
+    assert not any("escaped" in p.name for p in tmp_path.rglob("*"))
+    assert "is not a plain relative path" in caplog.text and "cat//etc/escaped-root.jpg" in caplog.text
+
+
+def test_a_symlink_inside_a_folder_cannot_lead_a_name_out(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "link").symlink_to(tmp_path)
+    with pytest.raises(storage.UnsafePathError, match="through a symlink"):
+        storage.inside(tmp_path / "root", "link/escaped")
+    assert storage.inside(tmp_path / "root", "thumbs/ab.jpg") == tmp_path / "root" / "thumbs" / "ab.jpg"
+
+
+@pytest.mark.parametrize("error, transient", [
+    (ClientError({"Error": {"Code": "SlowDown"}}, "GetObject"), True),
+    (ClientError({"Error": {"Code": "InternalError"}}, "GetObject"), True),
+    (ClientError({"Error": {"Code": "AccessDenied"}}, "GetObject"), True),
+    (ClientError({"Error": {"Code": "NoSuchKey"}}, "GetObject"), False),
+    (ClientError({"Error": {"Code": "404"}}, "HeadObject"), False),
+    (ConnectionResetError(), True),
+    (ArtifactError("a hash differs"), False),
+    (RuntimeError("a bug"), False),
+])
+def test_which_errors_may_pass_by_themselves(error: Exception, transient: bool) -> None:
+    assert storage.is_transient(error) is transient
+
+
 @pytest.mark.parametrize("code, missing", [("NoSuchKey", True), ("404", True), ("SlowDown", False),
                                            ("AccessDenied", False), ("InternalError", False)])
 def test_only_not_found_means_no_pointer(code: str, missing: bool) -> None:
