@@ -112,7 +112,8 @@ def run(data_dir: Path, trees: int = DEFAULT_TREES, search_k: int | None = None,
         with versions.staged(layout) as (version, now, staging):
             manifest = _build(layout, catalog_stat, staging, extractor_config, embeddings_summary, trees,
                               search_k, target_recall, scoring, duplicate_threshold)
-            manifest.update(version=version, created_at=now.isoformat(), inputs=inputs, options=options)
+            manifest.update(version=version, created_at=now.isoformat(), inputs=inputs, options=options,
+                            lineage=versions.lineage(layout))
             storage.write_json(staging / MANIFEST, manifest)
         versions.make_current(layout, version, keep)
     log.info("index %s: %d items, %d trees, search_k %d, %.1f s", version, manifest["count"], trees,

@@ -75,8 +75,23 @@ def version_key(prefix: str, version: str, rel: str = "") -> str:
     return "/".join(parts)
 
 
+class PointerMoved(Exception):
+    """S3's pointer is not what a publisher read: another publisher moved it (or removed it) in between."""
+
+
 def read_s3_pointer(client: Any, bucket: str, prefix: str) -> str | None:
     """The version the prefix's pointer names; None when there is no pointer (the prefix is a version itself).
+
+    Raises:
+        ArtifactError: the pointer names no possible version.
+        botocore's ClientError: S3 answered anything but "not found" (retry later).
+    """
+    return read_s3_pointer_state(client, bucket, prefix)[0]
+
+
+def read_s3_pointer_state(client: Any, bucket: str, prefix: str) -> tuple[str | None, str | None]:
+    """The version the prefix's pointer names and the pointer's ETag (what `move_s3_pointer` expects to find);
+    (None, None) when there is no pointer.
 
     Raises:
         ArtifactError: the pointer names no possible version.
@@ -85,12 +100,12 @@ def read_s3_pointer(client: Any, bucket: str, prefix: str) -> str | None:
     from botocore.exceptions import ClientError
 
     try:
-        body = client.get_object(Bucket=bucket, Key=pointer_key(prefix))["Body"].read()
+        response = client.get_object(Bucket=bucket, Key=pointer_key(prefix))
     except ClientError as exc:
         if storage.is_not_found(exc):
-            return None
+            return None, None
         raise
-    return check_name(body.decode("utf-8", "replace").strip())
+    return check_name(response["Body"].read().decode("utf-8", "replace").strip()), response["ETag"]
 
 
 def s3_pointer_etag(client: Any, bucket: str, prefix: str) -> str | None:
@@ -110,9 +125,32 @@ def s3_pointer_etag(client: Any, bucket: str, prefix: str) -> str | None:
 
 
 def write_s3_pointer(client: Any, bucket: str, prefix: str, version: str) -> None:
-    """Point the prefix's pointer at a version (write it after the version's files, so that no reader follows it
-    to a half-uploaded version)."""
+    """Point the prefix's pointer at a version, whatever it named (an admin's rollback; a publisher uses
+    `move_s3_pointer`). Write it after the version's files, so that no reader follows it to a half-uploaded version."""
     client.put_object(Bucket=bucket, Key=pointer_key(prefix), Body=check_name(version).encode())
+
+
+def move_s3_pointer(client: Any, bucket: str, prefix: str, version: str, expected_etag: str | None) -> None:
+    """Point the prefix's pointer at a version only if it is still as the publisher read it: its ETag is
+    `expected_etag`, or (None) there is still no pointer. One conditional write (If-Match, If-None-Match), so of two
+    publishers that read the same pointer, the second fails instead of silently undoing the first.
+
+    Raises:
+        PointerMoved: the pointer changed (or appeared, or went) since it was read.
+        botocore's ClientError: any other answer of S3.
+    """
+    from botocore.exceptions import ClientError
+
+    condition = {"IfMatch": expected_etag} if expected_etag else {"IfNoneMatch": "*"}
+    try:
+        client.put_object(Bucket=bucket, Key=pointer_key(prefix), Body=check_name(version).encode(), **condition)
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        # 412: the condition failed; 409: another conditional write to the key won the race; 404: it was removed
+        if status in (409, 412) or (expected_etag and storage.is_not_found(exc)):
+            raise PointerMoved(f"s3://{bucket}/{pointer_key(prefix)} changed while publishing "
+                               f"({exc.response.get('Error', {}).get('Code')})") from None
+        raise
 
 
 def delta_base(folder: Path) -> str | None:

@@ -6,14 +6,15 @@
     python scripts/deploy.py --artifacts data/shop/index/current --bucket my-shop-search --artifacts-only
 
 Steps: (1) upload the index folder to s3://BUCKET/PREFIX/<version>/ (files whose sha256 is already there are
-skipped) and point s3://BUCKET/PREFIX/CURRENT at it: every instance picks the new version up by itself within
-RELOAD_CHECK_S, and `--artifacts-only` stops here; (2) zip the service's code (the service and the runtime
-layer it imports: never the pipeline, data or models); (3) upload the zip and create an application version
-(none when this code was deployed before) and wait until Beanstalk has validated it; (4) update the
-environment, or create it: the newest Python 3.11 platform, an instance profile and a service role (created
-with AWS's managed policies when absent), the instance type; load balancing, autoscaling, IMDSv2 and the
-rolling deployment policy come from .ebextensions/; (5) wait until Beanstalk reports it Ready and Green on this
-version, then check /health. A failure prints the environment's recent events.
+skipped) and point s3://BUCKET/PREFIX/CURRENT at it, only if CURRENT still names a version this one was built on
+(else it stops and says what moved: another publisher's work is never undone silently): every instance picks the new
+version up by itself within RELOAD_CHECK_S, and `--artifacts-only` stops here; (2) zip the service's code (the
+service and the runtime layer it imports: never the pipeline, data or models); (3) upload the zip and create an
+application version (none when this code was deployed before) and wait until Beanstalk has validated it; (4) update
+the environment, or create it: the newest Python 3.11 platform, an instance profile and a service role (created with
+AWS's managed policies when absent), the instance type; load balancing, autoscaling, IMDSv2 and the rolling
+deployment policy come from .ebextensions/; (5) wait until Beanstalk reports it Ready and Green on this version,
+then check /health. A failure prints the environment's recent events.
 
 AWS credentials and region come from the usual boto3 sources; AWS_ENDPOINT_URL points boto3 at another server.
 """
@@ -60,28 +61,68 @@ FIXED_TIME = (2020, 1, 1, 0, 0, 0)
 
 
 
-def upload_artifacts(folder: Path, bucket: str, prefix: str, client=None) -> dict:
+def upload_artifacts(folder: Path, bucket: str, prefix: str, client=None, replace_current: bool = False) -> dict:
     """Upload a verified index folder to s3://bucket/prefix/<version>/, skipping files already there, then point
     s3://bucket/prefix/CURRENT at it (last, so no instance sees a half-uploaded version).
+
+    The pointer moves only from a version this one was built on (`lineage` in its manifest: the versions its data
+    dir served before it), and only if nobody moved it during the upload (a conditional write); else nothing is
+    pointed at and DeployError says what moved and how to rebase. `replace_current` publishes over whatever it names.
 
     A delta version (`pipeline remove`) needs its base beside it: the base is uploaded first unless its manifest
     is already there (the same sha256), so publishing a delta over a published base uploads the delta's files only.
 
     Returns:
-        Counts of uploaded and skipped files and the bytes uploaded, the version, and the S3 URI the service's
-        ARTIFACTS should name; for a delta, `base` with the same counts for its base.
+        Counts of uploaded and skipped files and the bytes uploaded, the version, the version CURRENT named before
+        (`replaced`), and the S3 URI the service's ARTIFACTS should name; for a delta, `base` with the same counts
+        for its base.
+
+    Raises:
+        DeployError: CURRENT names a version this one was not built on, or moved while uploading.
     """
     folder = artifacts.resolve_index(folder)
     manifest = artifacts.verify(folder)
     client = client or storage.s3_client()
+    current, etag = versions.read_s3_pointer_state(client, bucket, prefix)
+    if not replace_current:
+        _check_built_on(client, bucket, prefix, current, manifest)
     base_result = None
     if manifest.get("delta"):
         base_folder, _ = artifacts.base_of(folder, manifest)
         base_result = _upload_version(base_folder, bucket, prefix, client, skip_if_published=True)
     result = _upload_version(folder, bucket, prefix, client)
-    versions.write_s3_pointer(client, bucket, prefix, manifest["version"])
-    return {**result, **({"base": base_result} if base_result else {}),
+    try:
+        versions.move_s3_pointer(client, bucket, prefix, manifest["version"], etag)
+    except versions.PointerMoved as exc:
+        now = versions.read_s3_pointer(client, bucket, prefix)
+        raise DeployError(f"{exc}: it named {current} when this deploy began and names {now} now (another "
+                          f"publisher). {manifest['version']} is uploaded but not served; {_REBASE}") from None
+    return {**result, **({"base": base_result} if base_result else {}), "replaced": current,
             "artifacts": f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")}
+
+
+_REBASE = ("to rebase, bring this data dir up to date with what is served (the products a `pipeline remove` took "
+           "out are in that version's removed.json: remove them here too, or rebuild from the catalog that has them "
+           "gone), then deploy again; or pass --replace-current to publish over it anyway")
+
+
+def _check_built_on(client, bucket: str, prefix: str, current: str | None, manifest: dict) -> None:
+    """Raise DeployError unless CURRENT is absent, names this version, or names one it was built on."""
+    built_on = manifest.get("lineage") or []
+    if current is None or current == manifest["version"] or current in built_on:
+        return
+    try:
+        served = json.loads(client.get_object(Bucket=bucket, Key=versions.version_key(prefix, current, MANIFEST))[
+            "Body"].read())
+        delta = served.get("delta") or {}
+        what = f"{current} (built {served.get('created_at', '?')}" + (
+            f", a delta over {delta.get('base')} that removes {delta.get('removed', 0)} and adds "
+            f"{delta.get('added', 0)} products)" if delta else ")")
+    except Exception:  # noqa: BLE001 - only a description: the refusal stands without it
+        what = current
+    raise DeployError(f"s3://{bucket}/{versions.pointer_key(prefix)} names {what}, which {manifest['version']} was "
+                      f"not built on (its data dir served {', '.join(built_on[:3]) or 'nothing'} before it): "
+                      f"publishing would undo that version's changes. Nothing was uploaded; {_REBASE}")
 
 
 def _upload_version(folder: Path, bucket: str, prefix: str, client, skip_if_published: bool = False) -> dict:
@@ -140,7 +181,8 @@ def environment_settings(artifacts_uri: str, extra: dict[str, str]) -> list[dict
 def deploy(artifacts_dir: Path, bucket: str, application: str, environment: str, prefix: str = "artifacts",
            properties: dict[str, str] | None = None, wait_s: float = 1800, poll_s: float = 10,
            platform: str | None = None, instance_type: str = INSTANCE_TYPE, instance_profile: str | None = None,
-           service_role: str | None = None, artifacts_only: bool = False, clients: dict | None = None) -> dict:
+           service_role: str | None = None, artifacts_only: bool = False, clients: dict | None = None,
+           replace_current: bool = False) -> dict:
     """Run every deployment step and return what was done.
 
     Args:
@@ -158,6 +200,7 @@ def deploy(artifacts_dir: Path, bucket: str, application: str, environment: str,
         service_role: an existing service role (default: SERVICE_ROLE, created if absent).
         artifacts_only: publish the catalog and stop: no code, no environment change.
         clients: boto3 clients by service name ("s3", "elasticbeanstalk", "iam") instead of new ones.
+        replace_current: move CURRENT even when it names a version this one was not built on.
 
     Raises:
         DeployError: a step failed; the message says what to do.
@@ -166,7 +209,7 @@ def deploy(artifacts_dir: Path, bucket: str, application: str, environment: str,
 
     clients = clients or {}
     s3 = clients.get("s3") or storage.s3_client()
-    result: dict = {"artifacts": upload_artifacts(artifacts_dir, bucket, prefix, s3)}
+    result: dict = {"artifacts": upload_artifacts(artifacts_dir, bucket, prefix, s3, replace_current)}
     if artifacts_only:
         up = result["artifacts"]
         base = up.get("base")
@@ -222,6 +265,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--environment", default="visual-search-prod")
     parser.add_argument("--artifacts-only", action="store_true",
                         help="publish the catalog to S3 and stop (the instances load it by themselves)")
+    parser.add_argument("--replace-current", action="store_true",
+                        help="publish even when CURRENT names a version this one was not built on (another "
+                             "publisher's, e.g. a `pipeline remove` elsewhere): its changes are undone")
     parser.add_argument("--platform", help="platform ARN of a new environment (default: the newest "
                                            f"'{PLATFORM_BRANCH}')")
     parser.add_argument("--instance-type", default=INSTANCE_TYPE, help=f"of a new environment (default "
@@ -241,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         result = deploy(args.artifacts, args.bucket, args.application, args.environment, args.prefix, properties,
                         args.wait, platform=args.platform, instance_type=args.instance_type,
                         instance_profile=args.instance_profile, service_role=args.service_role,
-                        artifacts_only=args.artifacts_only)
+                        artifacts_only=args.artifacts_only, replace_current=args.replace_current)
     except (DeployError, ValueError, FileNotFoundError, artifacts.ArtifactError) as exc:
         sys.exit(f"deploy failed: {exc}")
     print(json.dumps(result, indent=2, default=str))

@@ -7,6 +7,7 @@ import datetime
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -37,6 +38,50 @@ def test_artifacts_upload_skips_unchanged_files_and_the_service_loads_them(s3_se
     app = create_app({"ARTIFACTS": first["artifacts"], "LOAD_IN_BACKGROUND": False,
                       "ARTIFACTS_CACHE": str(tmp_path)})
     assert app.test_client().get("/health").get_json()["version"] == first["version"]
+
+
+def test_two_publishers_never_undo_each_other(s3_server: str, own_index: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full version built before a `pipeline remove` elsewhere, published after it, would bring the removed
+    products back: deploy refuses it, says what moved and how to rebase, and uploads nothing."""
+    from pipeline import remove
+    from runtime import versions
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="shop-search")
+    nightly, shop = own_index, tmp_path / "shop"
+    shutil.copytree(own_index, shop, symlinks=True)
+    first = deploy.upload_artifacts(nightly / "index" / "current", "shop-search", "prod")["version"]
+    sold_out = json.loads(next((shop / "index" / "current").glob("items.jsonl")).read_text().splitlines()[0])
+    delta = remove.run(shop, [str(sold_out["product_id"])])["version"]
+    assert deploy.upload_artifacts(shop / "index" / "current", "shop-search", "prod")["replaced"] == first
+    full = index.run(nightly, trees=4)["version"]  # built on `first`, not on the delta
+    with pytest.raises(deploy.DeployError) as refused:
+        deploy.upload_artifacts(nightly / "index" / "current", "shop-search", "prod")
+    message = str(refused.value)
+    assert f"names {delta} (built " in message and f"a delta over {first} that removes 1 and adds 0" in message
+    assert f"which {full} was not built on" in message and "--replace-current" in message
+    assert "removed.json" in message and "Nothing was uploaded" in message
+    assert versions.read_s3_pointer(s3, "shop-search", "prod") == delta
+    assert "Contents" not in s3.list_objects_v2(Bucket="shop-search", Prefix=f"prod/{full}/")
+    forced = deploy.upload_artifacts(nightly / "index" / "current", "shop-search", "prod", replace_current=True)
+    assert forced["replaced"] == delta and versions.read_s3_pointer(s3, "shop-search", "prod") == full
+    assert deploy.upload_artifacts(nightly / "index" / "current", "shop-search", "prod")["uploaded"] == 0  # again
+
+    # Another publisher moves CURRENT while this one uploads: the conditional write fails, nothing is undone.
+    later = index.run(nightly, trees=5)["version"]
+    upload = deploy._upload_version
+
+    def upload_then_someone_else_publishes(*args, **kwargs):
+        done = upload(*args, **kwargs)
+        versions.write_s3_pointer(s3, "shop-search", "prod", delta)  # e.g. an admin's rollback
+        return done
+
+    monkeypatch.setattr(deploy, "_upload_version", upload_then_someone_else_publishes)
+    with pytest.raises(deploy.DeployError, match=f"changed while publishing .*named {full} when this deploy began and "
+                                                 f"names {delta} now .*{later} is uploaded but not served"):
+        deploy.upload_artifacts(nightly / "index" / "current", "shop-search", "prod")
+    assert versions.read_s3_pointer(s3, "shop-search", "prod") == delta
 
 
 def test_bundle_holds_code_only_and_is_reproducible() -> None:

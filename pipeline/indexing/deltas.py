@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NOT_COPIED = ("files", "inputs", "version", "created_at", "delta", "search_k_measurements", "build_peak_rss_mb",
-              "near_duplicates")  # a delta's own, or the base build's record that the base's manifest keeps
+# a delta's own, or the base build's record that the base's manifest keeps
+NOT_COPIED = ("files", "inputs", "version", "created_at", "delta", "lineage", "search_k_measurements",
+              "build_peak_rss_mb", "near_duplicates")
 
 
 @dataclass
@@ -103,7 +104,7 @@ def write(layout: Layout, base: Path, base_manifest: dict, removed: list[str], a
                     "delta": {"base": base.name, "base_manifest_sha256": artifacts.manifest_sha256(base),
                               "removed": len(removed), "added": len(added.items)},
                     "products": int(base_manifest["products"]) - len(removed) + len(added.items),
-                    **(extra or {}), "files": artifacts.file_entries(staging)}
+                    "lineage": versions.lineage(layout), **(extra or {}), "files": artifacts.file_entries(staging)}
         storage.write_json(staging / MANIFEST, manifest)
     versions.make_current(layout, version, keep)
     return manifest

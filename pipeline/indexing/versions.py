@@ -16,11 +16,27 @@ from runtime import storage
 from runtime.layout import MANIFEST, Layout
 from runtime.versions import KEEP_VERSIONS, point_local, prune
 
+LINEAGE_KEPT = 200  # names of earlier versions in a manifest: a few KB, months of nightly runs never deployed
+
 
 def new_version() -> tuple[str, datetime]:
     """A version name that sorts by creation time (microseconds: two runs in one second differ), and the time."""
     now = datetime.now(UTC)
     return now.strftime("%Y%m%dT%H%M%S") + f"-{now.microsecond:06d}", now
+
+
+def lineage(layout: Layout) -> list[str]:
+    """The versions this data dir served before the one being built, newest first: the version `index/current` names
+    now, then its own lineage (at most LINEAGE_KEPT names).
+
+    Deploy moves S3's pointer only from one of these (`runtime.versions.move_s3_pointer`): a pointer naming anything
+    else was moved by another publisher, whose work this version would undo.
+    """
+    current = current_manifest(layout)
+    if current is None or not isinstance(current.get("version"), str):
+        return []
+    earlier = current.get("lineage") if isinstance(current.get("lineage"), list) else []
+    return [current["version"], *earlier][:LINEAGE_KEPT]
 
 
 def current_manifest(layout: Layout) -> dict | None:
