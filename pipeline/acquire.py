@@ -46,6 +46,7 @@ def run(source: str, data_dir: Path, category_column: str | None = None, max_sid
     """
     layout = Layout(Path(data_dir))
     with locked(layout.root, "acquire"):
+        storage.undo_interrupted_swap(layout.catalog)  # before the leftovers go: it may be the only catalog
         remove_leftovers(layout.root, (f".{layout.catalog.name}.tmp-*", f".{layout.catalog.name}.old-*"))
         staging = layout.root / f".{layout.catalog.name}.tmp-{os.getpid()}"
         staging.mkdir(parents=True)

@@ -3,11 +3,14 @@ through boto3 (one client per process and thread)."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -20,6 +23,7 @@ S3_CLIENT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                  "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CONFIG_FILE",
                  "AWS_SHARED_CREDENTIALS_FILE")
 _clients = threading.local()
+AT_FDCWD, RENAME_EXCHANGE = -100, 2  # <fcntl.h> and <linux/fs.h>: renameat2's "relative to the cwd", "swap both"
 NOT_FOUND = ("404", "NoSuchKey", "NotFound")  # what S3 answers for a key that is not there
 DENIED = ("AccessDenied", "403", "AllAccessDisabled")  # what it answers to a caller without the permission
 
@@ -126,16 +130,55 @@ def make_readable(path: Path) -> None:
 
 
 def swap_in(staging: Path, target: Path) -> None:
-    """Replace the folder `target` with the complete folder `staging`, so that no reader sees a half-written one.
+    """Replace the folder `target` with the complete folder `staging`, so that no reader sees a half-written one and
+    a crash at any point leaves a complete `target`.
 
-    The old folder is renamed aside before the new one is renamed into place, and deleted only then.
+    On Linux the two folders are exchanged in one step (renameat2's RENAME_EXCHANGE), then the old one, now at
+    `staging`'s name, is deleted: the next run's cleaning of staging folders takes it if a crash came first.
+    Elsewhere the old folder is renamed aside to `.NAME.old-PID` first; a crash before the new one is renamed in
+    leaves no `target`, and `undo_interrupted_swap` (which every writer calls before its next swap) puts the old one
+    back.
     """
     staging, target = Path(staging), Path(target)
+    if target.exists() and _exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)
+        return
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
         target.rename(old)
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def undo_interrupted_swap(target: Path) -> bool:
+    """Put back the folder a `swap_in` renamed aside when a crash stopped it before the new one was in place; return
+    whether there was one. Call it before deleting a run's leftovers: that folder is the only complete copy."""
+    target = Path(target)
+    if target.exists():
+        return False
+    aside = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not aside:
+        return False
+    aside[-1].rename(target)
+    log.warning("put back %s from %s: a run was stopped while replacing it", target, aside[-1].name)
+    return True
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step (Linux's renameat2 with RENAME_EXCHANGE); False where this system or
+    file system cannot, and nothing happened."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without it (glibc before 2.28, musl)
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
 
 
 def link_or_copy(src: Path | str, dst: Path | str) -> None:

@@ -52,6 +52,7 @@ def export(encoder: Encoder, head: Any, out: Path, info: dict) -> dict:
     tf = tfenv.tensorflow()
     out = Path(out)
     staging = out.with_name(f".{out.name}.tmp")
+    storage.undo_interrupted_swap(out)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     images_spec = tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32, name="images")
