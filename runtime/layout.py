@@ -70,6 +70,11 @@ ADDED_ITEMS = "added.jsonl"  # a delta version's new and changed products, as it
 ADDED_VECTORS = "added.npy"  # ... and their images' vectors, float32 [n, dim]
 THUMBNAIL = THUMBS_DIR + "/{sha256}.jpg"
 S3_POINTER = "CURRENT"  # s3://bucket/prefix/CURRENT names the version folder to serve
+# s3://bucket/prefix/blobs/<sha256>: every version's files, stored once by content; a version folder then holds
+# only its manifest, whose S3 metadata says so (BLOB_LAYOUT). An instance keeps them in CACHE_BLOBS of its cache.
+S3_BLOBS = "blobs"
+BLOB_LAYOUT = ("layout", "blobs")
+CACHE_BLOBS = ".blobs"
 
 # eval/: evaluate
 EVAL_DIR = "eval"

@@ -22,7 +22,7 @@ from typing import Any
 
 from runtime import storage
 from runtime.artifacts import ArtifactError
-from runtime.layout import CURRENT, INDEX_DIR, MANIFEST, S3_POINTER
+from runtime.layout import CURRENT, INDEX_DIR, MANIFEST, S3_BLOBS, S3_POINTER
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def check_name(name: object) -> str:
     Raises:
         ArtifactError: anything else (`../x`, `a/b`, `.tmp-1`, `current`, ...), which must never become a path.
     """
-    if not isinstance(name, str) or not name or name.startswith(".") or name in (CURRENT, S3_POINTER) \
+    if not isinstance(name, str) or not name or name.startswith(".") or name in (CURRENT, S3_POINTER, S3_BLOBS) \
             or any(c in name for c in "/\\\0\n\r"):
         raise ArtifactError(f"{name!r} is not a version name")
     return name
@@ -77,6 +77,22 @@ def version_key(prefix: str, version: str, rel: str = "") -> str:
 
 class PointerMoved(Exception):
     """S3's pointer is not what a publisher read: another publisher moved it (or removed it) in between."""
+
+
+def blob_key(prefix: str, sha256: str) -> str:
+    """The key of the content-addressed copy of a file under an S3 prefix (`S3_BLOBS`).
+
+    Raises:
+        ArtifactError: `sha256` is not 64 hex digits (a name from a manifest: it must not become a path).
+    """
+    return "/".join(p for p in (prefix.strip("/"), S3_BLOBS, check_digest(sha256)) if p)
+
+
+def check_digest(sha256: object) -> str:
+    """Return `sha256` if it is a hex sha256 (what names a blob), else raise ArtifactError."""
+    if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ArtifactError(f"{sha256!r} is not a sha256")
+    return sha256
 
 
 def read_s3_pointer(client: Any, bucket: str, prefix: str) -> str | None:

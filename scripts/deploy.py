@@ -31,7 +31,6 @@ import zipfile
 from pathlib import Path
 
 from runtime import artifacts, storage, versions
-from runtime.layout import MANIFEST
 from scripts.beanstalk import (
     ENV_NAMESPACE,
     INSTANCE_POLICIES,
@@ -51,6 +50,9 @@ from scripts.beanstalk import (
     wait_until_healthy,
     wait_until_ready,
 )
+from scripts.publish import prune_s3, upload_artifacts
+
+__all__ = ["DeployError", "build_bundle", "deploy", "main", "prune_s3", "upload_artifacts"]
 
 ROOT = Path(__file__).resolve().parents[1]
 # The service and the runtime layer it imports; never the pipeline's stages, data or models.
@@ -59,98 +61,6 @@ BUNDLE_DIRS = ("runtime", "service", ".platform", ".ebextensions")
 BUNDLE_SKIP = ("__pycache__", ".pyc")
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)
 
-
-
-def upload_artifacts(folder: Path, bucket: str, prefix: str, client=None, replace_current: bool = False) -> dict:
-    """Upload a verified index folder to s3://bucket/prefix/<version>/, skipping files already there, then point
-    s3://bucket/prefix/CURRENT at it (last, so no instance sees a half-uploaded version).
-
-    The pointer moves only from a version this one was built on (`lineage` in its manifest: the versions its data
-    dir served before it), and only if nobody moved it during the upload (a conditional write); else nothing is
-    pointed at and DeployError says what moved and how to rebase. `replace_current` publishes over whatever it names.
-
-    A delta version (`pipeline remove`) needs its base beside it: the base is uploaded first unless its manifest
-    is already there (the same sha256), so publishing a delta over a published base uploads the delta's files only.
-
-    Returns:
-        Counts of uploaded and skipped files and the bytes uploaded, the version, the version CURRENT named before
-        (`replaced`), and the S3 URI the service's ARTIFACTS should name; for a delta, `base` with the same counts
-        for its base.
-
-    Raises:
-        DeployError: CURRENT names a version this one was not built on, or moved while uploading.
-    """
-    folder = artifacts.resolve_index(folder)
-    manifest = artifacts.verify(folder)
-    client = client or storage.s3_client()
-    current, etag = versions.read_s3_pointer_state(client, bucket, prefix)
-    if not replace_current:
-        _check_built_on(client, bucket, prefix, current, manifest)
-    base_result = None
-    if manifest.get("delta"):
-        base_folder, _ = artifacts.base_of(folder, manifest)
-        base_result = _upload_version(base_folder, bucket, prefix, client, skip_if_published=True)
-    result = _upload_version(folder, bucket, prefix, client)
-    try:
-        versions.move_s3_pointer(client, bucket, prefix, manifest["version"], etag)
-    except versions.PointerMoved as exc:
-        now = versions.read_s3_pointer(client, bucket, prefix)
-        raise DeployError(f"{exc}: it named {current} when this deploy began and names {now} now (another "
-                          f"publisher). {manifest['version']} is uploaded but not served; {_REBASE}") from None
-    return {**result, **({"base": base_result} if base_result else {}), "replaced": current,
-            "artifacts": f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")}
-
-
-_REBASE = ("to rebase, bring this data dir up to date with what is served (the products a `pipeline remove` took "
-           "out are in that version's removed.json: remove them here too, or rebuild from the catalog that has them "
-           "gone), then deploy again; or pass --replace-current to publish over it anyway")
-
-
-def _check_built_on(client, bucket: str, prefix: str, current: str | None, manifest: dict) -> None:
-    """Raise DeployError unless CURRENT is absent, names this version, or names one it was built on."""
-    built_on = manifest.get("lineage") or []
-    if current is None or current == manifest["version"] or current in built_on:
-        return
-    try:
-        served = json.loads(client.get_object(Bucket=bucket, Key=versions.version_key(prefix, current, MANIFEST))[
-            "Body"].read())
-        delta = served.get("delta") or {}
-        what = f"{current} (built {served.get('created_at', '?')}" + (
-            f", a delta over {delta.get('base')} that removes {delta.get('removed', 0)} and adds "
-            f"{delta.get('added', 0)} products)" if delta else ")")
-    except Exception:  # noqa: BLE001 - only a description: the refusal stands without it
-        what = current
-    raise DeployError(f"s3://{bucket}/{versions.pointer_key(prefix)} names {what}, which {manifest['version']} was "
-                      f"not built on (its data dir served {', '.join(built_on[:3]) or 'nothing'} before it): "
-                      f"publishing would undo that version's changes. Nothing was uploaded; {_REBASE}")
-
-
-def _upload_version(folder: Path, bucket: str, prefix: str, client, skip_if_published: bool = False) -> dict:
-    """Upload one version folder's files (those whose sha256 is not already there), its manifest last."""
-    manifest = artifacts.verify(folder, check_hashes=False)
-    base = versions.version_key(prefix, manifest["version"])
-    manifest_sha = artifacts.manifest_sha256(folder)
-    if skip_if_published and _published_sha(client, bucket, f"{base}/{MANIFEST}") == manifest_sha:
-        return {"uploaded": 0, "skipped": len(manifest["files"]) + 1, "bytes": 0, "version": manifest["version"]}
-    uploaded = skipped = sent = 0
-    for rel, entry in [*sorted(manifest["files"].items()), (MANIFEST, None)]:
-        key = f"{base}/{rel}"
-        sha = entry["sha256"] if entry else manifest_sha
-        if _published_sha(client, bucket, key) == sha:
-            skipped += 1
-            continue
-        client.upload_file(str(folder / rel), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}})
-        uploaded += 1
-        sent += (folder / rel).stat().st_size
-    return {"uploaded": uploaded, "skipped": skipped, "bytes": sent, "version": manifest["version"]}
-
-
-def _published_sha(client, bucket: str, key: str) -> str | None:
-    """The sha256 an earlier upload recorded on an object, or None when it is not there."""
-    try:
-        return client.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("sha256")
-    except client.exceptions.ClientError:
-        return None
 
 
 def build_bundle(root: Path = ROOT) -> tuple[bytes, str]:
@@ -268,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--replace-current", action="store_true",
                         help="publish even when CURRENT names a version this one was not built on (another "
                              "publisher's, e.g. a `pipeline remove` elsewhere): its changes are undone")
+    parser.add_argument("--prune", type=int, metavar="N",
+                        help="after publishing, delete the S3 versions beyond the N newest (never the one served, nor "
+                             "the base of a delta kept) and the stored files no kept version lists")
     parser.add_argument("--platform", help="platform ARN of a new environment (default: the newest "
                                            f"'{PLATFORM_BRANCH}')")
     parser.add_argument("--instance-type", default=INSTANCE_TYPE, help=f"of a new environment (default "
@@ -282,12 +195,19 @@ def main(argv: list[str] | None = None) -> None:
     bad = [item for item in args.set if "=" not in item]
     if bad:
         parser.error(f"--set takes KEY=VALUE, got {bad}")
+    if args.prune is not None and args.prune < 1:
+        parser.error(f"--prune keeps at least 1 version, got {args.prune}")
     properties = dict(item.split("=", 1) for item in args.set)
     try:
         result = deploy(args.artifacts, args.bucket, args.application, args.environment, args.prefix, properties,
                         args.wait, platform=args.platform, instance_type=args.instance_type,
                         instance_profile=args.instance_profile, service_role=args.service_role,
                         artifacts_only=args.artifacts_only, replace_current=args.replace_current)
+        if args.prune:
+            result["pruned"] = prune_s3(args.bucket, args.prefix, args.prune)
+            print(f"deploy: pruned {len(result['pruned']['removed'])} old version(s) and "
+                  f"{result['pruned']['blobs_removed']} stored file(s) from s3://{args.bucket}/{args.prefix}",
+                  flush=True)
     except (DeployError, ValueError, FileNotFoundError, artifacts.ArtifactError) as exc:
         sys.exit(f"deploy failed: {exc}")
     print(json.dumps(result, indent=2, default=str))

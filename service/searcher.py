@@ -78,19 +78,22 @@ class Searcher:
         check_hashes: verify every file's sha256 against the manifest before loading.
         threads: threads of a TFLite backbone (None: one per core).
         reuse: the searcher being served, whose base this one may share.
+        hashed: folders whose every file was hashed just before (`service.store.fetch_s3_hashed`): not again.
     """
 
     def __init__(self, folder: Path, check_hashes: bool = True, threads: int | None = None,
-                 reuse: Searcher | None = None) -> None:
+                 reuse: Searcher | None = None, hashed: frozenset[Path] = frozenset()) -> None:
         started = time.perf_counter()
         self.folder = artifacts.resolve_index(folder)
-        self.manifest = artifacts.verify(self.folder, check_hashes=check_hashes)
+        hashed = frozenset(Path(f).resolve() for f in hashed)
+        self.manifest = artifacts.verify(self.folder, check_hashes=check_hashes and self.folder not in hashed)
         delta = self.manifest.get("delta")
         if delta and reuse is not None and reuse.base.folder == self.folder.parent / delta["base"] \
                 and artifacts.manifest_sha256(reuse.base.folder) == delta["base_manifest_sha256"]:
             self.base = reuse.base
         else:
-            self.base = load_base(*artifacts.base_of(self.folder, self.manifest, check_hashes=check_hashes), threads)
+            base_hashes = check_hashes and (self.folder.parent / (delta or {}).get("base", "")).resolve() not in hashed
+            self.base = load_base(*artifacts.base_of(self.folder, self.manifest, check_hashes=base_hashes), threads)
         self.index, self.items, self.vectors = self.base.index, self.base.items, self.base.vectors
         self.groups, self.extractor = self.base.groups, self.base.extractor
         removed = self._removed_numbers(artifacts.read_removed(self.folder, self.manifest))

@@ -185,8 +185,8 @@ class SearcherHolder:
     def _load(self) -> Searcher:
         """Fetch (from S3 if needed), verify, load and warm up what the pointer names, then make it current."""
         started = time.perf_counter()
-        searcher = Searcher(local_folder(self.location, Path(self.config["ARTIFACTS_CACHE"])),
-                            threads=encoder_threads(self.config), reuse=self.searcher)
+        folder, hashed = local_folder(self.location, Path(self.config["ARTIFACTS_CACHE"]))
+        searcher = Searcher(folder, threads=encoder_threads(self.config), reuse=self.searcher, hashed=hashed)
         searcher.warm_up()
         cache = Path(self.config["ARTIFACTS_CACHE"])
         if cache.is_dir():  # other workers' cache pruning keeps what this one serves

@@ -4,21 +4,36 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from runtime import artifacts, storage, versions
-from runtime.layout import MANIFEST
+from runtime.layout import BLOB_LAYOUT, CACHE_BLOBS, MANIFEST
 
 log = logging.getLogger(__name__)
+BLOB_GRACE_S = 600.0  # a stored blob no version links to is deleted only this long after it was written
 SERVING_DIR = ".serving"  # in the cache: one file per serving process, the version folders it has open
 
 
 def fetch_s3(uri: str, cache_dir: Path) -> Path:
+    """Download the index at `uri` (a version folder, or a prefix whose CURRENT object names one) and verify it;
+    return its local folder (`fetch_s3_hashed` also says which folders it hashed)."""
+    return fetch_s3_hashed(uri, cache_dir)[0]
+
+
+def fetch_s3_hashed(uri: str, cache_dir: Path) -> tuple[Path, frozenset[Path]]:
     """Download the index at `uri` (a version folder, or a prefix whose CURRENT object names one) and verify it.
 
-    Files already in the cache with the right sha256 are not downloaded again. A delta version's base (the full
+    Every file is hashed once: a file already in the version's folder, or in the instance's store of files by
+    content (`CACHE_BLOBS`, filled by every version fetched before), is linked rather than downloaded when its
+    sha256 is right; a file downloaded is hashed as it lands. A version published as blobs (`deploy`) is read from
+    s3://.../blobs/<sha256>, one published file by file from its own folder. A delta version's base (the full
     version beside it that its manifest names) is fetched too, into the folder beside it. Nothing is returned
     unless every file matches its manifest.
+
+    Returns:
+        The version's local folder, and the folders whose every file this call hashed (a loader need not hash
+        them again).
 
     Raises:
         ArtifactError: a manifest that is not one, a pointer, base or file name that names no possible version or
@@ -31,21 +46,24 @@ def fetch_s3(uri: str, cache_dir: Path) -> Path:
     pointer = versions.read_s3_pointer(client, bucket, prefix)
     if pointer is not None:
         prefix = versions.version_key(prefix, pointer)  # else the URI names a version folder itself
-    local, manifest = _fetch_version(client, bucket, prefix, Path(cache_dir))
+    local, manifest, hashed = _fetch_version(client, bucket, prefix, Path(cache_dir))
+    done = {local} if hashed else set()
     base = (manifest.get("delta") or {}).get("base")
     if base:
         try:
             base_prefix = versions.version_key(prefix.rpartition("/")[0], base)
         except artifacts.ArtifactError:
             raise artifacts.ArtifactError(f"manifest at s3://{bucket}/{prefix} names an unsafe base {base!r}") from None
-        _fetch_version(client, bucket, base_prefix, Path(cache_dir), trust_cached=True)
+        base_local, _, base_hashed = _fetch_version(client, bucket, base_prefix, Path(cache_dir), trust_cached=True)
+        done |= {base_local} if base_hashed else set()
     prune_cache(local, keep_also=(base,) if base else (), in_use=serving(Path(cache_dir)))
-    return local
+    return local, frozenset(done)
 
 
 def _fetch_version(client, bucket: str, prefix: str, cache_dir: Path, trust_cached: bool = False
-                   ) -> tuple[Path, dict]:
-    """Download one version folder's files (those not already cached with the right sha256), then its manifest.
+                   ) -> tuple[Path, dict, bool]:
+    """Fetch one version folder's files (linked from the store of blobs, or downloaded), then its manifest; return
+    the folder, the manifest and whether every file was hashed.
 
     With `trust_cached` (a delta's base), a cached copy whose manifest is the same is taken as it is: the manifest
     is written last, so the files were complete and checked then, and the searcher checks them again when it
@@ -53,34 +71,60 @@ def _fetch_version(client, bucket: str, prefix: str, cache_dir: Path, trust_cach
     """
     where = f"s3://{bucket}/{prefix}"
     # S3's errors go up as they are, retried by the caller: only what the bytes say can refuse a version
-    manifest_bytes = client.get_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}")["Body"].read()
+    response = client.get_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST}")
+    manifest_bytes = response["Body"].read()
     manifest = artifacts.parse_manifest(manifest_bytes, where)
+    key, value = BLOB_LAYOUT
+    in_blobs = (response.get("Metadata") or {}).get(key) == value
     local = cache_dir / bucket / prefix
     if trust_cached and (local / MANIFEST).is_file() and (local / MANIFEST).read_bytes() == manifest_bytes:
-        return local, manifest
+        return local, manifest, False
+    blobs = local.parent / CACHE_BLOBS
+    downloaded = 0
     for rel, entry in manifest["files"].items():
         try:
             target = storage.inside(local, rel, f"the manifest at {where} lists")
+            sha = versions.check_digest(entry["sha256"])
         except storage.UnsafePathError as exc:
             raise artifacts.ArtifactError(str(exc)) from None
-        if target.is_file() and target.stat().st_size == entry["bytes"] \
-                and storage.sha256_file(target) == entry["sha256"]:
+        if _holds(target, entry):
             continue
+        blob = blobs / sha
+        if not _holds(blob, entry):
+            source = versions.blob_key(prefix.rpartition("/")[0], sha) if in_blobs else f"{prefix}/{rel}"
+            _download(client, bucket, source, blob, sha, f"{where}/{rel}")
+            downloaded += 1
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}")
-        try:
-            client.download_file(bucket, f"{prefix}/{rel}", str(tmp))
-        except BaseException:  # a connection cut mid-file: the next try starts it again
-            tmp.unlink(missing_ok=True)
-            raise
-        if storage.sha256_file(tmp) != entry["sha256"]:
-            tmp.unlink()
-            raise artifacts.ArtifactError(f"s3://{bucket}/{prefix}/{rel} does not match its sha256 in the manifest; "
-                                          "refusing to load these artifacts")
-        os.replace(tmp, target)
+        link = target.with_name(f".{target.name}.{os.getpid()}")
+        link.unlink(missing_ok=True)
+        storage.link_or_copy(blob, link)
+        os.replace(link, target)
     storage.atomic_write_bytes(local / MANIFEST, manifest_bytes)
-    log.info("fetched s3://%s/%s (%d files) into %s", bucket, prefix, len(manifest["files"]), local)
-    return local, manifest
+    log.info("fetched %s (%d files, %d downloaded) into %s", where, len(manifest["files"]), downloaded, local)
+    return local, manifest, True
+
+
+def _holds(path: Path, entry: dict) -> bool:
+    """Whether `path` is a file of the manifest entry's size and sha256 (the one hash of it in this fetch)."""
+    return path.is_file() and path.stat().st_size == entry["bytes"] and storage.sha256_file(path) == entry["sha256"]
+
+
+def _download(client, bucket: str, key: str, blob: Path, sha: str, what: str) -> None:
+    """Download s3://bucket/key (the file `what` names) into the store of blobs as `blob`, refusing it unless its
+    sha256 is `sha`."""
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    tmp = blob.with_name(f".{blob.name}.{os.getpid()}")
+    try:
+        client.download_file(bucket, key, str(tmp))
+    except BaseException:  # a connection cut mid-file: the next try starts it again
+        tmp.unlink(missing_ok=True)
+        raise
+    if storage.sha256_file(tmp) != sha:
+        tmp.unlink()
+        source = "" if f"s3://{bucket}/{key}" == what else f" (read from s3://{bucket}/{key})"
+        raise artifacts.ArtifactError(f"{what} does not match its sha256 in the manifest{source}; refusing to load "
+                                      "these artifacts")
+    os.replace(tmp, blob)
 
 
 def prune_cache(current: Path, keep: int = versions.KEEP_VERSIONS, keep_also: tuple[str, ...] = (),
@@ -98,7 +142,26 @@ def prune_cache(current: Path, keep: int = versions.KEEP_VERSIONS, keep_also: tu
     """
     folder = current.parent.resolve()
     served = {p.name for p in (Path(f).resolve() for f in in_use) if p.parent == folder}
-    return versions.prune(current.parent, keep, protect={current.name, *keep_also, *served}, order="fetched")
+    removed = versions.prune(current.parent, keep, protect={current.name, *keep_also, *served}, order="fetched")
+    _prune_blobs(current.parent / CACHE_BLOBS)
+    return removed
+
+
+def _prune_blobs(blobs: Path, grace_s: float = BLOB_GRACE_S) -> int:
+    """Delete the stored blobs no cached version links to any more (one link left: the store's own), except those
+    written in the last `grace_s` seconds, which another worker may be about to link."""
+    if not blobs.is_dir():
+        return 0
+    now, removed = time.time(), 0
+    for blob in blobs.iterdir():
+        try:
+            stat = blob.stat()
+        except FileNotFoundError:
+            continue
+        if not blob.name.startswith(".") and stat.st_nlink == 1 and now - stat.st_mtime > grace_s:
+            blob.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def mark_serving(cache_dir: Path, token: str, folders: list[Path]) -> Path:
@@ -141,8 +204,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def local_folder(location: str, cache_dir: Path) -> Path:
-    """Return a local, verified-on-load folder for ARTIFACTS (a path, or an s3:// URI fetched first)."""
+def local_folder(location: str, cache_dir: Path) -> tuple[Path, frozenset[Path]]:
+    """Return a local folder for ARTIFACTS (a path, or an s3:// URI fetched first), and the folders whose files
+    were all hashed on the way (the loader hashes the others)."""
     if location.startswith("s3://"):
-        return fetch_s3(location, cache_dir)
-    return artifacts.resolve_index(Path(location))
+        return fetch_s3_hashed(location, cache_dir)
+    return artifacts.resolve_index(Path(location)), frozenset()

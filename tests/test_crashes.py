@@ -143,12 +143,12 @@ def test_deploy_killed_while_uploading_finishes_on_the_next_run(s3_server: str, 
         def upload_file(*args, **kwargs):
             real(*args, **kwargs)
             sent.append(args)
-            if len(sent) == 10:
+            if len(sent) == 1:  # a file of the new version is stored, its manifest not yet
                 die()
         client.upload_file = upload_file
         deploy.upload_artifacts(pathlib.Path("{own_index}/index/current"), "shop", "prod", client)
     """)
     assert versions.read_s3_pointer(storage.s3_client(), "shop", "prod") == first  # instances never see half of it
     again = deploy.upload_artifacts(own_index / "index" / "current", "shop", "prod")
-    assert again["skipped"] >= 10 and again["uploaded"] > 0 and again["replaced"] == first
+    assert again["uploaded"] >= 1 and again["replaced"] == first
     assert fetch_s3("s3://shop/prod", tmp_path / "cache").name == second  # every file there, every hash right

@@ -19,7 +19,7 @@ import pytest
 from botocore.stub import ANY, Stubber
 
 from pipeline import index
-from scripts import beanstalk, deploy
+from scripts import beanstalk, deploy, publish
 
 # What the pipeline needs and the service must not: the bundle installs requirements.txt only.
 PIPELINE_ONLY = ("pipeline", "benchmarks", "pandas", "tensorflow_hub", "tf_keras", "tqdm", "matplotlib")
@@ -38,6 +38,89 @@ def test_artifacts_upload_skips_unchanged_files_and_the_service_loads_them(s3_se
     app = create_app({"ARTIFACTS": first["artifacts"], "LOAD_IN_BACKGROUND": False,
                       "ARTIFACTS_CACHE": str(tmp_path)})
     assert app.test_client().get("/health").get_json()["version"] == first["version"]
+
+
+def test_unchanged_files_are_uploaded_downloaded_and_hashed_once(s3_server: str, own_index: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebuild whose images did not change: its thumbnails and extractor are already stored by content, so only
+    what changed crosses the network, either way; an instance hashes each file once per load."""
+    from runtime import artifacts, storage
+    from service.searcher import Searcher
+    from service.store import BLOB_GRACE_S, fetch_s3_hashed, prune_cache
+
+    boto3.client("s3").create_bucket(Bucket="shop-search")
+    first = deploy.upload_artifacts(own_index / "index" / "current", "shop-search", "prod")
+    cache = tmp_path / "cache"
+    folder, hashed = fetch_s3_hashed("s3://shop-search/prod", cache)
+    second = index.run(own_index, trees=4)
+    changed = {rel for rel, entry in second["files"].items()
+               if artifacts.verify(folder, check_hashes=False)["files"].get(rel) != entry}
+    assert changed and all(not rel.startswith(("thumbs/", "extractor/")) for rel in changed)
+    published = deploy.upload_artifacts(own_index / "index" / "current", "shop-search", "prod")
+    assert published["uploaded"] == len(changed) + 1  # the manifest
+    assert published["bytes"] == sum(second["files"][rel]["bytes"] for rel in changed) + \
+        (own_index / "index" / "current" / "manifest.json").stat().st_size
+    assert published["bytes"] < first["bytes"] / 2
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="shop-search", Prefix="prod/")["Contents"]]
+    assert {k.split("/")[1] for k in keys} == {"blobs", "CURRENT", first["version"], second["version"]}
+
+    downloads, hashes = [], []
+    real_download, real_sha = type(storage.s3_client()).download_file, storage.sha256_file
+
+    def download_file(self, bucket: str, key: str, path: str, **kwargs):  # the real one, counted
+        downloads.append(key)
+        return real_download(self, bucket, key, path, **kwargs)
+
+    def sha256_file(path: Path, *args):
+        hashes.append(Path(path).name)
+        return real_sha(path, *args)
+
+    monkeypatch.setattr(type(storage.s3_client()), "download_file", download_file)
+    monkeypatch.setattr(storage, "sha256_file", sha256_file)
+    folder, hashed = fetch_s3_hashed("s3://shop-search/prod", cache)
+    Searcher(folder, hashed=hashed)
+    assert folder.name == second["version"] and hashed == {folder}
+    assert sorted(k.rsplit("/", 1)[-1] for k in downloads) == sorted(second["files"][rel]["sha256"] for rel in changed)
+    assert len(hashes) == len(second["files"])  # each file once: in the fetch, and not again in the load
+
+    # The first version's blobs stay while it is cached; a blob no cached version links goes after the grace time.
+    old = cache / "shop-search" / "prod" / ".blobs"
+    orphan = old / ("0" * 64)
+    orphan.write_bytes(b"x")
+    os.utime(orphan, (0, 0))
+    prune_cache(folder)
+    assert not orphan.exists() and len(list(old.iterdir())) >= len(second["files"])
+    assert BLOB_GRACE_S >= 60
+
+
+def test_prune_keeps_the_newest_the_served_and_the_bases_of_kept_deltas(s3_server: str, own_index: Path) -> None:
+    from pipeline import remove
+    from runtime import versions
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="shop-search")
+    built = [deploy.upload_artifacts(own_index / "index" / "current", "shop-search", "prod")["version"]]
+    for trees in (4, 5):
+        index.run(own_index, trees=trees)
+        built.append(deploy.upload_artifacts(own_index / "index" / "current", "shop-search", "prod")["version"])
+    gone = json.loads((own_index / "index" / "current" / "items.jsonl").read_text().splitlines()[0])["product_id"]
+    remove.run(own_index, [str(gone)])  # a delta over built[2]
+    built.append(deploy.upload_artifacts(own_index / "index" / "current", "shop-search", "prod")["version"])
+    versions.write_s3_pointer(s3, "shop-search", "prod", built[0])  # an admin's rollback to the oldest
+    stored = {o["Key"] for o in s3.list_objects_v2(Bucket="shop-search", Prefix="prod/blobs/")["Contents"]}
+    kept_files = {e["sha256"] for name in (built[0], built[2], built[3]) for e in json.loads(s3.get_object(
+        Bucket="shop-search", Key=f"prod/{name}/manifest.json")["Body"].read())["files"].values()}
+
+    pruned = deploy.prune_s3("shop-search", "prod", keep=1, grace_s=0)
+    # the newest (the delta), its base, and the version CURRENT names; built[1] goes
+    assert pruned["removed"] == [built[1]] and pruned["kept"] == sorted({built[0], built[2], built[3]}, reverse=True)
+    left = {o["Key"] for o in s3.list_objects_v2(Bucket="shop-search", Prefix="prod/")["Contents"]}
+    assert not [k for k in left if k.startswith(f"prod/{built[1]}/")]
+    assert {k.rsplit("/", 1)[-1] for k in left if k.startswith("prod/blobs/")} == kept_files
+    assert pruned["blobs_removed"] == len(stored) - len(kept_files) > 0
+    assert deploy.prune_s3("shop-search", "prod", keep=1, grace_s=0)["removed"] == []  # nothing more to do
+    with pytest.raises(ValueError, match="at least 1"):
+        deploy.prune_s3("shop-search", "prod", keep=0)
 
 
 def test_two_publishers_never_undo_each_other(s3_server: str, own_index: Path, tmp_path: Path,
@@ -70,14 +153,14 @@ def test_two_publishers_never_undo_each_other(s3_server: str, own_index: Path, t
 
     # Another publisher moves CURRENT while this one uploads: the conditional write fails, nothing is undone.
     later = index.run(nightly, trees=5)["version"]
-    upload = deploy._upload_version
+    upload = publish._upload_version
 
     def upload_then_someone_else_publishes(*args, **kwargs):
         done = upload(*args, **kwargs)
         versions.write_s3_pointer(s3, "shop-search", "prod", delta)  # e.g. an admin's rollback
         return done
 
-    monkeypatch.setattr(deploy, "_upload_version", upload_then_someone_else_publishes)
+    monkeypatch.setattr(publish, "_upload_version", upload_then_someone_else_publishes)
     with pytest.raises(deploy.DeployError, match=f"changed while publishing .*named {full} when this deploy began and "
                                                  f"names {delta} now .*{later} is uploaded but not served"):
         deploy.upload_artifacts(nightly / "index" / "current", "shop-search", "prod")

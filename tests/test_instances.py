@@ -32,11 +32,12 @@ def loads_refused(base: str) -> float:
 
 
 def tampered_upload(folder: Path, client) -> str:
-    """Upload an index version with one file altered (same size: only its sha256 tells), then point CURRENT at it."""
+    """Upload an index version file by file (as deploy did before files were stored by content) with one file
+    altered (same size: only its sha256 tells), then point CURRENT at it."""
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         body = path.read_bytes()
-        if path.name == "items.jsonl":
-            body = body.replace(b"Northwind", b"Southwind")
+        if path.name == "index.ann":  # this build's own file: an instance holds no copy of it by content yet
+            body = body[:len(body) // 2] + bytes([body[len(body) // 2] ^ 0xFF]) + body[len(body) // 2 + 1:]
         client.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{folder.name}/{path.relative_to(folder).as_posix()}",
                           Body=body)
     versions.write_s3_pointer(client, BUCKET, PREFIX, folder.name)
@@ -101,7 +102,7 @@ def test_a_published_catalog_reaches_every_instance_under_load(two_instances, ow
     for state in states:
         assert state["version"] == second
         assert state["refused"]["artifacts"] == f"s3://{BUCKET}/{PREFIX}"
-        assert f"{bad}/items.jsonl does not match its sha256" in state["refused"]["error"]
+        assert f"{bad}/index.ann does not match its sha256" in state["refused"]["error"]
     # refused once per instance in 6 checks: not tried again until CURRENT changes
     assert [loads_refused(b) - r for b, r in zip(bases, refused_before, strict=True)] == [1.0, 1.0]
     assert load.counts() == {200: len(load.statuses)}, load.counts()
