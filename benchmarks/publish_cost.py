@@ -43,8 +43,11 @@ def measure(data_dir: Path, trees: int | None = None) -> dict:
 
     from pipeline import index
     from scripts import deploy
+    from service import store
     from service.searcher import Searcher
     from service.store import fetch_s3
+
+    fetch_s3_hashed = getattr(store, "fetch_s3_hashed", None)
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -93,9 +96,12 @@ def measure(data_dir: Path, trees: int | None = None) -> dict:
             sent.clear()
             hashed.clear()
             started = time.perf_counter()
-            folder = fetch_s3(f"s3://{bucket}/prod", cache)
+            if fetch_s3_hashed is None:  # the code before files were stored by content
+                folder, hashed_now = fetch_s3(f"s3://{bucket}/prod", cache), {}
+            else:
+                folder, hashed_now = fetch_s3_hashed(f"s3://{bucket}/prod", cache)
             fetched = time.perf_counter()
-            Searcher(folder)
+            Searcher(folder, **({"hashed": hashed_now} if hashed_now else {}))
             figures[f"{step}_load"] = {"fetch_seconds": round(fetched - started, 2),
                                        "searcher_seconds": round(time.perf_counter() - fetched, 2),
                                        "bytes_downloaded": sent["bytes_downloaded"],

@@ -5,16 +5,16 @@
 
     python scripts/deploy.py --artifacts data/shop/index/current --bucket my-shop-search --artifacts-only
 
-Steps: (1) upload the index folder to s3://BUCKET/PREFIX/<version>/ (files whose sha256 is already there are
-skipped) and point s3://BUCKET/PREFIX/CURRENT at it, only if CURRENT still names a version this one was built on
-(else it stops and says what moved: another publisher's work is never undone silently): every instance picks the new
-version up by itself within RELOAD_CHECK_S, and `--artifacts-only` stops here; (2) zip the service's code (the
-service and the runtime layer it imports: never the pipeline, data or models); (3) upload the zip and create an
-application version (none when this code was deployed before) and wait until Beanstalk has validated it; (4) update
-the environment, or create it: the newest Python 3.11 platform, an instance profile and a service role (created with
-AWS's managed policies when absent), the instance type; load balancing, autoscaling, IMDSv2 and the rolling
-deployment policy come from .ebextensions/; (5) wait until Beanstalk reports it Ready and Green on this version,
-then check /health. A failure prints the environment's recent events.
+Steps: (1) upload the index version to s3://BUCKET/PREFIX (each file stored once by content, under blobs/; the
+version is its manifest) and point s3://BUCKET/PREFIX/CURRENT at it, only if CURRENT still names a version this one
+was built on (else it stops and says what moved: another publisher's work is never undone silently): every instance
+picks the new version up by itself within RELOAD_CHECK_S, and `--artifacts-only` stops here; (2) zip the service's
+code (the service and the runtime layer it imports: never the pipeline, data or models); (3) upload the zip and
+create an application version (none when this code was deployed before) and wait until Beanstalk has validated it;
+(4) update the environment, or create it: the newest Python 3.11 platform, an instance profile and a service role
+(created with AWS's managed policies when absent), the instance type; load balancing, autoscaling, IMDSv2 and the
+rolling deployment policy come from .ebextensions/; (5) wait until Beanstalk reports it Ready and Green on this
+version, then check /health. A failure prints the environment's recent events.
 
 AWS credentials and region come from the usual boto3 sources; AWS_ENDPOINT_URL points boto3 at another server.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from runtime import artifacts, storage, versions
@@ -19,6 +20,7 @@ from scripts.beanstalk import DeployError
 # a stored file no kept version lists is pruned only this long after its upload: another publisher may be uploading
 # the version that lists it, whose manifest comes last
 BLOB_GRACE_S = 24 * 3600.0
+UPLOAD_THREADS = 8  # files uploaded at once
 
 
 def upload_artifacts(folder: Path, bucket: str, prefix: str, client=None, replace_current: bool = False) -> dict:
@@ -95,15 +97,14 @@ def _upload_version(folder: Path, bucket: str, prefix: str, client, stored: set[
     manifest_sha = artifacts.manifest_sha256(folder)
     if skip_if_published and _published_sha(client, bucket, key) == manifest_sha:
         return {"uploaded": 0, "skipped": len(manifest["files"]) + 1, "bytes": 0, "version": manifest["version"]}
-    uploaded = skipped = sent = 0
-    for rel, entry in sorted(manifest["files"].items()):
-        if entry["sha256"] in stored:
-            skipped += 1
-            continue
-        client.upload_file(str(folder / rel), bucket, versions.blob_key(prefix, entry["sha256"]))
-        stored.add(entry["sha256"])
-        uploaded += 1
-        sent += entry["bytes"]
+    todo = {entry["sha256"]: rel for rel, entry in sorted(manifest["files"].items()) if entry["sha256"] not in stored}
+    skipped = len(manifest["files"]) - len(todo)
+    # thousands of small files: many uploads in flight at once (boto3's clients are thread-safe)
+    with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="publish") as pool:
+        list(pool.map(lambda sha: client.upload_file(str(folder / todo[sha]), bucket, versions.blob_key(prefix, sha)),
+                      todo))
+    stored |= set(todo)
+    uploaded, sent = len(todo), sum(manifest["files"][rel]["bytes"] for rel in todo.values())
     if _published_sha(client, bucket, key) == manifest_sha:
         skipped += 1
     else:

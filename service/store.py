@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from runtime import artifacts, storage, versions
 from runtime.layout import BLOB_LAYOUT, CACHE_BLOBS, MANIFEST
 
 log = logging.getLogger(__name__)
+FETCH_THREADS = 8  # files downloaded (or hashed) at once
+RANGED_ABOVE = 8 << 20  # bytes from which a file is downloaded by boto3's transfer manager, in ranges
 BLOB_GRACE_S = 600.0  # a stored blob no version links to is deleted only this long after it was written
 SERVING_DIR = ".serving"  # in the cache: one file per serving process, the version folders it has open
 
@@ -80,25 +84,35 @@ def _fetch_version(client, bucket: str, prefix: str, cache_dir: Path, trust_cach
     if trust_cached and (local / MANIFEST).is_file() and (local / MANIFEST).read_bytes() == manifest_bytes:
         return local, manifest, False
     blobs = local.parent / CACHE_BLOBS
-    downloaded = 0
+    plan = []
     for rel, entry in manifest["files"].items():
         try:
-            target = storage.inside(local, rel, f"the manifest at {where} lists")
-            sha = versions.check_digest(entry["sha256"])
+            plan.append((rel, storage.inside(local, rel, f"the manifest at {where} lists"),
+                         versions.check_digest(entry["sha256"]), entry))
         except storage.UnsafePathError as exc:
             raise artifacts.ArtifactError(str(exc)) from None
+    once = {sha: threading.Lock() for _, _, sha, _ in plan}  # two names of one content: one download
+
+    def place(rel: str, target: Path, sha: str, entry: dict) -> int:
         if _holds(target, entry):
-            continue
-        blob = blobs / sha
-        if not _holds(blob, entry):
-            source = versions.blob_key(prefix.rpartition("/")[0], sha) if in_blobs else f"{prefix}/{rel}"
-            _download(client, bucket, source, blob, sha, f"{where}/{rel}")
-            downloaded += 1
+            return 0
+        blob, fetched = blobs / sha, 0
+        with once[sha]:
+            if not _holds(blob, entry):
+                source = versions.blob_key(prefix.rpartition("/")[0], sha) if in_blobs else f"{prefix}/{rel}"
+                _download(client, bucket, source, blob, sha, entry["bytes"], f"{where}/{rel}")
+                fetched = 1
         target.parent.mkdir(parents=True, exist_ok=True)
-        link = target.with_name(f".{target.name}.{os.getpid()}")
+        link = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
         link.unlink(missing_ok=True)
         storage.link_or_copy(blob, link)
         os.replace(link, target)
+        return fetched
+
+    # thousands of small files: many requests in flight at once (boto3's clients are thread-safe), each hashed
+    # as it lands (hashlib lets go of the GIL)
+    with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch") as pool:
+        downloaded = sum(pool.map(lambda item: place(*item), plan))
     storage.atomic_write_bytes(local / MANIFEST, manifest_bytes)
     log.info("fetched %s (%d files, %d downloaded) into %s", where, len(manifest["files"]), downloaded, local)
     return local, manifest, True
@@ -109,13 +123,19 @@ def _holds(path: Path, entry: dict) -> bool:
     return path.is_file() and path.stat().st_size == entry["bytes"] and storage.sha256_file(path) == entry["sha256"]
 
 
-def _download(client, bucket: str, key: str, blob: Path, sha: str, what: str) -> None:
-    """Download s3://bucket/key (the file `what` names) into the store of blobs as `blob`, refusing it unless its
-    sha256 is `sha`."""
+def _download(client, bucket: str, key: str, blob: Path, sha: str, size: int, what: str) -> None:
+    """Download s3://bucket/key (the file `what` names, of `size` bytes) into the store of blobs as `blob`, refusing
+    it unless its sha256 is `sha`. A small file is one GET (boto3's transfer manager would HEAD it first); a large
+    one goes through the transfer manager, in parallel ranges."""
     blob.parent.mkdir(parents=True, exist_ok=True)
-    tmp = blob.with_name(f".{blob.name}.{os.getpid()}")
+    tmp = blob.with_name(f".{blob.name}.{os.getpid()}.{threading.get_ident()}")
     try:
-        client.download_file(bucket, key, str(tmp))
+        if size < RANGED_ABOVE:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"]
+            with open(tmp, "wb") as fh:
+                fh.writelines(body.iter_chunks(1 << 20))
+        else:
+            client.download_file(bucket, key, str(tmp))
     except BaseException:  # a connection cut mid-file: the next try starts it again
         tmp.unlink(missing_ok=True)
         raise
