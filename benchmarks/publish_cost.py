@@ -15,21 +15,26 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 from runtime import storage, versions
 
+COUNTING = threading.Lock()  # the fetch and the upload run on several threads
+
 
 def _count_requests(client, sent: Counter) -> None:
     """Count every S3 call of `client` by operation, and the bytes GetObject returned."""
     def before(model, **_):
-        sent[model.name] += 1
+        with COUNTING:
+            sent[model.name] += 1
 
     def after(http_response, parsed, model, **_):
         if model.name == "GetObject":
-            sent["bytes_downloaded"] += int(parsed.get("ContentLength") or 0)
+            with COUNTING:
+                sent["bytes_downloaded"] += int(parsed.get("ContentLength") or 0)
 
     client.meta.events.register("before-call.s3", lambda model, **kw: before(model))
     client.meta.events.register("after-call.s3", after)
@@ -59,7 +64,8 @@ def measure(data_dir: Path, trees: int | None = None) -> dict:
     real_sha = storage.sha256_file
 
     def counting_sha(path, *args, **kwargs):
-        hashed["bytes"] += Path(path).stat().st_size
+        with COUNTING:
+            hashed["bytes"] += Path(path).stat().st_size
         return real_sha(path, *args, **kwargs)
 
     storage.sha256_file = counting_sha
