@@ -17,7 +17,7 @@ from tests.helpers import SHARED, free_port, moto_s3, start_gunicorn, stop
 # The longest modules, first: under `make test`'s two pytest-xdist workers (`--dist loadscope
 # --no-loadscope-reorder`, a module per worker, in this order) each worker starts one of them at once and the other
 # modules fill the time around them, instead of a quality run starting when everything else is done.
-LONGEST_FIRST = ("test_quality.py", "test_quality_grocery.py", "test_quality_lite2.py")
+LONGEST_FIRST = ("test_quality.py", "test_quality_grocery.py", "test_quality_lite2.py", "test_s3_faults.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
