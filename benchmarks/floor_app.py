@@ -18,7 +18,6 @@ from flask import Flask, g, jsonify, request
 from runtime import artifacts
 from runtime.extractor import load_extractor
 from runtime.layout import EXTRACTOR_DIR
-from runtime.preprocess import prepare_array
 from service.config import encoder_threads
 from service.forms import parse_multipart
 from service.uploads import decode
@@ -43,8 +42,8 @@ def create_floor_app(index: str) -> Flask:
     def search():
         boundary = request.mimetype_params.get("boundary", "").encode("latin-1")
         photo = parse_multipart(request.get_data(), boundary)[1]["image"].read()
-        pixels = decode(photo, {"MAX_PIXELS": 40_000_000})
-        vector = extractor.embed(prepare_array(pixels, extractor.input_size)[None])[0]
+        pixels = decode(photo, {"MAX_PIXELS": 40_000_000}, extractor.input_size).pixels
+        vector = extractor.embed(pixels[None])[0]
         return jsonify({"norm": float((vector ** 2).sum())})
 
     @app.get("/health")

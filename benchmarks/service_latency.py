@@ -46,7 +46,6 @@ from runtime import artifacts
 from runtime.extractor import load_extractor
 from runtime.items import read_items
 from runtime.layout import EXTRACTOR_DIR, ITEMS_FILE, Layout
-from runtime.preprocess import prepare_array
 from service.config import encoder_threads
 from service.uploads import decode
 
@@ -78,9 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     def bare_pass() -> tuple[float, float]:
         """Seconds of (decode + encoder, encoder alone) for the query photo, as a worker runs them."""
         started = time.perf_counter()
-        pixels = decode(data, {"MAX_PIXELS": 40_000_000})
+        pixels = decode(data, {"MAX_PIXELS": 40_000_000}, extractor.input_size).pixels
         ready = time.perf_counter()
-        extractor.embed(prepare_array(pixels, extractor.input_size)[None])
+        extractor.embed(pixels[None])
         return time.perf_counter() - started, time.perf_counter() - ready
 
     for _ in range(5):  # the first calls trace the graph

@@ -22,6 +22,7 @@ IMAGES_DIR = "images"
 # cache/: kept between runs, safe to delete
 CACHE_DIR = "cache"
 FEATURES_DIR = "features"
+PIXELS_RECIPE = "pil1"  # changes when the model's input pixels do (from TF decoding to Pillow's: pil1)
 FEATURE_PART = "part-{digest}.npy"  # float32 [n, F] ...
 FEATURE_KEYS_SUFFIX = ".keys"  # ... and beside it the n image sha256s (64 bytes each), written last
 FEATURE_PARTS = "part-*"
@@ -164,8 +165,9 @@ class Layout:
         return self.root / CACHE_DIR
 
     def features(self, fingerprint: str) -> Path:
-        """The backbone-feature cache of one encoder (its name and weights make the fingerprint)."""
-        return self.cache / FEATURES_DIR / fingerprint
+        """The backbone-feature cache of one encoder (its name and weights make the fingerprint), for the pixels
+        `runtime.imaging.model_pixels` makes: features of pixels decoded another way are not reused."""
+        return self.cache / FEATURES_DIR / f"{fingerprint}-{PIXELS_RECIPE}"
 
     @property
     def thumbs_cache(self) -> Path:

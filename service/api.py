@@ -13,7 +13,7 @@ from service.errors import APIError
 from service.params import option, parse_bbox, parse_filters, parse_flag, parse_k, parse_min_score
 from service.searcher import SCORE_DECIMALS, Match, NoDuplicateGroups, Searcher, UnknownProduct
 from service.state import get_searcher
-from service.uploads import crop, decode, image_bytes, request_json
+from service.uploads import decode, image_bytes, request_json
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 IMAGE_PATH_SAFE = "!$&'()*+,/:;=@"  # what Werkzeug's path converter leaves unquoted (url_for's own quoting)
@@ -79,13 +79,11 @@ def search():
     box = parse_bbox(option(body, "bbox"))
     data = image_bytes(request, body, current_app.config)
     parsed = time.perf_counter()
-    pixels = decode(data, current_app.config)
-    cropped = None
-    if box is not None:
-        pixels, in_pixels = crop(pixels, box, int(current_app.config["MIN_CROP_PX"]))
-        cropped = {"bbox": list(box), "pixels": in_pixels, "size": [pixels.shape[1], pixels.shape[0]]}
+    prepared = decode(data, current_app.config, searcher.input_size, box)
+    cropped = None if box is None else {"bbox": list(box), "pixels": prepared.box,
+                                        "size": [prepared.box[2] - prepared.box[0], prepared.box[3] - prepared.box[1]]}
     decoded = time.perf_counter()
-    vector = searcher.embed(pixels)
+    vector = searcher.embed(prepared.pixels)
     embedded = time.perf_counter()
     results, options = ranked(searcher, k, filters, body, vector=vector)
     done = time.perf_counter()

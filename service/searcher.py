@@ -130,6 +130,11 @@ class Searcher:
         """The index version (its folder name)."""
         return str(self.manifest["version"])
 
+    @property
+    def input_size(self) -> int:
+        """The side of the square images the extractor takes (`runtime.imaging.model_pixels` makes them)."""
+        return int(self.extractor.input_size)
+
     def warm_up(self) -> None:
         """Run one full query so that the first shopper does not pay for graph tracing and page faults."""
         vector = self.embed(np.full((64, 64, 3), 200, np.uint8))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 
-import numpy as np
 from flask import Request
 
 from runtime import imaging
@@ -20,6 +19,7 @@ FETCH_ERRORS = {"bad_url": (400, "bad_image_url"), "private_address": (400, "bad
                 "unresolved": (400, "url_unreachable"), "unreachable": (400, "url_unreachable"),
                 "timeout": (400, "url_unreachable"), "http_status": (400, "url_unreachable"),
                 "too_large": (413, TOO_LARGE)}
+ACCEPTED = "JPEG, PNG, WebP, GIF, BMP, TIFF" + (" and HEIC" if imaging.HEIF else "")
 HINT = "send a photo as a multipart 'image' file, or JSON {\"image_url\": ...} or {\"image_base64\": ...}"
 
 
@@ -73,27 +73,23 @@ def fetch_image(url: object, limit: int, config: dict) -> bytes:
         raise APIError(status, code, str(exc)) from None
 
 
-def decode(data: bytes, config: dict) -> np.ndarray:
-    """Decode and check an image, returning RGB uint8 pixels [H, W, 3]."""
-    try:
-        img = imaging.open_image(data, max_pixels=int(config["MAX_PIXELS"]), min_side=8)
-    except imaging.ImageRejected as exc:
-        hint = " (JPEG, PNG, WebP, GIF, BMP and TIFF are accepted)" if exc.kind == "format" else ""
-        raise APIError(STATUS_BY_KIND.get(exc.kind, 400), f"image_{exc.kind}", f"{exc}{hint}") from None
-    return np.asarray(img, dtype=np.uint8)
-
-
-def crop(pixels: np.ndarray, box: Box, min_side: int) -> tuple[np.ndarray, list[int]]:
-    """Cut a box (fractions of the upright photo) out of decoded pixels; return them and the box in pixels.
+def decode(data: bytes, config: dict, size: int, box: Box | None = None) -> imaging.ModelPixels:
+    """Decode and check an image at the size the model takes (`imaging.model_pixels`), cutting `box` if given.
 
     Raises:
-        APIError: 422 when the crop is narrower or shorter than `min_side` pixels.
+        APIError: a 4xx naming what is wrong with the image, or 422 when the box is narrower or shorter than
+            MIN_CROP_PX pixels of the photo.
     """
-    height, width = pixels.shape[:2]
-    left, right = round(box.left * width), round(box.right * width)
-    top, bottom = round(box.top * height), round(box.bottom * height)
-    if min(right - left, bottom - top) < min_side:
-        raise APIError(422, "crop_too_small", f"the box covers {right - left}x{bottom - top} pixels of the "
-                                              f"{width}x{height} photo; each side must be at least {min_side} "
-                                              "pixels: draw a larger box or send a larger photo")
-    return pixels[top:bottom, left:right], [left, top, right, bottom]
+    try:
+        if box is not None:
+            width, height = imaging.upright_size(data, int(config["MAX_PIXELS"]))
+            left, top, right, bottom = imaging.box_pixels(box, width, height)
+            min_side = int(config["MIN_CROP_PX"])
+            if min(right - left, bottom - top) < min_side:
+                raise APIError(422, "crop_too_small", f"the box covers {right - left}x{bottom - top} pixels of the "
+                                                      f"{width}x{height} photo; each side must be at least "
+                                                      f"{min_side} pixels: draw a larger box or send a larger photo")
+        return imaging.model_pixels(data, size, box, max_pixels=int(config["MAX_PIXELS"]), min_side=8)
+    except imaging.ImageRejected as exc:
+        hint = f" ({ACCEPTED} are accepted)" if exc.kind == "format" else ""
+        raise APIError(STATUS_BY_KIND.get(exc.kind, 400), f"image_{exc.kind}", f"{exc}{hint}") from None
