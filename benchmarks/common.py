@@ -108,6 +108,17 @@ def percentiles(seconds: list[float]) -> str:
     return f"p50 {np.percentile(ms, 50):8.2f} ms   p99 {np.percentile(ms, 99):8.2f} ms   (n={len(ms)})"
 
 
+# The admin token of every gunicorn started here: /health names its worker and load state only to the admin
+ADMIN_TOKEN = "harness-admin-token"
+
+
+def health(base: str, timeout: float = 30) -> dict:
+    """/health with its details (the worker's pid, load times, a refused version), asked with ADMIN_TOKEN."""
+    request = urllib.request.Request(f"{base}/health", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
 def wait_for_workers(base: str, workers: int, deadline_s: float, process: subprocess.Popen | None = None) -> set[int]:
     """Ask /health until `workers` distinct worker pids have answered 200 (each has loaded the index).
 
@@ -120,8 +131,7 @@ def wait_for_workers(base: str, workers: int, deadline_s: float, process: subpro
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"gunicorn exited with status {process.returncode} before it was ready")
         try:
-            with urllib.request.urlopen(f"{base}/health", timeout=10) as response:
-                seen.add(int(json.loads(response.read())["worker"]))
+            seen.add(int(health(base, timeout=10)["worker"]))
         except (OSError, ValueError):
             time.sleep(0.2)
     if len(seen) < workers:
@@ -133,7 +143,7 @@ def launch_gunicorn(index: Path | str, port: int, workers: int, cache: Path | st
                     app_dir: Path = ROOT, env: dict[str, str] | None = None, log: Path | None = None,
                     app: str = "application:application") -> subprocess.Popen:
     """Start gunicorn as the Procfile does, over `index`, without waiting for it (see `start_gunicorn`)."""
-    environ = {**os.environ, "ARTIFACTS": str(index), "GUNICORN_BIND": f"127.0.0.1:{port}",
+    environ = {**os.environ, "ADMIN_TOKEN": ADMIN_TOKEN, "ARTIFACTS": str(index), "GUNICORN_BIND": f"127.0.0.1:{port}",
                "WEB_CONCURRENCY": str(workers), "ARTIFACTS_CACHE": str(cache), "LOG_LEVEL": "warning", **(env or {})}
     command = [python, "-m", "gunicorn", "-c", "gunicorn.conf.py", app]
     if log:

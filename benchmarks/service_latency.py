@@ -21,7 +21,6 @@ rounds: what any Flask app pays here, and so what the service itself adds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import threading
@@ -41,6 +40,9 @@ from benchmarks.common import (
     start_gunicorn,
     stop,
     timed,
+)
+from benchmarks.common import (
+    health as service_health,
 )
 from runtime import artifacts
 from runtime.extractor import load_extractor
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
                 thread.start()
             for thread in clients:
                 thread.join()
-            health = json.loads(urllib.request.urlopen(f"{base}/health", timeout=10).read())
+            health = service_health(base, timeout=10)
         finally:
             for process in [server, *extra]:
                 stop(process)

@@ -105,7 +105,8 @@ def box_pixels(box: Sequence[float], width: int, height: int) -> list[int]:
 
 
 def model_pixels(data: bytes, size: int, box: Sequence[float] | None = None, max_pixels: int = MAX_PIXELS,
-                 min_side: int = MIN_SIDE, max_aspect: float = MAX_ASPECT) -> ModelPixels:
+                 min_side: int = MIN_SIDE, max_aspect: float = MAX_ASPECT,
+                 max_decoded: int | None = None) -> ModelPixels:
     """Decode an image at the size a model needs and return its pixels resized to size x size.
 
     A JPEG is decoded at 1/2, 1/4 or 1/8 of its size by libjpeg itself when the region used still has at least
@@ -118,6 +119,7 @@ def model_pixels(data: bytes, size: int, box: Sequence[float] | None = None, max
         size: the side of the model's square input.
         box: an optional region as fractions (left, top, right, bottom) of the upright photo.
         max_pixels, min_side, max_aspect: as `open_image`.
+        max_decoded: the most pixels to decode (after DCT scaling); None: no limit beyond `max_pixels`.
 
     Returns:
         The pixels, the upright photo's size and the region in its own pixels, and the scale decoded at.
@@ -132,8 +134,11 @@ def model_pixels(data: bytes, size: int, box: Sequence[float] | None = None, max
     if shorter < 1:
         raise ImageRejected(f"the box {region} covers no pixel of the {width}x{height} photo", "dimensions")
     scale = next((s for s in DCT_SCALES if shorter >= size * s), 1)
-    if scale > 1 and img.format == "JPEG":
+    if scale > 1:  # JPEG only; other formats ignore a draft and decode in full
         img.draft(img.mode, (img.width // scale, img.height // scale))
+    if max_decoded is not None and img.width * img.height > max_decoded:
+        raise ImageRejected(f"{width}x{height} would decode to {img.width * img.height:,} pixels, above this "
+                            f"service's {max_decoded:,}: send a JPEG or a smaller photo", "pixels")
     img = _upright_rgb(_load(img))
     scale = round(width / img.width)
     if box is not None:

@@ -56,11 +56,12 @@ def ranked(searcher: Searcher, k: int, filters: dict, body: dict, vector: np.nda
     `min_score`; return the results and those two options."""
     collapse = parse_flag(option(body, "collapse"), "collapse")
     min_score = parse_min_score(option(body, "min_score"))
+    widest = int(current_app.config["MAX_COLLAPSE_FETCH"])
     try:
         if like is None:
-            results = searcher.search(vector, k, filters, collapse=collapse, min_score=min_score)
+            results = searcher.search(vector, k, filters, collapse=collapse, min_score=min_score, max_fetch=widest)
         else:
-            results = searcher.similar(like, k, filters, collapse=collapse, min_score=min_score)
+            results = searcher.similar(like, k, filters, collapse=collapse, min_score=min_score, max_fetch=widest)
     except NoDuplicateGroups:
         raise APIError(409, "no_duplicate_groups", "collapse=true needs the near-duplicate groups that `python -m "
                                                    "pipeline index` stores in the index; this one was built "

@@ -11,7 +11,16 @@ DEFAULTS: dict[str, Any] = {
     "ARTIFACTS_CACHE": "/tmp/visual-search-artifacts",  # where S3 artifacts are downloaded and checked
     "IMAGE_BASE_URL": "",  # an S3 bucket or CDN URL serving the index's thumbs/; empty: served by /images/
     "MAX_UPLOAD_MB": 10,
-    "MAX_PIXELS": 40_000_000,
+    "MAX_PIXELS": 40_000_000,  # a photo's own width x height (its header); above is refused as a bomb (413)
+    # pixels actually decoded per photo: a JPEG counts at the DCT scale it is decoded at (a 48 MP phone JPEG decodes
+    # 0.75 MP), other formats in full; 16 MP is a 12 MP PNG with room, and caps a request at 48 MB of RGB
+    "MAX_DECODED_PIXELS": 16_000_000,
+    "MAX_FILTER_VALUES": 50,  # filter values in one request, all columns together (400 above)
+    # how far collapse=true may widen the ranking to find k distinct near-duplicate groups (products ranked)
+    "MAX_COLLAPSE_FETCH": 1_000,
+    # image_url downloads one worker runs at once; more get a 503 with Retry-After at once, so slow URLs never hold
+    # every thread of a worker and uploads keep being answered
+    "MAX_URL_FETCHES": 2,
     "URL_TIMEOUT_S": 5.0,
     "ALLOW_PRIVATE_URLS": False,  # image_url may not reach loopback/private/link-local hosts (cloud metadata)
     "ADMIN_TOKEN": "",  # bearer token of POST /api/admin/reload; empty: reload is disabled (403)
@@ -54,6 +63,9 @@ def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str
     config.update(overrides or {})
     if not 1 <= int(config["MAX_K"]) <= 1000:
         raise ValueError(f"MAX_K must be between 1 and 1000, got {config['MAX_K']}")
+    for key in ("MAX_PIXELS", "MAX_DECODED_PIXELS", "MAX_FILTER_VALUES", "MAX_COLLAPSE_FETCH", "MAX_URL_FETCHES"):
+        if int(config[key]) < 1:
+            raise ValueError(f"{key} must be at least 1, got {config[key]}")
     return config
 
 

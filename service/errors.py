@@ -26,9 +26,9 @@ def too_large_message(config: dict) -> str:
 class APIError(Exception):
     """A client-facing error with an HTTP status and a message a person can act on."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
 
 
 def _body(status: int, code: str, message: str):
@@ -58,7 +58,10 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(APIError)
     def api_error(exc: APIError):
-        return _body(exc.status, exc.code, exc.message)
+        response, status = _body(exc.status, exc.code, exc.message)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response, status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -39,6 +39,8 @@ ITEMS = Gauge("visual_search_index_items", "Items in the index served (largest o
 REFUSED = Gauge("visual_search_reload_refused", "1 while the newest version a worker was offered failed "
                 "verification or loading (see /health); 0 once a version loads.", multiprocess_mode="livemax",
                 registry=REGISTRY)
+LIMITED = Counter("visual_search_limited", "Requests refused by a limit (service/limits.py), by limit.", ["limit"],
+                  registry=REGISTRY)
 
 
 def record(endpoint: str, method: str, status: int, seconds: float) -> None:
@@ -66,6 +68,11 @@ def refused() -> None:
     """Record that this worker refused a version it was offered."""
     REFUSED.set(1)
     RELOADS.labels("refused").inc()
+
+
+def limited(kind: str) -> None:
+    """Count one request refused by a limit (decoded_pixels, filter_values, url_fetches)."""
+    LIMITED.labels(kind).inc()
 
 
 def render() -> tuple[bytes, str]:

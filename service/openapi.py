@@ -26,8 +26,8 @@ ERROR_CODES: dict[str, str] = {
     "no_image": "the request carries no image (multipart `image`, `image_url` or `image_base64`)",
     "image_empty": "the image is empty",
     "image_corrupt": "the image is truncated or damaged",
-    "image_format": "not an image, or a format that is not accepted (JPEG, PNG, WebP, GIF, BMP and TIFF are)",
-    "image_pixels": "the decoded image has more than MAX_PIXELS pixels",
+    "image_format": "not an image, or a format that is not accepted (JPEG, PNG, WebP, GIF, BMP, TIFF and HEIC are)",
+    "image_pixels": "the photo has more than MAX_PIXELS pixels, or would decode to more than MAX_DECODED_PIXELS",
     "image_dimensions": "the image is too small or of an absurd shape",
     "too_large": "the image (or the request body) is over MAX_UPLOAD_MB",
     "malformed_json": "the body is not JSON, not an object, or nested too deeply",
@@ -41,6 +41,9 @@ ERROR_CODES: dict[str, str] = {
     "bad_collapse": "collapse is not true or false",
     "bad_filters": "filters is not an object of strings or lists of strings",
     "unknown_filter": "the JSON filters object names a column that is not filterable",
+    "too_many_filter_values": "more than MAX_FILTER_VALUES filter values in one request",
+    "url_fetch_busy": "this worker already downloads MAX_URL_FETCHES image_url photos: retry after Retry-After "
+                      "seconds, or upload the photo",
     "no_duplicate_groups": "collapse on an index built without near-duplicate groups",
     "unknown_product": "no product with this id in the served index",
     "unknown_image": "the product has no image with this number",
@@ -170,7 +173,8 @@ def _schemas(max_k: int) -> dict[str, Any]:
             "status": {"type": "string", "enum": ["ok"]}, "version": {"type": "string"},
             "items": {"type": "integer"}, "encoder": {"type": "string"}, "dim": {"type": "integer"},
             "worker": {"type": "integer"}, "loaded_at": {"type": "number"}, "load_seconds": {"type": "number"},
-            "refused": {"type": "object", "nullable": True}, "retrying": {"type": "string", "nullable": True}}},
+            "refused": {"type": "object", "nullable": True}, "retrying": {"type": "string", "nullable": True}},
+            "description": "status, version and items for anyone; the rest only with the admin token"},
         "HealthUnavailable": {"allOf": [_ref("Error"), {"type": "object", "required": ["status"], "properties": {
             "status": {"type": "string", "enum": ["loading", "error"]}}}]},
         "Reloaded": {"type": "object", "required": ["status", "version", "items"], "properties": {

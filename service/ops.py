@@ -21,20 +21,34 @@ bp = Blueprint("ops", __name__)
 
 @bp.get("/health")
 def health():
-    """200 once the index and model are loaded and warmed up, with what is served; 503 before, in the error
-    envelope of every other error (with `status` "loading" or "error" beside it)."""
+    """200 once the index and model are loaded and warmed up, with the version served; 503 before, saying only
+    "not ready". With the admin token (`Authorization: Bearer ADMIN_TOKEN`) it also says why and from where:
+    the encoder, the worker, load times, a refused version, the error being retried."""
     holder = get_holder()
     searcher = holder.searcher
+    details = is_admin(request.headers.get("Authorization", ""))
     if searcher is None:
         failed = holder.error is not None
-        error = {"status": 503, "code": "load_failed" if failed else "not_ready",
-                 "message": holder.error if failed else "loading the index; retry in a few seconds"}
-        return jsonify({"status": "error" if failed else "loading", "error": error}), 503
-    return jsonify({"status": "ok", "version": searcher.version, "items": searcher.count,
-                    "encoder": searcher.manifest["encoder"], "dim": searcher.manifest["dim"],
-                    "worker": os.getpid(), "loaded_at": round(holder.loaded_at, 3),
-                    "load_seconds": round(holder.load_seconds, 3), "refused": holder.refused,
-                    "retrying": holder.transient})
+        error = {"status": 503, "code": "not_ready", "message": "not ready: no index is loaded yet"}
+        if details:
+            error.update(code="load_failed" if failed else "not_ready",
+                         message=holder.error if failed else "loading the index; retry in a few seconds")
+        response = jsonify({"status": "error" if failed else "loading", "error": error})
+        response.headers["Retry-After"] = "5"
+        return response, 503
+    body = {"status": "ok", "version": searcher.version, "items": searcher.count}
+    if details:
+        body.update({"encoder": searcher.manifest["encoder"], "dim": searcher.manifest["dim"], "worker": os.getpid(),
+                     "loaded_at": round(holder.loaded_at, 3), "load_seconds": round(holder.load_seconds, 3),
+                     "refused": holder.refused, "retrying": holder.transient})
+    return jsonify(body)
+
+
+def is_admin(authorization: str) -> bool:
+    """Whether an Authorization header carries ADMIN_TOKEN (never, while no token is set)."""
+    token = current_app.config["ADMIN_TOKEN"]
+    return bool(token) and authorization.startswith("Bearer ") and hmac.compare_digest(
+        authorization.removeprefix("Bearer ").encode(), token.encode())
 
 
 @bp.get("/metrics")

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from flask import current_app, request
 
+from service import metrics
 from service.errors import APIError
 
 OPTIONS = ("k", "bbox", "collapse", "min_score")
@@ -133,6 +134,12 @@ def parse_filters(body: dict, columns: list[str]) -> tuple[dict[str, list[str]],
             raise APIError(400, "bad_filters", f"a filter value is a string or a list of strings, e.g. "
                                                f'{{"{column}": ["Red", "Blue"]}}; got {column!r}: {extra[column]!r}')
         filters.setdefault(column, []).extend(values)
+    values = sum(len(v) for v in filters.values())
+    most = int(current_app.config["MAX_FILTER_VALUES"])
+    if values > most:
+        metrics.limited("filter_values")
+        raise APIError(400, "too_many_filter_values", f"{values} filter values in one request; at most {most} are "
+                                                      "accepted")
     unknown = sorted(c for c in filters if c not in known)
     if unknown:
         raise APIError(400, "unknown_filter", f"unknown filter column(s) {unknown}; filterable columns: {columns}")

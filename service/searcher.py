@@ -212,7 +212,8 @@ class Searcher:
         return len(ids) if self.removed is None else int(len(ids) - self.removed[ids].sum())
 
     def search(self, vector: np.ndarray, k: int, filters: dict[str, list[str]] | None = None,
-               exclude: int | None = None, collapse: bool = False, min_score: float | None = None) -> list[Match]:
+               exclude: int | None = None, collapse: bool = False, min_score: float | None = None,
+               max_fetch: int | None = None) -> list[Match]:
         """Return up to k products, best first, each at most once, with the image of each that matched best.
 
         The Annoy index and the vectors hold one row per image; a product's score comes from all its images
@@ -230,6 +231,8 @@ class Searcher:
             collapse: at most one product per near-duplicate group (the best-scoring one), still k when k groups
                 are allowed.
             min_score: drop results whose score, as the answer shows it (rounded to SCORE_DECIMALS), is below this.
+            max_fetch: with collapse, rank at most this many products looking for k groups (fewer than k come back
+                when that many are not enough); None: as far as the catalog goes.
 
         Raises:
             NoDuplicateGroups: collapse on an index without groups.
@@ -245,11 +248,12 @@ class Searcher:
                 kept = [hits[i] for i in np.sort(first)]
             else:
                 kept = hits
-            exhausted = len(hits) < fetch or fetch >= self.count
+            exhausted = len(hits) < fetch or fetch >= self.count or (max_fetch is not None and fetch >= max_fetch)
             if len(kept) >= k or exhausted or (min_score is not None and round(hits[-1].score, SCORE_DECIMALS)
                                                 < min_score):
                 break
-            fetch = min(fetch * 4, self.count)  # dropped duplicates: look further down the ranking
+            fetch = min(fetch * 4, self.count, max(max_fetch or self.count, k))  # duplicates dropped: look further,
+            # never past max_fetch
         if min_score is not None:
             kept = [h for h in kept if round(h.score, SCORE_DECIMALS) >= min_score]
         kept = kept[:k]
@@ -265,12 +269,12 @@ class Searcher:
         return Match(item, hit.score, position)
 
     def similar(self, product_id: str, k: int, filters: dict[str, list[str]] | None = None, collapse: bool = False,
-                min_score: float | None = None) -> list[Match]:
+                min_score: float | None = None, max_fetch: int | None = None) -> list[Match]:
         """Return the products most similar to a catalog product, by its stored vectors (no encoder pass): the query
         is the normalised mean of its images' vectors. With `collapse`, its own near-duplicates are left out too."""
         item = self.product(product_id)
         results = self.search(self.ranker.product_vector(item["id"]), k + bool(collapse), filters,
-                              exclude=item["id"], collapse=collapse, min_score=min_score)
+                              exclude=item["id"], collapse=collapse, min_score=min_score, max_fetch=max_fetch)
         if collapse:
             own = self._group(item["id"])
             results = [m for m in results if self._group(m.item["id"]) != own]

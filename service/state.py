@@ -219,9 +219,9 @@ class SearcherHolder:
     def get(self) -> Searcher:
         """Return the current searcher, or a 503 APIError while none is loaded."""
         searcher = self.searcher
-        if searcher is None:
-            detail = f": {self.error}" if self.error else "; retry in a few seconds"
-            raise APIError(503, "not_ready", f"the index is not loaded yet{detail}")
+        if searcher is None:  # why is for the operator (/health with the admin token, the log), not for a shopper
+            raise APIError(503, "not_ready", "not ready: no index is loaded yet; retry in a few seconds",
+                           retry_after=5)
         return searcher
 
 

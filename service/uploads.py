@@ -9,6 +9,7 @@ from flask import Request
 
 from runtime import imaging
 from runtime.fetch import FetchError, fetch_url
+from service import limits, metrics
 from service.errors import TOO_LARGE, APIError, too_large_message
 from service.params import Box
 
@@ -66,8 +67,9 @@ def image_bytes(request: Request, body: dict, config: dict) -> bytes:
 def fetch_image(url: object, limit: int, config: dict) -> bytes:
     """Download an `image_url` within URL_TIMEOUT_S (`runtime.fetch.fetch_url`), or a 4xx APIError saying why not."""
     try:
-        return fetch_url(url, limit, float(config["URL_TIMEOUT_S"]), bool(config["ALLOW_PRIVATE_URLS"]),
-                         name="image_url").data
+        with limits.url_fetch_slot(config):
+            return fetch_url(url, limit, float(config["URL_TIMEOUT_S"]), bool(config["ALLOW_PRIVATE_URLS"]),
+                             name="image_url").data
     except FetchError as exc:
         status, code = FETCH_ERRORS[exc.reason]
         raise APIError(status, code, str(exc)) from None
@@ -89,7 +91,10 @@ def decode(data: bytes, config: dict, size: int, box: Box | None = None) -> imag
                 raise APIError(422, "crop_too_small", f"the box covers {right - left}x{bottom - top} pixels of the "
                                                       f"{width}x{height} photo; each side must be at least "
                                                       f"{min_side} pixels: draw a larger box or send a larger photo")
-        return imaging.model_pixels(data, size, box, max_pixels=int(config["MAX_PIXELS"]), min_side=8)
+        return imaging.model_pixels(data, size, box, max_pixels=int(config["MAX_PIXELS"]), min_side=8,
+                                    max_decoded=int(config["MAX_DECODED_PIXELS"]))
     except imaging.ImageRejected as exc:
+        if exc.kind == "pixels":
+            metrics.limited("decoded_pixels")
         hint = f" ({ACCEPTED} are accepted)" if exc.kind == "format" else ""
         raise APIError(STATUS_BY_KIND.get(exc.kind, 400), f"image_{exc.kind}", f"{exc}{hint}") from None

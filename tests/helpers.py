@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common import (
+    ADMIN_TOKEN,
     free_port,
+    health,
     launch_gunicorn,
     multipart,
     raw_request,
@@ -25,8 +27,8 @@ from benchmarks.common import (
     wait_for_workers,
 )
 
-__all__ = ["ROOT", "SHARED", "Load", "free_port", "http_json", "launch_gunicorn", "moto_s3", "multipart",
-           "raw_request", "server_timing", "start_gunicorn", "stop", "timed", "wait_for_workers"]
+__all__ = ["ADMIN_TOKEN", "ROOT", "SHARED", "Load", "free_port", "health", "http_json", "launch_gunicorn", "moto_s3",
+           "multipart", "raw_request", "server_timing", "start_gunicorn", "stop", "timed", "wait_for_workers"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"  # the real catalogs and models; tests that need them skip when it is absent

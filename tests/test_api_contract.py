@@ -148,8 +148,9 @@ def test_image_url_has_a_deadline_not_a_per_read_timeout(client) -> None:
 
 
 def test_health_503_is_in_the_error_envelope(tmp_path: Path) -> None:
-    app = create_app({"ARTIFACTS": str(tmp_path / "nothing"), "LOAD_IN_BACKGROUND": False, "RELOAD_CHECK_S": 0})
-    body = app.test_client().get("/health").get_json()
+    app = create_app({"ARTIFACTS": str(tmp_path / "nothing"), "LOAD_IN_BACKGROUND": False, "RELOAD_CHECK_S": 0,
+                      "ADMIN_TOKEN": "t"})
+    body = app.test_client().get("/health", headers={"Authorization": "Bearer t"}).get_json()
     assert body["status"] == "error" and body["error"]["status"] == 503 and body["error"]["code"] == "load_failed"
     assert "no index at" in body["error"]["message"]
 

@@ -14,15 +14,11 @@ import pytest
 from pipeline import index
 from runtime import versions
 from scripts import deploy
-from tests.helpers import Load, free_port, multipart, start_gunicorn, stop
+from tests.helpers import Load, free_port, health, multipart, start_gunicorn, stop
 
 BUCKET, PREFIX = "shop-search", "prod"
 CHECK_S = 1.0
 
-
-def health(base: str) -> dict:
-    with urllib.request.urlopen(f"{base}/health", timeout=30) as response:
-        return json.loads(response.read())
 
 
 def loads_refused(base: str) -> float:

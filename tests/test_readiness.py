@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, Load, free_port, launch_gunicorn, multipart, stop, timed, wait_for_workers
+from tests.helpers import ROOT, Load, free_port, health, launch_gunicorn, multipart, stop, timed, wait_for_workers
 
 # Imported by gunicorn instead of application.py: the first worker to warm up takes FIRST_S, every other LATER_S,
 # so a window exists in which one worker serves and another is still loading.
@@ -113,8 +111,7 @@ def _wait_for_new_worker(base: str, old: set[int], process, deadline_s: float = 
     while time.monotonic() < deadline:
         assert process.poll() is None, "gunicorn exited"
         try:
-            with urllib.request.urlopen(f"{base}/health", timeout=30) as response:
-                pid = int(json.loads(response.read())["worker"])
+            pid = int(health(base)["worker"])
         except (OSError, ValueError):
             pid = None
         if pid is not None and pid not in old:

@@ -4,10 +4,8 @@ serving, and the new one is served soon after S3 answers again: never refused fo
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from pipeline import index
 from scripts import deploy
 from service.state import TRANSIENT_BACKOFF_MAX_S
 from tests.fault_proxy import FAULTS, FaultProxy
-from tests.helpers import Load, free_port, moto_s3, multipart, start_gunicorn, stop
+from tests.helpers import Load, free_port, health, moto_s3, multipart, start_gunicorn, stop
 
 BUCKET, PREFIX = "shop-search", "prod"
 CHECK_S = 1.0  # RELOAD_CHECK_S of the service under test
@@ -36,10 +34,6 @@ class Served:
     proxy: FaultProxy
     requests: list[tuple[str, bytes, str]]
 
-
-def health(base: str) -> dict:
-    with urllib.request.urlopen(f"{base}/health", timeout=30) as response:
-        return json.loads(response.read())
 
 
 def each_worker(base: str, pids: set[int], tries: int = 200) -> dict[int, dict]:

@@ -153,9 +153,14 @@ def test_health_is_503_until_the_index_is_loaded(tmp_path: Path) -> None:
         threading.Event().wait(0.05)
     health = client.get("/health")
     assert health.status_code == 503 and health.get_json()["status"] == "error"
-    assert "no index at" in health.get_json()["error"]["message"]
+    # a shopper (or a scanner) learns "not ready", never where the index lives nor why it failed
+    assert health.get_json()["error"]["code"] == "not_ready" and str(tmp_path) not in health.get_data(as_text=True)
     search = upload(client, photo())
     assert search.status_code == 503 and search.get_json()["error"]["code"] == "not_ready"
+    assert search.headers["Retry-After"] and str(tmp_path) not in search.get_data(as_text=True)
+    app.config["ADMIN_TOKEN"] = TOKEN  # the operator asks with the token and learns why
+    health = client.get("/health", headers={"Authorization": f"Bearer {TOKEN}"}).get_json()
+    assert health["error"]["code"] == "load_failed" and "no index at" in health["error"]["message"]
 
 
 def scrape(client) -> dict[tuple, float]:
@@ -168,7 +173,8 @@ def scrape(client) -> dict[tuple, float]:
 
 
 def test_health_and_metrics_when_ready(client) -> None:
-    health = client.get("/health").get_json()
+    assert set(client.get("/health").get_json()) == {"status", "version", "items"}  # no internals without the token
+    health = client.get("/health", headers={"Authorization": f"Bearer {TOKEN}"}).get_json()
     assert health["status"] == "ok" and health["items"] > 50 and health["encoder"].startswith("hub:")
     assert health["refused"] is None
     before = scrape(client)
