@@ -112,14 +112,15 @@ def percentiles(seconds: list[float]) -> str:
 ADMIN_TOKEN = "harness-admin-token"
 
 
-def health(base: str, timeout: float = 30) -> dict:
-    """/health with its details (the worker's pid, load times, a refused version), asked with ADMIN_TOKEN."""
-    request = urllib.request.Request(f"{base}/health", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+def health(base: str, timeout: float = 30, token: str = ADMIN_TOKEN) -> dict:
+    """/health with its details (the worker's pid, load times, a refused version), asked with the admin token."""
+    request = urllib.request.Request(f"{base}/health", headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 
-def wait_for_workers(base: str, workers: int, deadline_s: float, process: subprocess.Popen | None = None) -> set[int]:
+def wait_for_workers(base: str, workers: int, deadline_s: float, process: subprocess.Popen | None = None,
+                     token: str = ADMIN_TOKEN) -> set[int]:
     """Ask /health until `workers` distinct worker pids have answered 200 (each has loaded the index).
 
     Raises:
@@ -131,7 +132,7 @@ def wait_for_workers(base: str, workers: int, deadline_s: float, process: subpro
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"gunicorn exited with status {process.returncode} before it was ready")
         try:
-            seen.add(int(health(base, timeout=10)["worker"]))
+            seen.add(int(health(base, timeout=10, token=token)["worker"]))
         except (OSError, ValueError):
             time.sleep(0.2)
     if len(seen) < workers:
@@ -174,7 +175,8 @@ def start_gunicorn(index: Path | str, port: int, workers: int, cache: Path | str
     """
     process = launch_gunicorn(index, port, workers, cache, python, app_dir, env, log, app)
     try:
-        pids = wait_for_workers(f"http://127.0.0.1:{port}", workers, deadline_s, process)
+        pids = wait_for_workers(f"http://127.0.0.1:{port}", workers, deadline_s, process,
+                                (env or {}).get("ADMIN_TOKEN", ADMIN_TOKEN))
     except BaseException:
         stop(process)
         raise

@@ -42,6 +42,7 @@ ERROR_CODES: dict[str, str] = {
     "bad_filters": "filters is not an object of strings or lists of strings",
     "unknown_filter": "the JSON filters object names a column that is not filterable",
     "too_many_filter_values": "more than MAX_FILTER_VALUES filter values in one request",
+    "rate_limited": "this address sent more requests a second than nginx's limit_req allows (.platform)",
     "url_fetch_busy": "this worker already downloads MAX_URL_FETCHES image_url photos: retry after Retry-After "
                       "seconds, or upload the photo",
     "no_duplicate_groups": "collapse on an index built without near-duplicate groups",
@@ -81,6 +82,7 @@ def _json(schema: dict, description: str) -> dict:
 ERROR_STATUSES = {400: "bad input: the message says what to change", 401: "no bearer token", 403: "refused",
                   404: "not found", 409: "conflicts with how the index was built", 413: "too large",
                   415: "not an accepted image format", 422: "understood but not usable",
+                  429: "too many requests from this address (nginx's limit_req on Beanstalk): retry after Retry-After",
                   503: "not ready, a file gone under the worker, or S3 not answering: retry"}
 
 
@@ -228,7 +230,7 @@ def document(config: dict, example: dict[str, str] | None = None) -> dict:
                     {"example": {"image_base64": example["image_base64"], "k": 5}} if "image_base64" in example
                     else {})}}},
             "responses": {"200": _json(_ref("SearchResponse"), "ranked products"),
-                          **_errors(400, 409, 413, 415, 422, 503)}}},
+                          **_errors(400, 409, 413, 415, 422, 429, 503)}}},
         "/api/products/{product_id}": {"get": {
             "summary": "One product", "operationId": "product", "parameters": [product_id],
             "responses": {"200": _json(_ref("Product"), "the product"), **product_errors}}},
@@ -236,7 +238,7 @@ def document(config: dict, example: dict[str, str] | None = None) -> dict:
             "summary": "More like this product", "operationId": "similar", "description": FILTERS_TEXT,
             "parameters": [product_id, *query_options],
             "responses": {"200": _json(_ref("SimilarResponse"), "the product and the ranked products"),
-                          **_errors(400, 404, 409, 503)}}},
+                          **_errors(400, 404, 409, 429, 503)}}},
         "/api/filters": {"get": {
             "summary": "Filterable columns and facet counts", "operationId": "filters",
             "responses": {"200": _json(_ref("FiltersResponse"), "columns, facets, product count"),

@@ -75,8 +75,9 @@ def _raised_codes() -> set[str]:
                 elif isinstance(code, ast.JoinedStr):  # f"bad_{name}" of parse_flag
                     codes.add("bad_collapse")
     codes |= {code for _, code in FETCH_ERRORS.values()}  # an image_url fetch's, by the reason it failed
-    return codes | {"too_large", "load_failed", "internal_error", "image_empty", "image_format", "image_corrupt",
-                    "image_pixels", "image_dimensions"}  # constants, /health's, the 500 handler, imaging's kinds
+    # nginx's, constants, /health's, the 500 handler, imaging's kinds
+    return codes | {"rate_limited", "too_large", "load_failed", "internal_error", "image_empty", "image_format",
+                    "image_corrupt", "image_pixels", "image_dimensions"}
 
 
 def test_every_error_code_is_documented(spec: dict) -> None:

@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import pytest
 from PIL import Image
 
 from scripts import deploy
-from tests.helpers import free_port, multipart, stop, wait_for_workers
+from tests.helpers import ADMIN_TOKEN, free_port, multipart, stop, wait_for_workers
 from tests.helpers import http_json as http
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -91,7 +93,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory, demo_index: Path):
     port = 8000 if _free(8000) else free_port()  # the platform's PORT, unless this machine already uses it
     web = (app / "Procfile").read_text().split("web:", 1)[1].strip().splitlines()[0]
     env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "PORT": str(port),
-           "ARTIFACTS": str(demo_index / "index" / "current"), "ARTIFACTS_CACHE": str(root / "cache")}
+           "ARTIFACTS": str(demo_index / "index" / "current"), "ARTIFACTS_CACHE": str(root / "cache"),
+           "ADMIN_TOKEN": ADMIN_TOKEN}
     env.pop("GUNICORN_BIND", None)
     env.pop("PYTHONPATH", None)
     log = open(root / "web.log", "w")  # noqa: SIM115 - the child writes to it until the fixture ends
@@ -184,3 +187,36 @@ def test_oversized_uploads_get_the_json_413_even_when_the_client_sends_everythin
     time.sleep(0.5)  # gunicorn's access log line
     answered_by_service = _service_413s(web_log) - seen_by_service
     assert answered_by_service == (1 if refused_by == "service" else 0)
+
+
+def _get(url: str) -> tuple[int, dict, str | None]:
+    """GET `url`: (status, JSON body, Retry-After header)."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, json.loads(response.read()), response.headers["Retry-After"]
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}"), exc.headers["Retry-After"]
+
+
+def _service_lines(web_log: Path, path: str) -> int:
+    return sum(f'"GET {path} HTTP/' in line for line in web_log.read_text().splitlines())
+
+
+def test_a_flooding_client_is_refused_by_nginx_with_a_json_429_and_served_again_after(platform) -> None:
+    """.platform's limit_req: a burst of 40 passes, then one address past 10 requests a second gets 429s that never
+    reach a worker; a second later it is served again."""
+    proxy, web_log, _ = platform
+    time.sleep(5)  # earlier tests' requests: the bucket refills at 10 a second
+    reached_before = _service_lines(web_log, "/api/filters")
+    answers = [_get(f"{proxy}/api/filters") for _ in range(120)]  # as fast as one client can, one at a time
+    statuses = [status for status, _, _ in answers]
+    assert statuses[:40] == [200] * 40, statuses
+    refused = [(body, retry) for status, body, retry in answers if status == 429]
+    assert len(refused) >= 40 and set(statuses) == {200, 429}, statuses
+    assert refused[0][0]["error"]["code"] == "rate_limited" and "Retry-After" in refused[0][0]["error"]["message"]
+    assert {retry for _, retry in refused} == {"1"}
+    time.sleep(0.5)  # gunicorn's access log lines
+    assert _service_lines(web_log, "/api/filters") - reached_before == statuses.count(200)
+    time.sleep(1.5)
+    assert http(f"{proxy}/api/filters")[0] == 200
+    time.sleep(5)  # leave the bucket full for whatever runs next

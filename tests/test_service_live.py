@@ -22,6 +22,7 @@ from scripts.beanstalk import instance_bucket_policy
 from service import create_app
 from service.searcher import Searcher
 from tests.conftest import gunicorn_over
+from tests.helpers import health as health_of
 from tests.helpers import http_json as http
 from tests.helpers import multipart
 
@@ -55,7 +56,7 @@ def test_gunicorn_two_workers_answer_over_http(gunicorn_server: str, own_index: 
         assert status == 200 and len(result["results"]) == 4
     answered: set[int] = set()
     for asked in range(1, 301):  # the kernel hands sequential connections to whichever worker accepts first:
-        answered.add(http(f"{gunicorn_server}/health")[1]["worker"])  # at least 30, until both have answered
+        answered.add(health_of(gunicorn_server, token="t0k")["worker"])  # at least 30, until both have answered
         if len(answered) == 2 and asked >= 30:
             break
     assert len(answered) == 2  # both workers answered
@@ -87,7 +88,7 @@ def test_gunicorn_two_workers_answer_over_http(gunicorn_server: str, own_index: 
     serving: dict[int, str] = {}
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (len(serving) == 2 and set(serving.values()) == {new_version}):
-        status, health = http(f"{gunicorn_server}/health")
+        health = health_of(gunicorn_server, token="t0k")
         serving[health["worker"]] = health["version"]
         time.sleep(0.2)
     assert set(serving.values()) == {new_version} and len(serving) == 2, serving
@@ -158,13 +159,14 @@ def test_artifacts_from_s3_are_verified_and_tampering_is_refused(s3_server: str,
     original = client.get_object(Bucket="artifacts", Key=items_key)["Body"].read()
     tampered = original.replace(b"Northwind", b"Southwind")  # same size: only the hash can tell
     client.put_object(Bucket="artifacts", Key=items_key, Body=tampered)
-    fresh = create_app({"ARTIFACTS": "s3://artifacts/shop", "ARTIFACTS_CACHE": str(tmp_path / "fresh")})
+    fresh = create_app({"ARTIFACTS": "s3://artifacts/shop", "ARTIFACTS_CACHE": str(tmp_path / "fresh"),
+                        "ADMIN_TOKEN": "t0k"})
     holder = fresh.extensions["visual_search"]
     for _ in range(200):
         if holder.error or holder.searcher:
             break
         time.sleep(0.05)
-    response = fresh.test_client().get("/health")
+    response = fresh.test_client().get("/health", headers={"Authorization": "Bearer t0k"})
     assert response.status_code == 503
     assert "items.jsonl does not match its sha256" in response.get_json()["error"]["message"]
     # A tampered file already in a warm cache is caught too: the reader re-checks every hash on load.
