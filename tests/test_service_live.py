@@ -285,3 +285,76 @@ def _facets_and_options_reach_the_api(page) -> None:
                               timeout=30_000) as answer:
         page.check("#collapse")
     assert answer.value.json()["collapse"] is True
+
+
+# Playwright does not see a multipart body built from a Blob: the page's fetch is wrapped to keep the photo it sends.
+KEEP_SENT_PHOTOS = """
+window.sentPhotos = [];
+const pageFetch = window.fetch;
+window.fetch = async (url, options) => {
+  const image = options && options.body instanceof FormData ? options.body.get("image") : null;
+  if (image) {
+    const bytes = new Uint8Array(await image.arrayBuffer());
+    let text = "";
+    for (let i = 0; i < bytes.length; i += 32768) text += String.fromCharCode(...bytes.subarray(i, i + 32768));
+    window.sentPhotos.push(btoa(text));
+  }
+  return pageFetch(url, options);
+};
+"""
+
+
+def _sent_photo(page) -> bytes:
+    """The last photo the page sent to /api/search."""
+    import base64
+
+    return base64.b64decode(page.evaluate("window.sentPhotos[window.sentPhotos.length - 1]"))
+
+
+def test_the_page_sends_a_phone_photo_shrunk_upright_and_boxes_still_map_to_it(
+        gunicorn_server: str, own_index: Path, tmp_path: Path) -> None:
+    """A 12 MP JPEG stored sideways with an EXIF orientation (as phones save them) leaves the page as an upright
+    JPEG of at most 1,024 px, finds its product, and a box reports its size in the pixels of the photo chosen."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to run this test")
+    from playwright.sync_api import sync_playwright
+
+    from pipeline.catalog.table import read_catalog
+    from runtime.layout import Layout
+
+    layout = Layout(own_index)
+    catalog = next((own_index / "catalog" / "images" / "Watches").glob("*.jpg"))
+    rows = read_catalog(layout.catalog_csv)
+    product_id = str(rows[rows["image"] == catalog.relative_to(layout.catalog).as_posix()]["product_id"].iloc[0])
+    upright = Image.open(catalog).convert("RGB").resize((3024, 4032), Image.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter, as a phone held upright saves it
+    phone = tmp_path / "IMG_0001.jpg"
+    upright.transpose(Image.Transpose.ROTATE_90).save(phone, "JPEG", quality=95, exif=exif.tobytes())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 420, "height": 900}, has_touch=True)
+            page.add_init_script(KEEP_SENT_PHOTOS)
+            page.goto(gunicorn_server + "/", wait_until="networkidle")
+            with page.expect_response(lambda r: "/api/search" in r.url, timeout=30_000) as answer:
+                page.set_input_files("#file", str(phone))
+            photo = _sent_photo(page)
+            received = Image.open(io.BytesIO(photo))
+            assert received.format == "JPEG" and received.size == (768, 1024), received.size  # upright, shrunk
+            assert len(photo) < phone.stat().st_size / 10, (len(photo), phone.stat().st_size)
+            assert received.getexif().get(0x0112, 1) == 1  # nothing left for the service to turn
+            found = [str(r["product_id"]) for r in answer.value.json()["results"][:3]]
+            assert product_id in found, (product_id, found)
+            page.wait_for_selector("#results .card", timeout=30_000)
+            sent_box = _drag_box(page, (0.2, 0.25), (0.7, 0.75), touch=False)
+            status = page.locator("#status")
+            page.wait_for_function("document.querySelector('#status').textContent.includes('area you selected')",
+                                   timeout=30_000)
+            bbox = sent_box["body"]["crop"]["bbox"]
+            width, height = round((bbox[2] - bbox[0]) * 3024), round((bbox[3] - bbox[1]) * 4032)
+            assert f"{width}\u00d7{height} px of your photo" in status.inner_text(), status.inner_text()
+        finally:
+            browser.close()
