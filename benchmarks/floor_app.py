@@ -18,9 +18,11 @@ from flask import Flask, g, jsonify, request
 from runtime import artifacts
 from runtime.extractor import load_extractor
 from runtime.layout import EXTRACTOR_DIR
-from service.config import encoder_threads
+from service.config import encoder_threads, load_config
 from service.forms import parse_multipart
 from service.uploads import decode
+
+LIMITS = load_config({}, environ={})  # the service's default limits, for decoding as a worker does
 
 
 def create_floor_app(index: str) -> Flask:
@@ -42,7 +44,7 @@ def create_floor_app(index: str) -> Flask:
     def search():
         boundary = request.mimetype_params.get("boundary", "").encode("latin-1")
         photo = parse_multipart(request.get_data(), boundary)[1]["image"].read()
-        pixels = decode(photo, {"MAX_PIXELS": 40_000_000}, extractor.input_size).pixels
+        pixels = decode(photo, LIMITS, extractor.input_size).pixels
         vector = extractor.embed(pixels[None])[0]
         return jsonify({"norm": float((vector ** 2).sum())})
 

@@ -48,8 +48,10 @@ from runtime import artifacts
 from runtime.extractor import load_extractor
 from runtime.items import read_items
 from runtime.layout import EXTRACTOR_DIR, ITEMS_FILE, Layout
-from service.config import encoder_threads
+from service.config import encoder_threads, load_config
 from service.uploads import decode
+
+LIMITS = load_config({}, environ={})  # the service's default limits, for decoding as a worker does
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     def bare_pass() -> tuple[float, float]:
         """Seconds of (decode + encoder, encoder alone) for the query photo, as a worker runs them."""
         started = time.perf_counter()
-        pixels = decode(data, {"MAX_PIXELS": 40_000_000}, extractor.input_size).pixels
+        pixels = decode(data, LIMITS, extractor.input_size).pixels
         ready = time.perf_counter()
         extractor.embed(pixels[None])
         return time.perf_counter() - started, time.perf_counter() - ready

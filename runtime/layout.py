@@ -38,6 +38,7 @@ EXTRACTOR_CONFIG = "extractor.json"
 EXTRACTOR_SAVEDMODEL = "model"  # format savedmodel: one SavedModel with embed, features and head
 EXTRACTOR_TFLITE = "backbone.tflite"  # format tflite+head: the TFLite backbone ...
 EXTRACTOR_HEAD = "head"  # ... and the head's SavedModel (also format composite's)
+EXTRACTOR_HEAD_ARRAYS = "head.npz"  # the same head as arrays, when it is a dense layer between L2 norms (no TF)
 EXTRACTOR_PARTS = "parts"  # format composite: parts/<i>/ holds backbone i (backbone.tflite, or model/ with features)
 FINETUNE_SUMMARY = "finetune.json"
 HISTORY = "history.json"
@@ -101,6 +102,7 @@ WRITTEN = (
     f"{CACHE_DIR}/{S3_MIRROR_DIR}/*", f"{CACHE_DIR}/{KAGGLE_DIR}/*", f"{CACHE_DIR}/{TUNED_DIR}/*/*",
     f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_CONFIG}", f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_SAVEDMODEL}/*",
     f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_TFLITE}", f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_HEAD}/*",
+    f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_HEAD_ARRAYS}",
     f"{MODEL_DIR}/{EXTRACTOR_DIR}/{EXTRACTOR_PARTS}/*",
     f"{MODEL_DIR}/{FINETUNE_SUMMARY}", f"{MODEL_DIR}/{HISTORY}", f"{MODEL_DIR}/{LABELS}",
     f"{MODEL_DIR}/{TRAINING_CURVES}", f"{MODEL_DIR}/{AUTOENCODER_WEIGHTS}", f"{MODEL_DIR}/{AUTOENCODER_CURVES}",

@@ -22,11 +22,20 @@ def configure() -> None:
                     "first", ", ".join(missing))
 
 
-def tensorflow() -> ModuleType:
-    """Return the `tensorflow` module, imported after `configure()`."""
-    configure()
-    import tensorflow
+def tensorflow(needed_for: str = "") -> ModuleType:
+    """Return the `tensorflow` module, imported after `configure()`.
 
+    Raises:
+        ImportError: TensorFlow is not installed (a lean service install), saying what needed it and how to fix it.
+    """
+    configure()
+    try:
+        import tensorflow
+    except ImportError as exc:
+        what = needed_for or "this"
+        raise ImportError(f"{what} needs TensorFlow, which is not installed here: pip install -r "
+                          "requirements-tensorflow.txt (deploy adds it to the bundle when the index's extractor "
+                          f"needs it) ({exc})") from None
     return tensorflow
 
 

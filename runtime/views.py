@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from runtime import tfenv
 from runtime.preprocess import INPUT_SIZE
 
 VIEWS = 6  # the whole image, its four corners and its centre
@@ -34,24 +34,33 @@ def input_size(fraction: float) -> int:
     return INPUT_SIZE if not fraction else round(INPUT_SIZE / check_fraction(fraction))
 
 
-def views(images: Any, fraction: float) -> Any:
+def views(images: Any, fraction: float) -> np.ndarray:
     """Turn images [B, S, S, 3] (0..255) into their VIEWS views [B * VIEWS, INPUT_SIZE, INPUT_SIZE, 3], float32.
 
     Views of one image are consecutive: the whole image (resized to INPUT_SIZE), then the top-left, top-right,
     bottom-left, bottom-right and centre crops, each round(S * fraction) wide (resized to INPUT_SIZE if not so).
+    Resizing is Pillow's bilinear filter on float pixels, antialiased when it shrinks (what
+    `tf.image.resize(..., antialias=True)` computes, to 0.004 of a level): numpy and Pillow only, so a service
+    without TensorFlow cuts the views the pipeline cut.
     """
-    tf = tfenv.tensorflow()
-    x = tf.cast(tf.convert_to_tensor(images), tf.float32)
+    x = np.asarray(images, np.float32)
     side = int(x.shape[1])
     crop = round(side * fraction)
     far, mid = side - crop, (side - crop) // 2
-    resize = (lambda v: v) if crop == INPUT_SIZE else \
-        (lambda v: tf.image.resize(v, [INPUT_SIZE, INPUT_SIZE], method="bilinear", antialias=True))
-    whole = x if side == INPUT_SIZE else tf.image.resize(x, [INPUT_SIZE, INPUT_SIZE], method="bilinear",
-                                                         antialias=True)
-    crops = [resize(x[:, top:top + crop, left:left + crop]) for top, left in
-             ((0, 0), (0, far), (far, 0), (far, far), (mid, mid))]
-    return tf.reshape(tf.stack([whole, *crops], axis=1), [-1, INPUT_SIZE, INPUT_SIZE, 3])
+    out = np.empty((len(x), VIEWS, INPUT_SIZE, INPUT_SIZE, 3), np.float32)
+    for n, image in enumerate(x):
+        out[n, 0] = _resized(image)
+        for v, (top, left) in enumerate(((0, 0), (0, far), (far, 0), (far, far), (mid, mid)), start=1):
+            out[n, v] = _resized(image[top:top + crop, left:left + crop])
+    return out.reshape(-1, INPUT_SIZE, INPUT_SIZE, 3)
+
+
+def _resized(image: np.ndarray) -> np.ndarray:
+    """One float image [H, W, 3] at INPUT_SIZE x INPUT_SIZE (itself when it already is)."""
+    if image.shape[:2] == (INPUT_SIZE, INPUT_SIZE):
+        return image
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), "F").resize(
+        (INPUT_SIZE, INPUT_SIZE), Image.BILINEAR)) for c in range(3)], axis=-1)
 
 
 def pool(features: np.ndarray) -> np.ndarray:
@@ -63,4 +72,4 @@ def pool(features: np.ndarray) -> np.ndarray:
 
 def multicrop(backbone: Any, fraction: float) -> Any:
     """Wrap a function from [B, 224, 224, 3] images to features as one from [B, S, S, 3] to pooled features."""
-    return lambda images: pool(backbone(views(images, fraction).numpy()))
+    return lambda images: pool(backbone(views(images, fraction)))

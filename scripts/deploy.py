@@ -30,7 +30,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from runtime import artifacts, storage, versions
+from runtime import artifacts, extractor, storage, versions
+from runtime.layout import EXTRACTOR_DIR
 from scripts.beanstalk import (
     ENV_NAMESPACE,
     INSTANCE_POLICIES,
@@ -59,12 +60,19 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_FILES = ("application.py", "Procfile", "gunicorn.conf.py", "requirements.txt")
 BUNDLE_DIRS = ("runtime", "service", ".platform", ".ebextensions")
 BUNDLE_SKIP = ("__pycache__", ".pyc")
+TENSORFLOW_REQUIREMENTS = "requirements-tensorflow.txt"
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)
 
 
 
-def build_bundle(root: Path = ROOT) -> tuple[bytes, str]:
-    """Zip the service's code deterministically; return (zip bytes, content hash for the version label)."""
+def build_bundle(root: Path = ROOT, tensorflow: bool = False) -> tuple[bytes, str]:
+    """Zip the service's code deterministically; return (zip bytes, content hash for the version label).
+
+    Args:
+        root: the repository.
+        tensorflow: append requirements-tensorflow.txt to the bundle's requirements.txt (an index whose extractor
+            runs on TensorFlow); without it the instances install no TensorFlow.
+    """
     files = [root / name for name in BUNDLE_FILES]
     for folder in BUNDLE_DIRS:
         files += [p for p in (root / folder).rglob("*") if p.is_file()]
@@ -77,6 +85,8 @@ def build_bundle(root: Path = ROOT) -> tuple[bytes, str]:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             data = path.read_bytes()
+            if rel == "requirements.txt" and tensorflow:
+                data += b"\n" + (root / TENSORFLOW_REQUIREMENTS).read_bytes()
             bundle.writestr(info, data)
             digest.update(rel.encode() + b"\0" + data)
     return buffer.getvalue(), digest.hexdigest()[:12]
@@ -130,10 +140,12 @@ def deploy(artifacts_dir: Path, bucket: str, application: str, environment: str,
         return result
     eb = clients.get("elasticbeanstalk") or boto3.client("elasticbeanstalk")
     started = dt.datetime.now(dt.UTC)
-    bundle, digest = build_bundle()
+    needs_tensorflow = not extractor.tensorflow_free(Path(artifacts_dir) / EXTRACTOR_DIR)
+    bundle, digest = build_bundle(tensorflow=needs_tensorflow)
     label = f"{application}-{digest}"
     created = ensure_version(eb, s3, bucket, application, bundle, label, wait_s, poll_s)
-    result["bundle"] = {"version_label": label, "bytes": len(bundle), "new_version": created}
+    result["bundle"] = {"version_label": label, "bytes": len(bundle), "new_version": created,
+                        "tensorflow": needs_tensorflow}
     properties = {"ARTIFACTS": result["artifacts"]["artifacts"], **(properties or {})}
     settings = environment_settings(properties.pop("ARTIFACTS"), properties)
     existing = live_environment(eb, application, environment)

@@ -178,6 +178,20 @@ def test_bundle_holds_code_only_and_is_reproducible() -> None:
     assert len(bundle) < 200_000
 
 
+def test_the_bundle_installs_tensorflow_only_for_an_extractor_that_needs_it(demo_index: Path) -> None:
+    from runtime.extractor import tensorflow_free
+
+    def requirements(bundle: bytes) -> list[str]:
+        text = zipfile.ZipFile(io.BytesIO(bundle)).read("requirements.txt").decode()
+        return [line.split("==")[0] for line in text.splitlines() if line and not line.startswith("#")]
+
+    lean, with_tf = requirements(deploy.build_bundle()[0]), requirements(deploy.build_bundle(tensorflow=True)[0])
+    assert "tensorflow" not in lean and "ai-edge-litert" in lean
+    assert set(with_tf) - set(lean) == {"tensorflow"}
+    assert deploy.build_bundle()[1] != deploy.build_bundle(tensorflow=True)[1]  # two labels, never confused
+    assert not tensorflow_free(demo_index / "index" / "current" / "extractor")  # a TF Hub SavedModel: deploy adds it
+
+
 def test_bundle_serves_without_the_pipeline_or_its_packages(demo_index: Path, tmp_path: Path) -> None:
     bundle, _ = deploy.build_bundle()
     app_dir = tmp_path / "app"
@@ -281,7 +295,7 @@ def run_deploy(clients: dict, demo_index: Path, **kwargs) -> dict:
 
 def test_first_deploy_on_an_empty_account(aws, demo_index: Path, live_service: str, capsys) -> None:
     clients, stub = aws
-    label = f"{APP}-{deploy.build_bundle()[1]}"
+    label = f"{APP}-{deploy.build_bundle(tensorflow=True)[1]}"
     expect_version(stub, label, exists=False, app_exists=False)
     expect_existing(stub, None)
     stub.add_response("list_platform_versions", {"PlatformSummaryList": PLATFORMS}, {"Filters": [
@@ -311,12 +325,12 @@ def test_first_deploy_on_an_empty_account(aws, demo_index: Path, live_service: s
     trust = iam.get_role(RoleName=deploy.SERVICE_ROLE)["Role"]["AssumeRolePolicyDocument"]
     assert "elasticbeanstalk.amazonaws.com" in json.dumps(trust)
     body = clients["s3"].get_object(Bucket=BUCKET, Key=f"bundles/{label}.zip")["Body"].read()
-    assert body == deploy.build_bundle()[0]
+    assert body == deploy.build_bundle(tensorflow=True)[0]
 
 
 def test_redeploy_of_new_code_updates_and_waits_for_the_new_version(aws, demo_index: Path, live_service: str) -> None:
     clients, stub = aws
-    label = f"{APP}-{deploy.build_bundle()[1]}"
+    label = f"{APP}-{deploy.build_bundle(tensorflow=True)[1]}"
     expect_version(stub, label, exists=False)
     expect_existing(stub, env("Ready", "Green", f"{APP}-old"), {"ARTIFACTS": "s3://shop-search/prod",
                                                                  "ADMIN_TOKEN": "t"})
@@ -333,7 +347,7 @@ def test_redeploy_of_new_code_updates_and_waits_for_the_new_version(aws, demo_in
 
 def test_unchanged_redeploy_creates_no_version_and_changes_nothing(aws, demo_index: Path, live_service: str) -> None:
     clients, stub = aws
-    label = f"{APP}-{deploy.build_bundle()[1]}"
+    label = f"{APP}-{deploy.build_bundle(tensorflow=True)[1]}"
     expect_version(stub, label, exists=True)
     expect_existing(stub, env("Ready", "Green", label), {"ARTIFACTS": "s3://shop-search/prod", "ADMIN_TOKEN": "t",
                                                          "WEB_CONCURRENCY": "2"})
@@ -360,7 +374,7 @@ def test_catalog_only_publish_touches_no_code_and_no_environment(aws, demo_index
 
 def test_an_environment_that_goes_red_fails_with_its_events(aws, demo_index: Path) -> None:
     clients, stub = aws
-    label = f"{APP}-{deploy.build_bundle()[1]}"
+    label = f"{APP}-{deploy.build_bundle(tensorflow=True)[1]}"
     expect_version(stub, label, exists=True)
     expect_existing(stub, env("Ready", "Green", f"{APP}-old"), {"ARTIFACTS": "s3://shop-search/prod"})
     stub.add_response("update_environment", env("Updating", "Grey", f"{APP}-old"),

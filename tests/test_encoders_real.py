@@ -50,7 +50,7 @@ def test_autoencoder_trains_on_the_catalog_and_serves_as_encoder(acquired: Path,
 
 
 @pytest.mark.parametrize("name, weights, feature_dim, fmt", [
-    ("mobilenet-v1-0.25", MOBILENET, 256, "savedmodel"),
+    ("mobilenet-v1-0.25", MOBILENET, 256, "tflite+head"),  # its Keras graph served as a TFLite file
     ("mediapipe-embedder", MEDIAPIPE, 1024, "tflite+head"),
 ])
 def test_real_pretrained_encoder_exports_a_working_extractor(acquired: Path, tmp_path: Path, name: str,
@@ -82,6 +82,55 @@ def test_real_pretrained_encoder_exports_a_working_extractor(acquired: Path, tmp
         loaded = tf.saved_model.load(str(layout.extractor / "head"))  # kept: it owns the head's variables
         saved = loaded.head(tf.constant(features)).numpy()
         assert np.allclose(extractor.head(features), saved, atol=1e-5)
+
+
+# The service in a process where TensorFlow cannot be imported: it must serve a TFLite index all the same.
+WITHOUT_TENSORFLOW = """
+import json, sys
+for name in ("tensorflow", "tf_keras", "tensorflow_hub", "keras"):
+    sys.modules[name] = None  # an import of any of them fails, as in an install without them
+from pathlib import Path
+from service import create_app
+from service.uploads import decode
+app = create_app({"ARTIFACTS": sys.argv[1], "ARTIFACTS_CACHE": sys.argv[2], "LOAD_IN_BACKGROUND": False})
+client, searcher = app.test_client(), app.extensions["visual_search"].get()
+out = {"vectors": [], "top": []}
+for path in sys.argv[3:]:
+    data = Path(path).read_bytes()
+    out["vectors"].append(searcher.embed(decode(data, app.config, searcher.input_size).pixels).tolist())
+    body = client.post("/api/search?k=1", data={"image": (__import__("io").BytesIO(data), "q.jpg")}).get_json()
+    out["top"].append(body["results"][0]["product_id"])
+out["loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras", "keras") and
+                       sys.modules[m] is not None)
+print(json.dumps(out))
+"""
+
+
+def test_a_tflite_index_is_served_without_tensorflow(acquired: Path, tmp_path: Path) -> None:
+    """MediaPipe's extractor (a TFLite file and head.npz) is served with TensorFlow impossible to import: LiteRT runs
+    the file, numpy the head, and every vector equals the pipeline's to 1e-4."""
+    import subprocess
+    import sys
+
+    from runtime.extractor import tensorflow_free
+    from tests.helpers import ROOT
+
+    data = _fresh(acquired, tmp_path)
+    finetune.run(data, encoder="mediapipe-embedder", encoder_weights=str(shared_path(*MEDIAPIPE)), dim=32, epochs=5)
+    vectorize.run(data)
+    index.run(data, trees=4)
+    layout = Layout(data)
+    assert tensorflow_free(layout.extractor) and (layout.extractor / "head.npz").is_file()
+    catalog = read_catalog(layout.catalog_csv)
+    unique = catalog[catalog["sha256"].map(catalog["sha256"].value_counts()) == 1].iloc[[0, 5, 11]]
+    paths = [str(layout.catalog / image) for image in unique["image"]]
+    run = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, str(layout.index / "current"),
+                          str(tmp_path / "cache"), *paths], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["loaded"] == []
+    assert np.allclose(np.asarray(out["vectors"]), load_embeddings(data)[unique.index], atol=1e-4)
+    assert out["top"] == [str(p) for p in unique["product_id"]]
 
 
 def test_tflite_extractor_is_safe_to_call_from_many_threads(acquired: Path, tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory, demo_index: Path):
     need_nginx()
     root = tmp_path_factory.mktemp("platform")
     app = root / "var" / "app" / "current"
-    zipfile.ZipFile(io.BytesIO(deploy.build_bundle()[0])).extractall(app)
+    zipfile.ZipFile(io.BytesIO(deploy.build_bundle(tensorflow=True)[0])).extractall(app)  # a hub index
     venv = root / "var" / "app" / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     install = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "-r", str(app / "requirements.txt")],

@@ -99,8 +99,9 @@ def can_train(encoder: Encoder) -> bool:
 
 
 # Backbones that vectorize, Spark and the service run as a TFLite file converted from their Keras graph: the
-# interpreter embeds EfficientNet-Lite2 faster than TensorFlow does (docs/quality.md).
-SERVED_AS_TFLITE = ("efficientnet-lite2",)
+# interpreter embeds EfficientNet-Lite2 faster than TensorFlow does (docs/quality.md), and a service over a TFLite
+# file needs no TensorFlow (runtime.extractor.tensorflow_free).
+SERVED_AS_TFLITE = ("efficientnet-lite2", "mobilenet-v1-0.25")
 
 
 def as_tflite(encoder: Encoder, path: Path) -> Encoder:

@@ -9,12 +9,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.encoders.backbones import SERVED_AS_TFLITE, Encoder, as_tflite, pooled_views_tflite, with_multicrop
 from pipeline.encoders.mediapipe_keras import one_call_possible
 from runtime import storage, tfenv
+from runtime.extractor import head_arrays
 from runtime.layout import (
     EXTRACTOR_CONFIG,
     EXTRACTOR_HEAD,
+    EXTRACTOR_HEAD_ARRAYS,
     EXTRACTOR_PARTS,
     EXTRACTOR_SAVEDMODEL,
     EXTRACTOR_TFLITE,
@@ -80,6 +84,9 @@ def export(encoder: Encoder, head: Any, out: Path, info: dict) -> dict:
     else:
         raise ValueError(f"encoder {encoder.name!r} has neither a Keras model nor a TFLite file to export")
     dim = int(module.head(tf.zeros([1, encoder.feature_dim])).shape[-1])
+    arrays = head_arrays(module.head.get_concrete_function(), lambda f: module.head(tf.constant(f)).numpy())
+    if fmt != "savedmodel" and arrays is not None:  # the service can then run it without TensorFlow
+        np.savez(staging / EXTRACTOR_HEAD_ARRAYS, **arrays)
     config = {"format": fmt, "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint,
               "input_size": encoder.input_size, "multicrop": encoder.multicrop,
               "views_in_backbone": encoder.views_in_backbone, "feature_dim": encoder.feature_dim,
