@@ -1,28 +1,33 @@
 """Benchmark phone photos through the service: a 12 MP JPEG against a 224 px photo of the same product, request for
-request, on this checkout and (with --compare) another one, and each worker's memory after.
+request, on one or more servers (a checkout of the service and a Python environment each), with each server's
+boot time and each worker's memory after.
 
 The photos are made from a catalog photo of the index: the 224 px one is that photo; the 12 MP one is it enlarged
 to 3024x4032 with a sensor's noise added (so that the JPEG weighs what a phone's does, 3 to 5 MB) and stored
 sideways with an EXIF orientation, as a phone held upright saves it. Each round sends every photo to every
 server on a new connection (`raw_request`), in an order that alternates, so that the servers share the machine's
 noise. Prints p50/p99 per server and photo, the decode stage (Server-Timing), the 12 MP / 224 px ratio (target:
-at most 3x), and each worker's private memory and PSS once the rounds are done (`smaps`).
+at most 3x), the seconds from starting gunicorn until both workers answered /health, and each worker's private
+memory and PSS once the rounds are done (`smaps`).
 
-    git worktree add /tmp/before <commit>   # the service as it was
-    python -m benchmarks.phone_photos --index DIR --compare /tmp/before [--rounds 40]
+    git worktree add /tmp/before <commit>   # the service as it was, in an environment from its requirements.txt
+    python -m benchmarks.phone_photos --index DIR --server before=/tmp/before:/tmp/venv-before/bin/python \
+        --server now=.:/tmp/venv-lean/bin/python [--rounds 40]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import free_port, multipart, raw_request, server_timing, smaps, start_gunicorn, stop
+from benchmarks.common import ROOT, free_port, multipart, raw_request, server_timing, smaps, start_gunicorn, stop
 from runtime import artifacts
 from runtime.items import read_items
 from runtime.layout import ITEMS_FILE
@@ -49,12 +54,22 @@ def small_photo(small: Image.Image) -> bytes:
     return out.getvalue()
 
 
+def parse_server(spec: str) -> tuple[str, tuple[Path, str]]:
+    """NAME=APP_DIR:PYTHON -> (NAME, (APP_DIR, PYTHON)); PYTHON defaults to this interpreter."""
+    name, _, rest = spec.partition("=")
+    app_dir, _, python = rest.partition(":")
+    if not name or not app_dir:
+        raise SystemExit(f"--server {spec!r}: expected NAME=APP_DIR:PYTHON")
+    return name, (Path(app_dir).resolve(), python or sys.executable)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, required=True, help="an index folder (or a data dir)")
-    parser.add_argument("--compare", type=Path, action="append", default=[],
-                        help="another checkout whose service is measured alongside (repeatable)")
+    parser.add_argument("--server", action="append", default=[], metavar="NAME=APP_DIR:PYTHON",
+                        help="a checkout and the interpreter whose gunicorn serves it (repeatable; default: this "
+                             "checkout with this interpreter)")
     parser.add_argument("--rounds", type=int, default=40, help="requests per server and photo (default 40)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per server (default 2)")
     args = parser.parse_args(argv)
@@ -62,18 +77,21 @@ def main(argv: list[str] | None = None) -> None:
     items = read_items(folder / ITEMS_FILE)
     source = Image.open(folder / items[len(items) // 2]["thumbnail"])
     photos = {"224 px": small_photo(source), "12 MP": phone_photo(source)}
-    apps = {"this checkout": None, **{str(path): path for path in args.compare}}
+    apps = dict(parse_server(spec) for spec in args.server) or {"this checkout": (ROOT, sys.executable)}
     times = {(name, photo): [] for name in apps for photo in photos}
     decode_ms = {(name, photo): [] for name in apps for photo in photos}
     memory: dict[str, list[dict[str, float]]] = {}
+    boot: dict[str, float] = {}
     servers = []
     with tempfile.TemporaryDirectory() as scratch:
         try:
             ports = {}
-            for n, (name, app_dir) in enumerate(apps.items()):
+            for n, (name, (app_dir, python)) in enumerate(apps.items()):
                 port = free_port()
-                kwargs = {"app_dir": app_dir} if app_dir else {}
-                process, pids = start_gunicorn(folder, port, args.workers, Path(scratch) / f"cache{n}", **kwargs)
+                started = time.perf_counter()
+                process, pids = start_gunicorn(folder, port, args.workers, Path(scratch) / f"cache{n}",
+                                               python=python, app_dir=app_dir)
+                boot[name] = time.perf_counter() - started
                 servers.append((name, process, pids))
                 ports[name] = port
             order = [(name, photo) for name in apps for photo in photos]
@@ -103,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in apps:
         ratio = np.percentile(times[(name, "12 MP")], 50) / np.percentile(times[(name, "224 px")], 50)
         workers = ", ".join(f"private {m['private']:.0f} MiB / PSS {m['pss']:.0f} MiB" for m in memory[name])
-        print(f"{name[:40]:40s} 12 MP / 224 px p50: {ratio:.1f}x (target <= 3x); workers: {workers}")
+        print(f"{name[:40]:40s} 12 MP / 224 px p50: {ratio:.1f}x (target <= 3x); boot {boot[name]:.1f} s; "
+              f"workers: {workers}")
 
 
 if __name__ == "__main__":

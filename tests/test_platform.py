@@ -94,7 +94,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory, demo_index: Path):
     web = (app / "Procfile").read_text().split("web:", 1)[1].strip().splitlines()[0]
     env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "PORT": str(port),
            "ARTIFACTS": str(demo_index / "index" / "current"), "ARTIFACTS_CACHE": str(root / "cache"),
-           "ADMIN_TOKEN": ADMIN_TOKEN}
+           "ADMIN_TOKEN": ADMIN_TOKEN, "ALLOW_PRIVATE_URLS": "true"}  # the abusive client's slow URLs are local
     env.pop("GUNICORN_BIND", None)
     env.pop("PYTHONPATH", None)
     log = open(root / "web.log", "w")  # noqa: SIM115 - the child writes to it until the fixture ends
@@ -220,3 +220,102 @@ def test_a_flooding_client_is_refused_by_nginx_with_a_json_429_and_served_again_
     time.sleep(1.5)
     assert http(f"{proxy}/api/filters")[0] == 200
     time.sleep(5)  # leave the bucket full for whatever runs next
+
+
+def _search_from(address: str, port: int, body: bytes, content_type: str) -> tuple[float, int]:
+    """One search through nginx from a loopback address of our choosing (nginx limits per address): (s, status)."""
+    import socket
+
+    request = (f"POST /api/search?k=5 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: "
+               f"{content_type}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    started = time.perf_counter()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=60, source_address=(address, 0)) as sock:
+            sock.sendall(request)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    except OSError:
+        return time.perf_counter() - started, 0
+    status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else 0
+    return time.perf_counter() - started, status
+
+
+def test_an_abusive_client_costs_honest_shoppers_no_error(platform) -> None:
+    """Three shoppers (their own addresses, a search every 0.6 s each: under nginx's 2 a second) beside one abusive
+    address that floods, sends slow image_urls and 40 MP photos: the shoppers get no error and their p99 is printed
+    against the same shoppers' quiet p99 (docs/service.md, "Limits"); the abuser is refused by nginx (429) and by
+    the limits (413)."""
+    import http.server
+    import threading
+    from urllib.parse import urlparse
+
+    proxy = platform[0]
+    port = urlparse(proxy).port
+    honest_photo = noise_jpeg(0.1)
+    big = io.BytesIO()
+    Image.new("RGB", (5000, 8000), (200, 40, 40)).save(big, "PNG")
+    huge_png = big.getvalue()  # 40 MP in 100 KB: refused from its header, before decoding (MAX_DECODED_PIXELS)
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(4)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(honest_photo)))
+            self.end_headers()
+            self.wfile.write(honest_photo)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    slow_url = json.dumps({"image_url": f"http://127.0.0.1:{slow.server_address[1]}/p.jpg"}).encode()
+
+    def shoppers(seconds: float) -> list[tuple[float, int]]:
+        results: list[tuple[float, int]] = []
+        until = time.monotonic() + seconds
+
+        def shopper(address: str) -> None:
+            while time.monotonic() < until:
+                results.append(_search_from(address, port, *multipart("image", "p.jpg", honest_photo)))
+                time.sleep(0.6)
+
+        threads = [threading.Thread(target=shopper, args=(f"127.0.0.{n}",)) for n in (2, 3, 4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+    time.sleep(5)  # earlier tests' requests: every bucket full again
+    quiet = shoppers(20)
+    abuse: list[int] = []
+    stop_abuse = threading.Event()
+
+    def abuser(kind: int) -> None:
+        while not stop_abuse.is_set():
+            if kind == 0:  # a flood of searches
+                abuse.append(_search_from("127.0.0.9", port, *multipart("image", "p.jpg", honest_photo))[1])
+            elif kind == 1:  # slow image_urls
+                abuse.append(_search_from("127.0.0.9", port, slow_url, "application/json")[1])
+            else:  # 40 MP photos
+                abuse.append(_search_from("127.0.0.9", port, *multipart("image", "p.png", huge_png))[1])
+
+    threads = [threading.Thread(target=abuser, args=(n % 3,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        loud = shoppers(20)
+    finally:
+        stop_abuse.set()
+        for thread in threads:
+            thread.join()
+        slow.shutdown()
+    quiet_p99, loud_p99 = (float(np.percentile([s for s, _ in r], 99)) for r in (quiet, loud))
+    refused = {status: abuse.count(status) for status in sorted(set(abuse))}
+    print(f"\nshoppers quiet: {len(quiet)} searches, p99 {1000 * quiet_p99:.0f} ms; beside the abuser: {len(loud)} "
+          f"searches, p99 {1000 * loud_p99:.0f} ms ({loud_p99 / quiet_p99:.2f}x); the abuser's answers: {refused}")
+    assert {status for _, status in quiet + loud} == {200}, [status for _, status in quiet + loud]
+    assert refused.get(429, 0) > 0 and refused.get(413, 0) > 0  # nginx's rate limit; the decoded-pixel limit
+    time.sleep(5)
