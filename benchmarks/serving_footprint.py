@@ -14,8 +14,8 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
-TOP_PACKAGES = ("tensorflow", "tf_keras", "tensorflow_hub", "pandas", "matplotlib", "tqdm", "annoy", "numpy", "PIL",
-                "flask", "gunicorn", "boto3", "botocore")
+TOP_PACKAGES = ("tensorflow", "ai_edge_litert", "pillow_heif.libs", "tf_keras", "tensorflow_hub", "pandas",
+                "matplotlib", "tqdm", "annoy", "numpy", "PIL", "flask", "gunicorn", "boto3", "botocore")
 
 
 def bundle_figures() -> dict:
