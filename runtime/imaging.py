@@ -47,8 +47,8 @@ class ImageRejected(ValueError):
 
 
 def open_image(data: bytes, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE,
-               max_aspect: float = MAX_ASPECT) -> Image.Image:
-    """Decode image bytes fully and return an upright RGB image.
+               max_aspect: float = MAX_ASPECT, at_least: int | None = None) -> Image.Image:
+    """Decode image bytes and return an upright RGB image (every pixel, unless `at_least` says otherwise).
 
     Transparent pixels are composited on white, CMYK/greyscale/16-bit/palette images become RGB,
     the EXIF orientation is applied, and animated images give their first frame.
@@ -58,6 +58,9 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SI
         max_pixels: width x height above which the image is refused as a decompression bomb.
         min_side: the smallest usable width or height in pixels.
         max_aspect: the largest usable ratio of the longer to the shorter side.
+        at_least: decode a JPEG at the largest DCT reduction (1/2, 1/4, 1/8) that leaves its longer side at least
+            this many pixels, for a caller that shrinks it anyway (acquire stores 1,024 px from at least 1,536);
+            None: decode every pixel.
 
     Returns:
         The decoded image in RGB mode.
@@ -66,6 +69,9 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SI
         ImageRejected: the bytes are empty, not an image, truncated or corrupt, or of absurd size.
     """
     img = _checked(data, max_pixels, min_side, max_aspect)
+    scale = next((s for s in DCT_SCALES if at_least and max(img.size) >= at_least * s), 1)
+    if scale > 1:  # JPEG only; other formats ignore a draft
+        img.draft(img.mode, (img.width // scale, img.height // scale))
     return _upright_rgb(_load(img))
 
 

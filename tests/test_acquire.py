@@ -89,6 +89,31 @@ def test_folder_per_category_and_food11_names(tmp_path: Path) -> None:
     assert (tmp_path / "data/catalog/images/Bread/Bread_b.jpg").is_file()
 
 
+def test_a_phone_photo_is_stored_upright_at_1024_px_from_a_reduced_decode(tmp_path: Path) -> None:
+    """A 12 MP JPEG stored sideways (EXIF 6) is decoded at 1/2 (1.5 x the stored side is kept) and stored upright
+    at 1,024 px, close to what decoding every pixel gives; the catalog records the photo's own upright size."""
+    import io
+
+    import numpy as np
+
+    from benchmarks.phone_photos import phone_photo
+    from runtime import imaging
+
+    src = tmp_path / "src" / "Shirts"
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    data = phone_photo(Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)))
+    (src / "phone.jpg").write_bytes(data)
+    assert imaging.open_image(data, at_least=1536).size == (1512, 2016)  # upright, half of 3024x4032
+    acquire.run(f"folders:{tmp_path / 'src'}", tmp_path / "data")
+    row = next(iter(rows(Layout(tmp_path / "data").catalog_csv)))
+    assert (int(row["width"]), int(row["height"])) == (3024, 4032)
+    stored = Image.open(tmp_path / "data" / "catalog" / row["image"])
+    assert stored.size == (768, 1024)
+    full = Image.open(io.BytesIO(imaging.normalise(imaging.open_image(data))))
+    assert np.abs(np.asarray(stored, float) - np.asarray(full, float)).mean() < 2
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
