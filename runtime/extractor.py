@@ -157,11 +157,6 @@ class Extractor:
         self.head_runs_in = "tensorflow" if head is tf_head else "numpy"
         return head
 
-    @property
-    def needs_tensorflow(self) -> bool:
-        """Whether this extractor runs on TensorFlow; False: LiteRT and numpy only (`tensorflow_free`)."""
-        return not tensorflow_free(self.path)
-
     @staticmethod
     def _load_part(folder: Path, fmt: str, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
         """One backbone of a composite extractor, as a function from images to its features."""

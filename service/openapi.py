@@ -1,7 +1,7 @@
 """The API as an OpenAPI 3.0 document (GET /openapi.json) and its Swagger UI page (GET /docs, assets from the
 `swagger_ui_bundle` package: no CDN).
 
-The document is built from the code's own names (`params.OPTIONS`, the configured k range, `ERROR_CODES`), and
+The document is built from the code's own names (`params.OPTIONS`, the configured k range, `errors.ERROR_CODES`), and
 tests/test_openapi.py holds it to the app: every route and method, every error code raised, validity by
 openapi-spec-validator; Schemathesis then checks what the running service answers against it.
 """
@@ -16,54 +16,12 @@ from flask import Blueprint, current_app, jsonify, send_from_directory
 from PIL import Image
 
 from service import params
+from service.errors import ERROR_CODES
 from service.searcher import Searcher, UnknownProduct
 from service.state import get_holder
 
 bp = Blueprint("openapi", __name__)
 
-# Every error `code` a client can meet, with its meaning: the contract integrators switch on.
-ERROR_CODES: dict[str, str] = {
-    "no_image": "the request carries no image (multipart `image`, `image_url` or `image_base64`)",
-    "image_empty": "the image is empty",
-    "image_corrupt": "the image is truncated or damaged",
-    "image_format": "not an image, or a format that is not accepted (JPEG, PNG, WebP, GIF, BMP, TIFF and HEIC are)",
-    "image_pixels": "the photo has more than MAX_PIXELS pixels, or would decode to more than MAX_DECODED_PIXELS",
-    "image_dimensions": "the image is too small or of an absurd shape",
-    "too_large": "the image (or the request body) is over MAX_UPLOAD_MB",
-    "malformed_json": "the body is not JSON, not an object, or nested too deeply",
-    "bad_image_base64": "image_base64 is not a string of base64",
-    "bad_image_url": "image_url is not an http(s) URL, or points to a private address",
-    "url_unreachable": "image_url could not be fetched within URL_TIMEOUT_S, or answered an HTTP error",
-    "bad_k": "k is not a whole number in range",
-    "bad_bbox": "bbox is not four fractions left < right, top < bottom",
-    "crop_too_small": "the bbox covers fewer than MIN_CROP_PX pixels a side",
-    "bad_min_score": "min_score is not a number from -1 to 1",
-    "bad_collapse": "collapse is not true or false",
-    "bad_filters": "filters is not an object of strings or lists of strings",
-    "unknown_filter": "the JSON filters object names a column that is not filterable",
-    "too_many_filter_values": "more than MAX_FILTER_VALUES filter values in one request",
-    "rate_limited": "this address sent more requests a second than nginx's limit_req allows (.platform)",
-    "url_fetch_busy": "this worker already downloads MAX_URL_FETCHES image_url photos: retry after Retry-After "
-                      "seconds, or upload the photo",
-    "no_duplicate_groups": "collapse on an index built without near-duplicate groups",
-    "unknown_product": "no product with this id in the served index",
-    "unknown_image": "the product has no image with this number",
-    "image_unavailable": "the image's index version was removed under this worker; retry",
-    "not_ready": "the worker has no index loaded yet; retry",
-    "load_failed": "the worker could not load its index (/health only)",
-    "reload_disabled": "ADMIN_TOKEN is not set",
-    "unauthorized": "no bearer token",
-    "forbidden": "wrong admin token",
-    "bad_parameter": "a reload body that is not {\"version\": name}",
-    "unknown_version": "no such version beside the pointer",
-    "reload_failed": "the version named could not be loaded; the old one keeps serving",
-    "reload_forbidden": "S3 denies this instance the write of the pointer; the message names the permission",
-    "storage_unavailable": "S3 did not answer; nothing changed: try again",
-    "not_found": "no such route or file",
-    "method_not_allowed": "the route does not take this method (the Allow header lists those it does)",
-    "bad_request": "a request the HTTP layer refused (e.g. a malformed form body)",
-    "internal_error": "a failure of the server, logged; never expected",
-}
 FILTERS_TEXT = ("Filters: a query-string or form parameter named after a filterable column (`GET /api/filters` "
                 "lists them) with one value, repeated for alternatives (`?gender=Men&gender=Unisex`), and in a JSON "
                 "body the `filters` object. Values of one column are alternatives; columns all apply. Any other "

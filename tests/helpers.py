@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,7 +29,8 @@ from benchmarks.common import (
 )
 
 __all__ = ["ADMIN_TOKEN", "ROOT", "SHARED", "Load", "free_port", "health", "http_json", "launch_gunicorn", "moto_s3",
-           "multipart", "raw_request", "server_timing", "start_gunicorn", "stop", "timed", "wait_for_workers"]
+           "multipart", "raw_request", "server_timing", "slow_image_server", "start_gunicorn", "stop", "timed",
+           "wait_for_workers"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"  # the real catalogs and models; tests that need them skip when it is absent
@@ -43,6 +45,32 @@ def http_json(url: str, data: bytes | None = None, headers: dict | None = None,
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
+
+
+@contextlib.contextmanager
+def slow_image_server(photo: bytes, delay_s: float) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 that answers every GET with `photo` after `delay_s` seconds (what a slow, or
+    hostile, image_url is); yields the photo's URL."""
+    import http.server
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(delay_s)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(photo)))
+            self.end_headers()
+            self.wfile.write(photo)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/p.jpg"
+    finally:
+        server.shutdown()
 
 
 @contextlib.contextmanager

@@ -4,9 +4,7 @@ configured value, counts the refusal in /metrics, and leaves honest requests alo
 from __future__ import annotations
 
 import base64
-import http.server
 import io
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +15,7 @@ from PIL import Image
 
 from service import create_app
 from service.state import EXTENSION
+from tests.helpers import slow_image_server
 
 
 @pytest.fixture()
@@ -92,24 +91,8 @@ def test_collapse_widens_no_further_than_configured(app, monkeypatch: pytest.Mon
 @pytest.fixture()
 def slow_images():
     """An HTTP server on 127.0.0.1 whose every answer takes 2 s: what a slow (or hostile) image_url is."""
-    photo = encoded((200, 200), "JPEG")
-
-    class Slow(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            time.sleep(2)
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(photo)))
-            self.end_headers()
-            self.wfile.write(photo)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/p.jpg"
-    server.shutdown()
+    with slow_image_server(encoded((200, 200), "JPEG"), 2) as url:
+        yield url
 
 
 def test_slow_urls_take_only_their_slots_and_uploads_are_still_answered(app, slow_images: str) -> None:

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from scripts import deploy
-from tests.helpers import ADMIN_TOKEN, free_port, multipart, stop, wait_for_workers
+from tests.helpers import ADMIN_TOKEN, free_port, multipart, slow_image_server, stop, wait_for_workers
 from tests.helpers import http_json as http
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -246,7 +246,7 @@ def test_an_abusive_client_costs_honest_shoppers_no_error(platform) -> None:
     address that floods, sends slow image_urls and 40 MP photos: the shoppers get no error and their p99 is printed
     against the same shoppers' quiet p99 (docs/service.md, "Limits"); the abuser is refused by nginx (429) and by
     the limits (413)."""
-    import http.server
+    import contextlib
     import threading
     from urllib.parse import urlparse
 
@@ -257,20 +257,8 @@ def test_an_abusive_client_costs_honest_shoppers_no_error(platform) -> None:
     Image.new("RGB", (5000, 8000), (200, 40, 40)).save(big, "PNG")
     huge_png = big.getvalue()  # 40 MP in 100 KB: refused from its header, before decoding (MAX_DECODED_PIXELS)
 
-    class Slow(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            time.sleep(4)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(honest_photo)))
-            self.end_headers()
-            self.wfile.write(honest_photo)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=slow.serve_forever, daemon=True).start()
-    slow_url = json.dumps({"image_url": f"http://127.0.0.1:{slow.server_address[1]}/p.jpg"}).encode()
+    stack = contextlib.ExitStack()
+    slow_url = json.dumps({"image_url": stack.enter_context(slow_image_server(honest_photo, 4))}).encode()
 
     def shoppers(seconds: float) -> list[tuple[float, int]]:
         results: list[tuple[float, int]] = []
@@ -311,7 +299,7 @@ def test_an_abusive_client_costs_honest_shoppers_no_error(platform) -> None:
         stop_abuse.set()
         for thread in threads:
             thread.join()
-        slow.shutdown()
+        stack.close()
     quiet_p99, loud_p99 = (float(np.percentile([s for s, _ in r], 99)) for r in (quiet, loud))
     refused = {status: abuse.count(status) for status in sorted(set(abuse))}
     print(f"\nshoppers quiet: {len(quiet)} searches, p99 {1000 * quiet_p99:.0f} ms; beside the abuser: {len(loud)} "
