@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline import acquire, duplicates, evaluate, finetune, index, remove, run, vectorize
+from pipeline import acquire, analytics, duplicates, evaluate, finetune, index, remove, run, vectorize
 from pipeline.common import cli
 
-COMMANDS = (acquire, finetune, vectorize, index, evaluate, duplicates, remove, run)
+COMMANDS = (acquire, finetune, vectorize, index, evaluate, duplicates, remove, run, analytics)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipeline", description="Visual product search pipeline. Stages run in order: "
         "acquire -> finetune -> vectorize -> index -> evaluate; `duplicates` reports near-duplicate products of the "
         "index; `remove` takes products out of the served index at once (a delta version); `run` does them all. "
-        "They share only the data directory (--data-dir, see data/README.md).")
+        "They share only the data directory (--data-dir, see data/README.md). `analytics` reports what shoppers "
+        "searched and clicked, from the service's events.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         name = cli.stage_name(module)

@@ -20,7 +20,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Args:
         config: overrides of the configuration, e.g. {"ARTIFACTS": "data/demo/index/current"} in tests.
     """
-    from service import api, errors, metrics, openapi, ops, state, web
+    from service import api, errors, events, metrics, openapi, ops, state, tracking, web
+    from service.experiment import client_id_of_request
     from service.forms import SearchRequest
 
     app = Flask(__name__, static_folder="static", static_url_path="/static")
@@ -29,12 +30,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes(int(app.config["MAX_UPLOAD_MB"]))
     app.json.sort_keys = False
     errors.init_app(app)
-    for blueprint in (api.bp, web.bp, ops.bp, openapi.bp):
+    for blueprint in (api.bp, tracking.bp, web.bp, ops.bp, openapi.bp):
         app.register_blueprint(blueprint)
 
     @app.before_request
     def start_timer() -> None:
         g.started = time.perf_counter()
+        if request.path.startswith("/api/"):
+            client_id_of_request()  # a malformed X-Client-Id is a 400 before any work, whatever the route
 
     @app.after_request
     def count(response):
@@ -45,6 +48,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return response
 
     state.init_app(app)
+    events.init_app(app)
     return app
 
 

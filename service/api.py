@@ -12,7 +12,8 @@ from service import metrics
 from service.errors import APIError
 from service.params import option, parse_bbox, parse_filters, parse_flag, parse_k, parse_min_score
 from service.searcher import SCORE_DECIMALS, Match, NoDuplicateGroups, Searcher, UnknownProduct
-from service.state import get_searcher
+from service.state import get_searcher, serving
+from service.tracking import new_query_id, record_query
 from service.uploads import decode, image_bytes, request_json
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -74,7 +75,7 @@ def search():
     """Find the products most similar to an uploaded photo, or to a box of it (optionally filtered on metadata)."""
     started = time.perf_counter()
     body = request_json(request)
-    searcher = get_searcher()
+    arm, searcher = serving()
     k = parse_k(option(body, "k"))
     filters, ignored = parse_filters(body, searcher.columns)
     box = parse_bbox(option(body, "bbox"))
@@ -93,9 +94,16 @@ def search():
     for stage, seconds in timings.items():
         metrics.stage(stage, seconds)
     g.stage_seconds = timings  # the Server-Timing header (service/__init__.py)
-    return jsonify({"results": results_json(results), "k": k, "filters": filters, **options, "crop": cropped,
-                    "ignored": ignored, "version": searcher.version,
-                    "timings_ms": {stage: round(1000 * seconds, 2) for stage, seconds in timings.items()}})
+    query_id = new_query_id()
+    shown = results_json(results)
+    timings_ms = {stage: round(1000 * seconds, 2) for stage, seconds in timings.items()}
+    from_url = "image" not in request.files and body.get("image_base64") is None  # image_bytes' order
+    kind = "crop" if box is not None else "url" if from_url and body.get("image_url") is not None else "upload"
+    record_query(query_id, kind, arm, searcher.version, [r["product_id"] for r in shown], [r["score"] for r in shown],
+                 {"k": k, "filters": filters, **options, "bbox": None if box is None else list(box)}, timings_ms,
+                 vector=vector)
+    return jsonify({"query_id": query_id, "results": shown, "k": k, "filters": filters, **options, "crop": cropped,
+                    "ignored": ignored, "version": searcher.version, "timings_ms": timings_ms})
 
 
 @bp.get("/products/<path:product_id>")
@@ -111,16 +119,22 @@ def product(product_id: str):
 def similar(product_id: str):
     """Return the products most similar to a catalog product ("more like this"), by its stored vector."""
     started = time.perf_counter()
-    searcher = get_searcher()
+    arm, searcher = serving()
     k = parse_k(request.args.get("k"))
     filters, ignored = parse_filters({}, searcher.columns)
     try:
         results, options = ranked(searcher, k, filters, {}, like=product_id)
     except UnknownProduct:
         raise APIError(404, "unknown_product", f"no product with id {product_id!r} in this index") from None
-    return jsonify({"product": product_json(searcher.product(product_id)), "results": results_json(results),
+    timings_ms = {"search": round(1000 * (time.perf_counter() - started), 2)}
+    query_id = new_query_id()
+    shown = results_json(results)
+    record_query(query_id, "similar", arm, searcher.version, [r["product_id"] for r in shown],
+                 [r["score"] for r in shown], {"k": k, "filters": filters, **options, "bbox": None}, timings_ms,
+                 user_query=product_id)
+    return jsonify({"query_id": query_id, "product": product_json(searcher.product(product_id)), "results": shown,
                     "k": k, "filters": filters, **options, "ignored": ignored, "version": searcher.version,
-                    "timings_ms": {"search": round(1000 * (time.perf_counter() - started), 2)}})
+                    "timings_ms": timings_ms})
 
 
 @bp.get("/filters")

@@ -35,6 +35,20 @@ DEFAULTS: dict[str, Any] = {
     # how often each worker reads ARTIFACTS' pointer (one S3 HEAD of CURRENT, or a readlink of index/current)
     # and loads the version it names when it moved; 0 turns watching off
     "RELOAD_CHECK_S": 5.0,
+    # Analytics (docs/events.md): a folder turns query and click events on; each worker writes its own files there
+    "EVENTS_DIR": "",
+    "EVENTS_TARGET": "",  # s3://bucket/prefix or a folder that closed files are shipped to; empty: kept in EVENTS_DIR
+    "EVENTS_QUEUE": 10_000,  # records waiting for the writer at most; more are dropped (counted), never waited for
+    "EVENTS_ROTATE_S": 300.0,  # a file is closed, and can be shipped, this long after its first record
+    "EVENTS_ROTATE_MB": 64.0,
+    "EVENTS_SHIP_S": 30.0,
+    "EVENTS_RETENTION_DAYS": 90,  # closed files kept in EVENTS_DIR when there is no target (S3: a lifecycle rule)
+    "EVENTS_KEEP_VECTORS": False,  # store each photo query's vector (float16) so the report can group missed demand
+    # A/B test: a second index (a pointer or version, like ARTIFACTS) served to AB_SHARE of clients, assigned by a
+    # stable hash of AB_NAME and the client id; empty: every client gets ARTIFACTS
+    "AB_ARTIFACTS": "",
+    "AB_SHARE": 0.5,
+    "AB_NAME": "ab",
 }
 TYPES = {key: type(value) for key, value in DEFAULTS.items()}
 
@@ -66,6 +80,10 @@ def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str
     for key in ("MAX_PIXELS", "MAX_DECODED_PIXELS", "MAX_FILTER_VALUES", "MAX_COLLAPSE_FETCH", "MAX_URL_FETCHES"):
         if int(config[key]) < 1:
             raise ValueError(f"{key} must be at least 1, got {config[key]}")
+    if not 0.0 <= float(config["AB_SHARE"]) <= 1.0:
+        raise ValueError(f"AB_SHARE must be a share from 0 to 1, got {config['AB_SHARE']}")
+    if int(config["EVENTS_QUEUE"]) < 1:
+        raise ValueError(f"EVENTS_QUEUE must be at least 1, got {config['EVENTS_QUEUE']}")
     return config
 
 

@@ -38,6 +38,8 @@ ERROR_CODES: dict[str, str] = {
     "rate_limited": "this address sent more requests a second than nginx's limit_req allows (.platform)",
     "url_fetch_busy": "this worker already downloads MAX_URL_FETCHES image_url photos: retry after Retry-After "
                       "seconds, or upload the photo",
+    "bad_client_id": "X-Client-Id is not 1 to 64 letters, digits or ._:-",
+    "bad_event": "an event for /api/events lacks a field or has a wrong one (the message names it)",
     "no_duplicate_groups": "collapse on an index built without near-duplicate groups",
     "unknown_product": "no product with this id in the served index",
     "unknown_image": "the product has no image with this number",

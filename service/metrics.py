@@ -41,6 +41,13 @@ REFUSED = Gauge("visual_search_reload_refused", "1 while the newest version a wo
                 registry=REGISTRY)
 LIMITED = Counter("visual_search_limited", "Requests refused by a limit (service/limits.py), by limit.", ["limit"],
                   registry=REGISTRY)
+EVENTS_WRITTEN = Counter("visual_search_events_written", "Analytics records written to the event files.",
+                         registry=REGISTRY)
+EVENTS_DROPPED = Counter("visual_search_events_dropped", "Analytics records lost, by stream and reason (queue_full: "
+                         "the writer fell behind and the search did not wait; write_failed: the disk refused them).",
+                         ["stream", "reason"], registry=REGISTRY)
+EVENTS_SHIPPED = Counter("visual_search_events_files_shipped", "Closed event files moved to EVENTS_TARGET, by "
+                         "outcome (a failed file stays and is shipped again).", ["outcome"], registry=REGISTRY)
 
 
 def record(endpoint: str, method: str, status: int, seconds: float) -> None:
@@ -73,6 +80,28 @@ def refused() -> None:
 def limited(kind: str) -> None:
     """Count one request refused by a limit (decoded_pixels, filter_values, url_fetches)."""
     LIMITED.labels(kind).inc()
+
+
+def events_on() -> None:
+    """Show the drop counters at 0 from the start, so an alert on their rate has a series to watch."""
+    for stream in ("ubi_queries", "ubi_events"):
+        for reason in ("queue_full", "write_failed"):
+            EVENTS_DROPPED.labels(stream, reason)
+
+
+def event_dropped(stream: str, reason: str) -> None:
+    """Count one analytics record lost (queue_full, write_failed)."""
+    EVENTS_DROPPED.labels(stream, reason).inc()
+
+
+def events_written(count: int) -> None:
+    """Count analytics records written."""
+    EVENTS_WRITTEN.inc(count)
+
+
+def events_shipped(outcome: str) -> None:
+    """Count one closed event file shipped (ok) or not (failed)."""
+    EVENTS_SHIPPED.labels(outcome).inc()
 
 
 def render() -> tuple[bytes, str]:

@@ -15,12 +15,14 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, send_from_directory
 from PIL import Image
 
+from runtime import events
 from service import params
 from service.errors import ERROR_CODES
 from service.searcher import Searcher, UnknownProduct
 from service.state import get_holder
 
 bp = Blueprint("openapi", __name__)
+CLIENT_PATTERN = f"^{events.CLIENT_ID.pattern}$"
 
 FILTERS_TEXT = ("Filters: a query-string or form parameter named after a filterable column (`GET /api/filters` "
                 "lists them) with one value, repeated for alternatives (`?gender=Men&gender=Unisex`), and in a JSON "
@@ -77,6 +79,8 @@ def _option_parameters(max_k: int, default_k: int, names: tuple[str, ...]) -> li
 
 def _schemas(max_k: int) -> dict[str, Any]:
     string_list = {"type": "array", "items": {"type": "string"}}
+    client_id = {"type": "string", "pattern": CLIENT_PATTERN, "nullable": True,
+                 "description": "the X-Client-Id of the search (default: this request's header)"}
     product = {"type": "object", "required": ["product_id", "name", "category", "metadata", "image_url", "images"],
                "properties": {"product_id": {"type": "string"}, "name": {"type": "string"},
                               "category": {"type": "string"}, "metadata": {"type": "object"},
@@ -90,6 +94,7 @@ def _schemas(max_k: int) -> dict[str, Any]:
               "filters": {"type": "object", "additionalProperties": string_list},
               "collapse": {"type": "boolean"}, "min_score": {"type": "number", "nullable": True},
               "ignored": {**string_list, "description": "parameters that are neither an option nor a filter"},
+              "query_id": {"type": "string", "description": "this search's id: send it with /api/events"},
               "version": {"type": "string"}, "timings_ms": {"type": "object",
                                                             "additionalProperties": {"type": "number"}}}
     filter_value = {"oneOf": [{"type": "string"}, string_list]}
@@ -129,6 +134,20 @@ def _schemas(max_k: int) -> dict[str, Any]:
             "bbox": {"type": "string", "description": "left,top,right,bottom in fractions, e.g. 0.1,0.2,0.6,0.9"},
             "collapse": {"type": "boolean"}, "min_score": {"type": "number", "minimum": -1, "maximum": 1}},
             "additionalProperties": {"type": "string", "description": "a filter on a column"}},
+        "Event": {"type": "object", "required": ["action_name", "query_id", "event_attributes"],
+                  "description": "a UBI event: what a shopper did with a search's result", "properties": {
+                      "action_name": {"type": "string", "enum": list(events.ACTIONS)},
+                      "query_id": {"type": "string", "maxLength": 64}, "client_id": client_id,
+                      "event_attributes": {"type": "object", "required": ["object", "position"], "properties": {
+                          "object": {"type": "object", "required": ["object_id"], "properties": {
+                              "object_id": {"type": "string", "maxLength": 256,
+                                            "description": "the product's id"}}},
+                          "position": {"type": "object", "required": ["ordinal"], "properties": {
+                              "ordinal": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                          "description": "the result's rank"}}}}}}},
+        "EventsAccepted": {"type": "object", "required": ["accepted", "recorded"], "properties": {
+            "accepted": {"type": "integer", "description": "events queued (0 when events are off or dropped)"},
+            "recorded": {"type": "boolean", "description": "whether this service records events (EVENTS_DIR)"}}},
         "Health": {"type": "object", "required": ["status", "version", "items"], "properties": {
             "status": {"type": "string", "enum": ["ok"]}, "version": {"type": "string"},
             "items": {"type": "integer"}, "encoder": {"type": "string"}, "dim": {"type": "integer"},
@@ -176,12 +195,16 @@ def document(config: dict, example: dict[str, str] | None = None) -> dict:
     if "product_id" in example:
         product_id["example"] = example["product_id"]
     product_errors = _errors(400, 404, 503)
+    client = {"name": "X-Client-Id", "in": "header", "required": False,
+              "schema": {"type": "string", "pattern": CLIENT_PATTERN},
+              "description": "a random id the client keeps (never personal): links a search to its events and keeps "
+                             "the client in one arm of an A/B test"}
     paths = {
         "/api/search": {"post": {
             "summary": "Products most similar to a photo (or a box of it)", "operationId": "search",
             "description": f"The photo is a multipart `image` file or JSON `image_url` / `image_base64`. "
                            f"{FILTERS_TEXT}",
-            "parameters": options,
+            "parameters": [*options, client],
             "requestBody": {"required": True, "content": {
                 "multipart/form-data": {"schema": _ref("SearchForm")},
                 "application/json": {"schema": _ref("SearchJSON"), **(
@@ -194,13 +217,20 @@ def document(config: dict, example: dict[str, str] | None = None) -> dict:
             "responses": {"200": _json(_ref("Product"), "the product"), **product_errors}}},
         "/api/products/{product_id}/similar": {"get": {
             "summary": "More like this product", "operationId": "similar", "description": FILTERS_TEXT,
-            "parameters": [product_id, *query_options],
+            "parameters": [product_id, *query_options, client],
             "responses": {"200": _json(_ref("SimilarResponse"), "the product and the ranked products"),
                           **_errors(400, 404, 409, 429, 503)}}},
         "/api/filters": {"get": {
-            "summary": "Filterable columns and facet counts", "operationId": "filters",
+            "summary": "Filterable columns and facet counts", "operationId": "filters", "parameters": [client],
             "responses": {"200": _json(_ref("FiltersResponse"), "columns, facets, product count"),
                           **_errors(503)}}},
+        "/api/events": {"post": {
+            "summary": "Record what a shopper did with a result (click, more like this...)", "operationId": "events",
+            "description": "One UBI event, or a list of up to 50; any content type (sendBeacon sends text/plain).",
+            "parameters": [client],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                _ref("Event"), {"type": "array", "items": _ref("Event"), "minItems": 1, "maxItems": 50}]}}}},
+            "responses": {"202": _json(_ref("EventsAccepted"), "queued"), **_errors(400, 413, 429)}}},
         "/images/{product_id}": {"get": {
             "summary": "A product's thumbnail (320 px JPEG)", "operationId": "image",
             "parameters": [product_id, {"name": "n", "in": "query", "required": False,

@@ -32,6 +32,7 @@ from service.store import local_folder, mark_serving, unmark_serving
 log = logging.getLogger(__name__)
 
 EXTENSION = "visual_search"
+TREATMENT_EXTENSION = "visual_search_treatment"  # the A/B test's second index (AB_ARTIFACTS)
 RETRIES = 3  # reads of the pointer before a check gives up until the next one
 BACKOFF_S = 0.2  # first wait between them, doubled each time
 # The longest wait before a version that failed to load (not to verify) is tried again: short when S3 or the
@@ -102,9 +103,10 @@ class SearcherHolder:
     index while new ones get the new one. Only `check` (under `_lock`) changes what is served.
     """
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: dict, location: str | None = None, partner: SearcherHolder | None = None) -> None:
         self.config = config
-        self.location = config["ARTIFACTS"]  # the pointer followed; never changed by the service
+        self.location = location or config["ARTIFACTS"]  # the pointer followed; never changed by the service
+        self.partner = partner  # the other arm of an A/B test, whose base a delta version of this one shares
         self.searcher: Searcher | None = None
         self.error: str | None = None  # why nothing is served yet
         self.refused: dict | None = None  # the newest version offered, when it failed verification
@@ -186,7 +188,8 @@ class SearcherHolder:
         """Fetch (from S3 if needed), verify, load and warm up what the pointer names, then make it current."""
         started = time.perf_counter()
         folder, hashed = local_folder(self.location, Path(self.config["ARTIFACTS_CACHE"]))
-        searcher = Searcher(folder, threads=encoder_threads(self.config), reuse=self.searcher, hashed=hashed)
+        reuse = self.searcher or (self.partner.searcher if self.partner is not None else None)
+        searcher = Searcher(folder, threads=encoder_threads(self.config), reuse=reuse, hashed=hashed)
         searcher.warm_up()
         cache = Path(self.config["ARTIFACTS_CACHE"])
         if cache.is_dir():  # other workers' cache pruning keeps what this one serves
@@ -240,28 +243,53 @@ def _watch(holder_ref: weakref.ref, interval: float) -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Create the holder on app.extensions, load the configured artifacts, and start watching them.
+    """Create the holder on app.extensions, load the configured artifacts, and start watching them; with
+    AB_ARTIFACTS, a second holder for the treatment arm, watched the same way.
 
     With LOAD_IN_BACKGROUND false (the default) the index is loaded and warmed up before create_app returns, so a
     gunicorn worker accepts no connection until it can answer; true loads in a thread (/health says 503 meanwhile).
     """
     holder = SearcherHolder(app.config)
     app.extensions[EXTENSION] = holder
-    if app.config["LOAD_IN_BACKGROUND"]:
-        threading.Thread(target=holder.start, name="index-loader", daemon=True).start()
-    else:
-        holder.start()
-    interval = float(app.config["RELOAD_CHECK_S"])
-    if interval > 0:
-        threading.Thread(target=_watch, args=(weakref.ref(holder), interval), name="index-watcher",
-                         daemon=True).start()
+    holders = [holder]
+    if app.config["AB_ARTIFACTS"]:
+        treatment = SearcherHolder(app.config, app.config["AB_ARTIFACTS"], partner=holder)
+        holder.partner = treatment
+        app.extensions[TREATMENT_EXTENSION] = treatment
+        holders.append(treatment)
+    for each in holders:
+        if app.config["LOAD_IN_BACKGROUND"]:
+            threading.Thread(target=each.start, name="index-loader", daemon=True).start()
+        else:
+            each.start()
+        interval = float(app.config["RELOAD_CHECK_S"])
+        if interval > 0:
+            threading.Thread(target=_watch, args=(weakref.ref(each), interval), name="index-watcher",
+                             daemon=True).start()
 
 
 def get_holder() -> SearcherHolder:
-    """Return the app's SearcherHolder."""
+    """Return the app's SearcherHolder (the control arm's, with an A/B test)."""
     return current_app.extensions[EXTENSION]
 
 
+def get_treatment_holder() -> SearcherHolder | None:
+    """Return the A/B test's treatment holder, or None when there is no test."""
+    return current_app.extensions.get(TREATMENT_EXTENSION)
+
+
 def get_searcher() -> Searcher:
-    """Return the searcher serving this request (503 while loading)."""
-    return get_holder().get()
+    """Return the searcher serving this request (503 while loading): the treatment's for a client in arm B while
+    it has one loaded (until then the control's, and `serving` says so)."""
+    return serving()[1]
+
+
+def serving() -> tuple[str, Searcher]:
+    """The arm that serves this request and its searcher."""
+    from service.experiment import CONTROL, TREATMENT, current_arm
+
+    if current_arm() == TREATMENT:
+        treatment = get_treatment_holder()
+        if treatment is not None and treatment.searcher is not None:
+            return TREATMENT, treatment.searcher
+    return CONTROL, get_holder().get()

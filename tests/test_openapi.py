@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from service import create_app, params
+from service.experiment import CLIENT_HEADER
 from service.uploads import FETCH_ERRORS
 from tests.conftest import gunicorn_over
 from tests.helpers import ROOT
@@ -55,8 +56,10 @@ def test_every_route_and_method_is_documented_and_nothing_else(app, spec: dict) 
 
 
 def test_the_documented_options_are_the_codes(spec: dict, app) -> None:
-    search = {p["name"] for p in spec["paths"]["/api/search"]["post"]["parameters"]}
+    search = {p["name"] for p in spec["paths"]["/api/search"]["post"]["parameters"] if p["in"] == "query"}
     assert search == set(params.OPTIONS)
+    headers = {p["name"] for p in spec["paths"]["/api/search"]["post"]["parameters"] if p["in"] == "header"}
+    assert headers == {CLIENT_HEADER}
     body = spec["components"]["schemas"]["SearchJSON"]["properties"]
     assert set(body) == set(params.OPTIONS) | {"image_url", "image_base64", "filters"}
     k = next(p for p in spec["paths"]["/api/search"]["post"]["parameters"] if p["name"] == "k")

@@ -13,6 +13,36 @@ let lastPhoto = null; // what is sent: the shrunk JPEG, or the file itself when 
 let photoSize = null; // [width, height] of the upright photo the shopper chose, when the browser could read it
 let box = null; // the crop as fractions [left, top, right, bottom] of the photo, or null for the whole photo
 let facetColumns = [];
+let queryId = null; // the query_id of the results shown: what a click on one of them is reported against
+
+// A random id this browser keeps (never the shopper's name or address): it links a search to the clicks on its
+// results, and keeps the shopper in one arm of an A/B test on every visit.
+const CLIENT_KEY = "visual-search-client-id";
+function clientId() {
+  try {
+    let id = localStorage.getItem(CLIENT_KEY);
+    if (!id) {
+      id = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+      localStorage.setItem(CLIENT_KEY, id);
+    }
+    return id;
+  } catch (err) {
+    return null; // storage blocked (private mode in some browsers): searches stay anonymous
+  }
+}
+const CLIENT_ID = clientId();
+
+// Report what the shopper did with the result at `rank` of the query shown (UBI's event shape). sendBeacon
+// outlives the page and never delays what the shopper does next.
+function report(action, productId, rank) {
+  if (!queryId) return;
+  const event = { action_name: action, query_id: queryId, client_id: CLIENT_ID,
+                  event_attributes: { object: { object_id: String(productId) }, position: { ordinal: rank } } };
+  const body = new Blob([JSON.stringify(event)], { type: "application/json" });
+  if (!(navigator.sendBeacon && navigator.sendBeacon("/api/events", body))) {
+    fetch("/api/events", { method: "POST", body, keepalive: true }).catch(() => {});
+  }
+}
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -61,7 +91,10 @@ function render(results) {
     score.textContent = `${r.category} · ${(r.score * 100).toFixed(1)}% match`;
     meta.append(name, score);
     open.append(img, meta);
-    open.addEventListener("click", () => moreLike(r.product_id, r.name));
+    open.addEventListener("click", () => {
+      report("more_like_this", r.product_id, r.rank);
+      moreLike(r.product_id, r.name);
+    });
     card.append(open);
     if (r.images && r.images.length > 1) card.append(flipper(r, img));
     grid.append(card);
@@ -94,8 +127,9 @@ function flipper(r, img) {
   return bar;
 }
 
-async function call(url, options) {
-  const response = await fetch(url, options);
+async function call(url, options = {}) {
+  const headers = CLIENT_ID ? { "X-Client-Id": CLIENT_ID } : {};
+  const response = await fetch(url, { ...options, headers });
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
   return body;
@@ -160,11 +194,13 @@ async function searchPhoto() {
   if (box) params.set("bbox", box.map((v) => v.toFixed(4)).join(","));
   try {
     const body = await call(`/api/search?${params}`, { method: "POST", body: form });
+    queryId = body.query_id;
     render(body.results);
     const ms = Math.round(body.timings_ms.embed + body.timings_ms.search);
     const what = body.crop ? ` for the area you selected (${boxPixels(body.crop).join("×")} px of your photo)` : "";
     setStatus(`${body.results.length} similar products${what} (${ms} ms)`);
   } catch (err) {
+    queryId = null;
     render([]);
     setStatus(err.message, true);
   }
@@ -232,6 +268,7 @@ async function moreLike(productId, name) {
     const body = await call(`/api/products/${encodeURIComponent(productId)}/similar?${filters()}`);
     $("similar-name").textContent = name;
     $("similar-to").hidden = false;
+    queryId = body.query_id;
     render(body.results);
     setStatus(`${body.results.length} products like “${name}”`);
     window.scrollTo({ top: 0, behavior: "smooth" });
