@@ -2,8 +2,8 @@
 
 One module per stage, where `python -m pipeline.<stage>` and `python -m pipeline <stage>` find it: `acquire`,
 `finetune`, `vectorize`, `index`, `evaluate`, `duplicates` and `remove`; `run` runs them in order and `__main__` is
-the command line. `analytics` reads what the service recorded (its query and click events), not the data directory. Stages talk only through the data directory (`runtime.layout`, data/README.md); none imports
-another.
+the command line. Stages talk only through the data directory (`runtime.layout`, data/README.md); none imports
+another. `analytics` reads what the service recorded (its query and click events), not the data directory.
 
 Their helpers live in one subpackage per concern, chosen by what imports what (each `__init__` says what it holds
 and may import, and `pyproject.toml`'s import-linter contracts check it):
@@ -16,8 +16,8 @@ and may import, and `pyproject.toml`'s import-linter contracts check it):
 - `reporting`: events joined day by day into the analytics report's tables, A/B tests and charts (analytics);
 - `common`: the command line, `StageError`, locks and plots, which every stage uses.
 
-`training`, `vectorizing`, `indexing` and `reporting` import the layer below them (`catalog`, `encoders`, `features`) and
-`common`, never each other; the layer below imports only `common` and the runtime layer.
+`training`, `vectorizing`, `indexing` and `reporting` import the layer below them (`catalog`, `encoders`,
+`features`) and `common`, never each other; the layer below imports only `common` and the runtime layer.
 """
 
 from pipeline.common.errors import StageError

@@ -24,6 +24,7 @@ SERVICE_POLICIES = ("arn:aws:iam::aws:policy/service-role/AWSElasticBeanstalkEnh
                     "arn:aws:iam::aws:policy/AWSElasticBeanstalkManagedUpdatesCustomerRolePolicy")
 ENV_NAMESPACE = "aws:elasticbeanstalk:application:environment"
 EVENTS_SHOWN = 15
+EVENTS_PREFIX = "analytics"  # where instances ship search analytics in the artifacts bucket (EVENTS_TARGET)
 
 
 class DeployError(RuntimeError):
@@ -75,13 +76,15 @@ def ensure_role(iam, role: str, service: str, policies: tuple[str, ...], inline:
 
 
 def instance_bucket_policy(bucket: str, prefix: str) -> dict:
-    """What an instance may do in the artifacts bucket: read it (fetch and watch its index), and write one object,
-    the prefix's pointer, which an admin reload naming a version moves (`POST /api/admin/reload`)."""
+    """What an instance may do in the artifacts bucket: read it (fetch and watch its index), write the prefix's
+    pointer, which an admin reload naming a version moves (`POST /api/admin/reload`), and add analytics event files
+    under EVENTS_PREFIX (`service.events`)."""
     return {"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": f"arn:aws:s3:::{bucket}/*"},
         {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{bucket}"},
         {"Effect": "Allow", "Action": ["s3:PutObject"],
-         "Resource": f"arn:aws:s3:::{bucket}/{versions.pointer_key(prefix)}"}]}
+         "Resource": f"arn:aws:s3:::{bucket}/{versions.pointer_key(prefix)}"},
+        {"Effect": "Allow", "Action": ["s3:PutObject"], "Resource": f"arn:aws:s3:::{bucket}/{EVENTS_PREFIX}/*"}]}
 
 
 def creation_settings(instance_profile: str, service_role: str, instance_type: str) -> list[dict]:

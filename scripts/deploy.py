@@ -34,6 +34,7 @@ from runtime import artifacts, extractor, storage, versions
 from runtime.layout import EXTRACTOR_DIR
 from scripts.beanstalk import (
     ENV_NAMESPACE,
+    EVENTS_PREFIX,
     INSTANCE_POLICIES,
     INSTANCE_ROLE,
     INSTANCE_TYPE,
@@ -93,8 +94,10 @@ def build_bundle(root: Path = ROOT, tensorflow: bool = False) -> tuple[bytes, st
 
 
 def environment_settings(artifacts_uri: str, extra: dict[str, str]) -> list[dict]:
-    """Beanstalk option settings that set the service's environment properties."""
-    values = {"ARTIFACTS": artifacts_uri, **extra}
+    """Beanstalk option settings that set the service's environment properties: ARTIFACTS, where the analytics
+    events are shipped (EVENTS_TARGET, by default beside the artifacts in their bucket), and `extra`."""
+    bucket, _ = storage.split_s3(artifacts_uri)
+    values = {"ARTIFACTS": artifacts_uri, "EVENTS_TARGET": f"s3://{bucket}/{EVENTS_PREFIX}", **extra}
     return [{"Namespace": ENV_NAMESPACE, "OptionName": k, "Value": v} for k, v in values.items()]
 
 

@@ -318,8 +318,10 @@ def test_first_deploy_on_an_empty_account(aws, demo_index: Path, live_service: s
     inline = iam.get_role_policy(RoleName=deploy.INSTANCE_ROLE, PolicyName="visual-search-artifacts")
     statements = {s["Resource"]: s["Action"] for s in inline["PolicyDocument"]["Statement"]}
     assert statements["arn:aws:s3:::shop-search/*"] == ["s3:GetObject"]
-    # the one object an instance may write: the pointer an admin reload moves
+    # what an instance may write: the pointer an admin reload moves, and analytics files under their own prefix
     assert statements["arn:aws:s3:::shop-search/prod/CURRENT"] == ["s3:PutObject"]
+    assert statements[f"arn:aws:s3:::shop-search/{deploy.EVENTS_PREFIX}/*"] == ["s3:PutObject"]
+    assert len(statements) == 4
     profile = iam.get_instance_profile(InstanceProfileName=deploy.INSTANCE_ROLE)["InstanceProfile"]
     assert [r["RoleName"] for r in profile["Roles"]] == [deploy.INSTANCE_ROLE]
     trust = iam.get_role(RoleName=deploy.SERVICE_ROLE)["Role"]["AssumeRolePolicyDocument"]
@@ -350,6 +352,7 @@ def test_unchanged_redeploy_creates_no_version_and_changes_nothing(aws, demo_ind
     label = f"{APP}-{deploy.build_bundle(tensorflow=True)[1]}"
     expect_version(stub, label, exists=True)
     expect_existing(stub, env("Ready", "Green", label), {"ARTIFACTS": "s3://shop-search/prod", "ADMIN_TOKEN": "t",
+                                                         "EVENTS_TARGET": "s3://shop-search/analytics",
                                                          "WEB_CONCURRENCY": "2"})
     expect_polls(stub, [env("Ready", "Green", label, live_service)])
     result = run_deploy(clients, demo_index)
