@@ -11,25 +11,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipeline.common import cli
 from pipeline.common.errors import StageError, user_input
-from pipeline.common.plots import contact_sheet
-from pipeline.reporting import charts, demand, experiments, joining
-from pipeline.reporting.tallies import SCORE_BINS, Tallies
-from runtime import artifacts
+from pipeline.reporting import demand, experiments, joining, writing
+from pipeline.reporting.tallies import Tallies
 from runtime.events import PARTITION, QUERIES, list_files
-from runtime.items import read_items
-from runtime.layout import ITEMS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +65,7 @@ def run(events: str, out: Path, days: int = 30, until: str | None = None, low_sc
     """
     started = time.perf_counter()
     days_read = window(events, days, until)
+    items = writing.index_items(index) if index is not None else None
     tallies = Tallies()
     clicks_of: dict[str, pd.DataFrame] = {}
     for day in days_read:
@@ -84,6 +78,7 @@ def run(events: str, out: Path, days: int = 30, until: str | None = None, low_sc
         joined, matched = joining.join(queries, clicks)
         tallies.add(day, joined, matched, int(clicks["query_id"].isin(queries["query_id"]).sum()))
         log.info("%s: %d searches, %d with a click", day, len(joined), int(joined["clicked"].sum()))
+        del queries, clicks, joined, matched  # before the next day is read: one day's events in memory, not two
     tables = tallies.tables()
     cut = tallies.score_quantile(LOW_SHARE) if low_score is None else low_score
     low = pd.concat(tallies.low) if tallies.low else pd.DataFrame(columns=["best", "vector", "top_hit", "clicked"])
@@ -93,7 +88,7 @@ def run(events: str, out: Path, days: int = 30, until: str | None = None, low_sc
     zero_click = tables["filters"][tables["filters"]["clicked"] == 0].sort_values("searches", ascending=False)
     summary = _figures(tables, arms, comparisons, cut, len(low), grouped_by, tallies, days_read)
     summary["seconds"] = round(time.perf_counter() - started, 2)
-    _write(out, tables, arms, comparisons, groups, grouped_by, zero_click, tallies, cut, summary, index)
+    writing.write(out, tables, arms, comparisons, groups, grouped_by, zero_click, tallies, cut, summary, items)
     summary["report"] = str(out / "report.md")
     return summary
 
@@ -109,90 +104,6 @@ def _figures(tables: dict, arms: pd.DataFrame, comparisons: list[dict], cut: flo
             "mrr": float(per_day["rr_sum"].sum() / searches) if searches else float("nan"),
             "low_score": cut, "low_searches": low, "grouped_by": grouped_by,
             "arms": arms.to_dict("records"), "ab": comparisons}
-
-
-def _markdown(frame: pd.DataFrame, floats: str = "{:.4f}") -> str:
-    if frame.empty:
-        return "(none)\n"
-    shown = frame.copy()
-    for column in shown.columns:
-        if shown[column].dtype.kind == "f":
-            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else floats.format(v))
-    lines = ["| " + " | ".join(map(str, shown.columns)) + " |", "|" + " --- |" * len(shown.columns)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in shown.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-def _verdict(c: dict) -> str:
-    if not math.isfinite(c["p_value"]):
-        return f"{c['metric']}: too few clients in an arm to compare"
-    better = c["treatment"] if c["difference"] > 0 else c["control"]
-    if c["significant"]:
-        return (f"{c['metric']}: {better} is better by {abs(c['difference']):.4f} ({100 * c['lift']:+.1f}% for "
-                f"{c['treatment']}), 95% interval [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], p = {c['p_value']:.2g}: "
-                "significant at 5%")
-    return (f"{c['metric']}: difference {c['difference']:+.4f}, 95% interval [{c['ci_low']:+.4f}, "
-            f"{c['ci_high']:+.4f}], p = {c['p_value']:.2g}: not significant at 5%; keep the test running")
-
-
-def _write(out: Path, tables: dict, arms: pd.DataFrame, comparisons: list[dict], groups: pd.DataFrame,
-           grouped_by: str, zero_click: pd.DataFrame, tallies: Tallies, cut: float, summary: dict,
-           index: Path | None) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    per_day = tables["per_day"].drop(columns=["rr_sum"])
-    kinds = tables["kinds"]
-    charts.searches_per_day(kinds, tables["per_day"], out / "searches.png")
-    charts.ctr_by_rank(tables["by_rank"], out / "ctr_by_rank.png")
-    charts.best_scores(tallies.scores, SCORE_BINS, cut, out / "best_scores.png")
-    if len(arms):
-        charts.ab_arms(arms, out / "ab.png")
-    items = _items(index) if index is not None else None
-    if items is not None:
-        folder, by_id = items
-        contact_sheet([(f"group {g.group}: {g.queries} searches, best score {g.best_median:.3f}, "
-                        f"{100 * g.click_share:.0f}% clicked",
-                        [(str(folder / by_id[pid]["thumbnail"]), f"{by_id[pid]['name'][:18]} x{count}")
-                         for pid, count in g.top_hits if pid in by_id])
-                       for g in groups.itertuples()], out / "missed_demand.png")
-    per_day.to_csv(out / "per_day.csv", index=False)
-    kinds.to_csv(out / "kinds.csv", index_label="day")
-    tables["by_rank"].to_csv(out / "ctr_by_rank.csv", index=False)
-    groups.to_csv(out / "missed_demand.csv", index=False)
-    zero_click.to_csv(out / "zero_click_filters.csv", index=False)
-    arms.to_csv(out / "ab.csv", index=False)
-    (out / "report.json").write_text(json.dumps(summary, indent=2, default=_plain) + "\n")
-    s = summary
-    text = [f"# Search analytics, {s['first_day']} to {s['last_day']} ({s['days']} days)\n",
-            f"{s['searches']:,} searches by {s['clients']:,} clients; {100 * s['click_share']:.1f}% had a click; "
-            f"mean reciprocal rank of clicks {s['mrr']:.4f}; {s['clicks']:,} clicks "
-            f"({s['unmatched_clicks']:,} repeated, or on a rank the search did not show).\n",
-            "## Searches per day\n", "![searches](searches.png)\n", _markdown(per_day),
-            "\n### By kind\n", _markdown(kinds.reset_index(names="day")),
-            "\n## Click-through by rank\n", "![ctr by rank](ctr_by_rank.png)\n", _markdown(tables["by_rank"].head(20)),
-            "\n## Missed demand\n", f"Searches whose best score was under {cut:.3f} "
-            f"({s['low_searches']:,}), grouped by {grouped_by}: what shoppers look for that the catalog lacks.\n",
-            "![best scores](best_scores.png)\n"]
-    if items is not None:
-        text.append("![missed demand](missed_demand.png)\n")
-    text += [_markdown(groups, "{:.3f}"), "\n## Filters with no click\n", _markdown(zero_click.head(30)),
-             "\n## A/B test\n"]
-    if len(arms):
-        text += ["![a/b](ab.png)\n", _markdown(arms)]
-        text += [f"- {_verdict(c)}\n" for c in comparisons] or ["One arm only: no comparison.\n"]
-    (out / "report.md").write_text("\n".join(text))
-
-
-def _items(index: Path) -> tuple[Path, dict[str, dict]] | None:
-    with user_input(artifacts.ArtifactError):
-        folder = artifacts.resolve_index(index)
-        folder, _ = artifacts.base_of(folder, artifacts.verify(folder, check_hashes=False), check_hashes=False)
-    return folder, {str(item["product_id"]): item for item in read_items(folder / ITEMS_FILE)}
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -214,7 +125,7 @@ def describe(summary: dict, options: dict) -> str:
     s = summary
     lines = [f"analytics: {s['searches']} searches over {s['days']} days, {100 * s['click_share']:.1f}% with a click, "
              f"MRR {s['mrr']:.4f}, in {s['seconds']} s -> {s['report']}"]
-    lines += [f"  {_verdict(c)}" for c in s["ab"]]
+    lines += [f"  {writing.verdict(c)}" for c in s["ab"]]
     return "\n".join(lines)
 
 

@@ -278,11 +278,11 @@ def init_app(app: Flask) -> None:
     folder = app.config["EVENTS_DIR"]
     if not folder:
         return
-    log_ = EventLog(Path(folder), app.config["EVENTS_TARGET"], int(app.config["EVENTS_QUEUE"]),
-                    float(app.config["EVENTS_ROTATE_S"]), int(float(app.config["EVENTS_ROTATE_MB"]) * 2**20),
-                    float(app.config["EVENTS_SHIP_S"]), int(app.config["EVENTS_RETENTION_DAYS"]))
-    log_.start()
-    app.extensions[EXTENSION] = log_
+    event_log = EventLog(Path(folder), app.config["EVENTS_TARGET"], int(app.config["EVENTS_QUEUE"]),
+                          float(app.config["EVENTS_ROTATE_S"]), int(float(app.config["EVENTS_ROTATE_MB"]) * 2**20),
+                          float(app.config["EVENTS_SHIP_S"]), int(app.config["EVENTS_RETENTION_DAYS"]))
+    event_log.start()
+    app.extensions[EXTENSION] = event_log
     metrics.events_on()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from flask import Request, current_app, g
+from flask import Request, current_app, g, request
 
 from runtime.events import CLIENT_ID
 from service.errors import APIError
@@ -62,7 +62,5 @@ def current_arm() -> str:
 def client_id_of_request() -> str | None:
     """This request's client id, read once (cached on `g`)."""
     if "client_id" not in g:
-        from flask import request
-
         g.client_id = client_id(request)
     return g.client_id

@@ -152,7 +152,8 @@ def _schemas(max_k: int) -> dict[str, Any]:
             "status": {"type": "string", "enum": ["ok"]}, "version": {"type": "string"},
             "items": {"type": "integer"}, "encoder": {"type": "string"}, "dim": {"type": "integer"},
             "worker": {"type": "integer"}, "loaded_at": {"type": "number"}, "load_seconds": {"type": "number"},
-            "refused": {"type": "object", "nullable": True}, "retrying": {"type": "string", "nullable": True}},
+            "refused": {"type": "object", "nullable": True}, "retrying": {"type": "string", "nullable": True},
+            "ab": {"type": "object", "description": "the A/B test's second index (AB_ARTIFACTS), when there is one"}},
             "description": "status, version and items for anyone; the rest only with the admin token"},
         "HealthUnavailable": {"allOf": [_ref("Error"), {"type": "object", "required": ["status"], "properties": {
             "status": {"type": "string", "enum": ["loading", "error"]}}}]},

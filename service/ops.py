@@ -12,7 +12,7 @@ from runtime import storage
 from runtime.artifacts import ArtifactError
 from service import metrics as prometheus
 from service.errors import APIError
-from service.state import get_holder, move_pointer
+from service.state import get_holder, get_treatment_holder, move_pointer
 from service.uploads import request_json
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,13 @@ def health():
         body.update({"encoder": searcher.manifest["encoder"], "dim": searcher.manifest["dim"], "worker": os.getpid(),
                      "loaded_at": round(holder.loaded_at, 3), "load_seconds": round(holder.load_seconds, 3),
                      "refused": holder.refused, "retrying": holder.transient})
+        treatment = get_treatment_holder()
+        if treatment is not None:
+            config = current_app.config
+            body["ab"] = {"name": config["AB_NAME"], "share": float(config["AB_SHARE"]),
+                          "artifacts": treatment.location,
+                          "version": treatment.searcher.version if treatment.searcher else None,
+                          "error": treatment.error or treatment.transient}
     return jsonify(body)
 
 

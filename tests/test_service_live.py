@@ -35,7 +35,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 def gunicorn_server(own_index: Path, tmp_path: Path):
     """gunicorn with 2 gthread workers on 127.0.0.1, started from the Procfile's config, over a copy of the demo
     index (the test's `own_index`); yields its base URL once both workers have loaded the index."""
-    with gunicorn_over(own_index / "index" / "current", tmp_path, {"ADMIN_TOKEN": "t0k", "LOG_LEVEL": "info"}) as base:
+    with gunicorn_over(own_index / "index" / "current", tmp_path, {"ADMIN_TOKEN": "t0k", "LOG_LEVEL": "info",
+                                                                   "EVENTS_DIR": str(tmp_path / "events")}) as base:
         yield base
 
 
@@ -188,6 +189,8 @@ def test_shopper_page_in_a_real_browser(gunicorn_server: str, own_index: Path, t
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 420, "height": 900}, has_touch=True)  # a phone
+            sent: list = []
+            page.on("request", lambda r: sent.append(r) if "/api/" in r.url else None)
             page.goto(gunicorn_server + "/", wait_until="networkidle")
             assert page.locator("#facet-category option").count() > 5  # facets loaded from /api/filters
             assert not page.locator("#facet-gender").is_visible()  # the others are folded under "More filters"
@@ -205,9 +208,12 @@ def test_shopper_page_in_a_real_browser(gunicorn_server: str, own_index: Path, t
             # 20 result cards run below the fold of a phone, in one column no wider than the phone.
             assert shot.width == 420 and shot.height > 2 * 900, shot.size
             first_name = page.locator("#results .card .name").nth(1).inner_text()
+            reported = scrape(gunicorn_server).get(("visual_search_requests_total", (
+                ("endpoint", "/api/events"), ("method", "POST"), ("status", "202"))), 0.0)
             cards.nth(1).click()
             page.wait_for_selector("#similar-to:not([hidden])", timeout=30_000)
             assert page.locator("#similar-name").inner_text() == first_name
+            _the_page_keeps_a_client_id_and_reports_the_click(page, sent, gunicorn_server, reported)
             page.wait_for_function("document.querySelectorAll('#results .card').length === 20", timeout=30_000)
             page.select_option("#facet-category", "Watches")
             page.set_input_files("#file", str(image))
@@ -217,6 +223,26 @@ def test_shopper_page_in_a_real_browser(gunicorn_server: str, own_index: Path, t
             _facets_and_options_reach_the_api(page)
         finally:
             browser.close()
+
+
+def _the_page_keeps_a_client_id_and_reports_the_click(page, sent: list, base: str, before: float) -> None:
+    """Every API call carries the one random id the page keeps, and opening the second result reported a
+    "more like this" at rank 2 against the search shown (the service answered 202)."""
+    clients = {r.headers.get("x-client-id") for r in sent if "/api/events" not in r.url}
+    assert len(clients) == 1 and None not in clients, clients
+    assert page.evaluate("localStorage.getItem('visual-search-client-id')") in clients
+    searches = [r for r in sent if "/api/search" in r.url]
+    query_id = searches[-1].response().json()["query_id"]
+    deadline = time.monotonic() + 10
+    key = ("visual_search_requests_total", (("endpoint", "/api/events"), ("method", "POST"), ("status", "202")))
+    while scrape(base).get(key, 0.0) <= before and time.monotonic() < deadline:
+        time.sleep(0.2)  # a beacon is sent after the click's own work; /metrics sums both workers
+    assert scrape(base).get(key, 0.0) == before + 1
+    beacons = [r for r in sent if "/api/events" in r.url and r.post_data]
+    if beacons:  # Chromium hands sendBeacon's body to Playwright only sometimes
+        event = json.loads(beacons[-1].post_data)
+        assert event["query_id"] == query_id and event["action_name"] == "more_like_this"
+        assert event["event_attributes"]["position"] == {"ordinal": 2}
 
 
 def _drag_box(page, start: tuple[float, float], end: tuple[float, float], touch: bool) -> dict:

@@ -30,12 +30,13 @@ def searches_per_day(kinds: pd.DataFrame, per_day: pd.DataFrame, path: Path) -> 
     fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(kinds) + 4), 3.6))
     x = np.arange(len(kinds))
     bottom = np.zeros(len(kinds))
-    for kind in kinds.columns:
+    order = ("upload", "url", "crop", "similar")
+    for kind in sorted(kinds.columns, key=lambda k: order.index(k) if k in order else len(order)):
         ax.bar(x, kinds[kind].to_numpy(), bottom=bottom, label=kind)
         bottom += kinds[kind].to_numpy()
     ax.set_ylabel("searches")
-    step = max(1, len(kinds) // 10)
-    ax.set_xticks(x[::step], [str(day)[5:] for day in kinds.index[::step]])
+    step = max(1, len(kinds) // 15)
+    ax.set_xticks(x[::step], [str(day)[5:] for day in kinds.index[::step]], rotation=60, fontsize=8)
     ax.legend(loc="upper left", fontsize=8)
     share = ax.twinx()
     share.plot(x, 100 * per_day["click_share"].to_numpy(), "k.-", label="with a click")
