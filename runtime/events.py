@@ -88,13 +88,14 @@ def list_files(location: str, stream: str, days: set[str] | None = None) -> list
 
 
 def read_lines(name: str) -> Iterator[bytes]:
-    """The lines of one events file, local or on S3 (read whole: a file is one rotation, a few MB)."""
+    """The lines of one events file, local or on S3, streamed: a file may hold a day of one worker's searches, and
+    a million lines held at once would cost the report twice the file's size."""
     if name.startswith("s3://"):
         bucket, key = storage.split_s3(name)
-        data = storage.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    else:
-        data = Path(name).read_bytes()
-    return iter(data.splitlines())
+        yield from storage.s3_client().get_object(Bucket=bucket, Key=key)["Body"].iter_lines()
+        return
+    with open(name, "rb") as lines:
+        yield from lines
 
 
 def read_records(location: str, stream: str, days: set[str] | None = None) -> Iterator[dict]:
