@@ -309,3 +309,32 @@ def test_a_simulated_day_shows_the_arm_shoppers_prefer(own_index: Path, tmp_path
     assert mrr["difference"] > 0
     assert summary["low_searches"] > 0 and (tmp_path / "report" / "ab.png").is_file()
     assert (tmp_path / "report" / "missed_demand.png").stat().st_size > 5000  # the index's thumbnails
+
+
+def test_events_ship_to_s3_and_the_report_reads_them_there(s3_server: str, tmp_path: Path) -> None:
+    """What Beanstalk does: closed files go to s3://BUCKET/analytics (moto's server), a failed upload puts its file
+    back for the next round, and the report reads the bucket as it reads a folder."""
+    from runtime.storage import s3_client
+
+    s3_client().create_bucket(Bucket="shop")
+    log = EventLog(tmp_path / "events", target="s3://shop/analytics/", rotate_s=0.0, ship_s=3600)
+    log.start()
+    stamp = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC).timestamp()
+    for n in range(3):
+        log.emit(events.QUERIES, {"query_id": f"q{n}", "client_id": "c", "timestamp": stamp + n,
+                                  "query_response_hit_ids": ["1", "2"],
+                                  "query_attributes": {"kind": "upload", "scores": [0.9, 0.8], "arm": "A"}})
+    log.emit(events.EVENTS, {"action_name": "click", "query_id": "q1", "client_id": "c", "timestamp": stamp + 5,
+                             "event_attributes": {"object": {"object_id": "2"}, "position": {"ordinal": 2}}})
+    log.flush()
+    log.target = "s3://no-such-bucket/analytics"
+    with pytest.raises(Exception, match="NoSuchBucket"):
+        log.ship()
+    assert len(list((tmp_path / "events").glob("*/dt=*/*.jsonl"))) == 2  # put back, not lost
+    log.target = "s3://shop/analytics/"
+    assert log.ship() == 2
+    keys = [o["Key"] for o in s3_client().list_objects_v2(Bucket="shop")["Contents"]]
+    assert sorted(k.split("/")[1] for k in keys) == [events.EVENTS, events.QUERIES]
+    assert all(k.startswith("analytics/") and "/dt=2026-03-01/" in k for k in keys)
+    summary = analytics.run("s3://shop/analytics", tmp_path / "report", days=7)
+    assert summary["searches"] == 3 and summary["clicks"] == 1 and summary["mrr"] == pytest.approx(0.5 / 3)
