@@ -15,6 +15,7 @@ open are closed by the next worker that starts.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -126,6 +127,9 @@ class EventLog:
                 self._close_all()
                 for done in waiting:
                     done.set()
+            if self._stop.is_set() and self.queue.empty():
+                self._close_all()
+                return
             self._rotate_due()
 
     def _write(self, batch: list[tuple[str, dict]]) -> None:
@@ -184,6 +188,8 @@ class EventLog:
         if self._stop.is_set():
             return
         self._stop.set()
+        with contextlib.suppress(queue.Full):  # wake the writer now rather than at its next idle check
+            self.queue.put_nowait((None, threading.Event()))
         writer = self._threads[0] if self._threads else None
         if writer is not None:
             writer.join(timeout=10)
