@@ -71,14 +71,15 @@ def results_grid(rows: Sequence[tuple[tuple[str, str], Sequence[tuple[str, str, 
     grid.save(path)
 
 
-def contact_sheet(rows: Sequence[tuple[str, Sequence[tuple[str, str]]]], path: Path) -> None:
+def contact_sheet(rows: Sequence[tuple[str, Sequence[tuple[str, str]]]], path: Path, min_columns: int = 1) -> None:
     """Draw one titled row per group of images (a near-duplicate group: its first product, then the others).
 
     Args:
         rows: (title, [(image path, caption)]) per row.
         path: the PNG to write.
+        min_columns: the sheet is at least this many images wide (room for the titles).
     """
-    width = max((len(images) for _, images in rows), default=1)
+    width = max(min_columns, max((len(images) for _, images in rows), default=1))
     height = TITLE + TILE + CAPTION + 6
     sheet = Image.new("RGB", (max(1, width) * (TILE + 6), max(1, len(rows)) * height), (235, 235, 235))
     draw = ImageDraw.Draw(sheet)

@@ -1,8 +1,9 @@
 """What the report keeps of each day once its queries are joined to their clicks: counts, not events.
 
 Memory is bounded by the catalog's demand, not by the days read: per day a row of counts; per rank two counters;
-a histogram of the best scores of photo searches; per client and arm three sums (the A/B unit); per filter value
-two counts; and the lowest-scored fifth of each day's photo searches, from which the missing demand is taken.
+a histogram of the best scores of unfiltered photo searches; per client and arm three sums (the A/B unit); per
+filter value two counts; and the lowest-scored fifth of each day's unfiltered photo searches, the candidates for
+missed demand.
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ class Tallies:
         self.rank_shown += np.bincount(shown, minlength=MAX_RANK + 1)[::-1].cumsum()[::-1]
         ranks = matched["ordinal"].to_numpy(np.int64).clip(0, MAX_RANK)
         self.rank_clicked += np.bincount(ranks, minlength=MAX_RANK + 1)
-        best = joined.loc[joined["kind"] != "similar", "best"].to_numpy(np.float64)
+        # Missed demand is what a photo found with nothing narrowing it: "more like this" asks for a catalog product,
+        # and a filter may exclude what was photographed (its low score is the filter's, not the catalog's)
+        photos = joined[(joined["kind"] != "similar") & (joined["filters"].map(len) == 0)]
+        best = photos["best"].to_numpy(np.float64)
         best = best[np.isfinite(best)]
         self.scores += np.histogram(best, SCORE_BINS)[0]
         self.clicks += clicks
@@ -57,8 +61,7 @@ class Tallies:
         if len(used):
             self.filters.append(used.groupby("filters").agg(searches=("clicked", "size"),
                                                              clicked=("clicked", "sum")).reset_index())
-        photos = joined[joined["kind"] != "similar"]  # "more like this" asks for a catalog product: never missing
-        if len(photos) and photos["best"].notna().any():
+        if len(best):
             cut = np.nanquantile(photos["best"].to_numpy(np.float64), LOW_KEEP)
             self.low.append(photos.loc[photos["best"] <= cut, ["day", "kind", "arm", "best", "top_hit", "clicked",
                                                                "vector", "index_version"]])

@@ -62,7 +62,7 @@ def write(out: Path, tables: dict, arms: pd.DataFrame, comparisons: list[dict], 
                         f"{100 * g.click_share:.0f}% clicked",
                         [(str(folder / by_id[pid]["thumbnail"]), f"{by_id[pid]['name'][:18]} x{count}")
                          for pid, count in g.top_hits if pid in by_id])
-                       for g in groups.itertuples()], out / "missed_demand.png")
+                       for g in groups.itertuples()], out / "missed_demand.png", min_columns=4)
     names = items[1] if items is not None else {}
     groups = groups.assign(top_hits=["; ".join(f"{names[pid]['name']} ({pid}) x{count}" if pid in names
                                                else f"{pid} x{count}" for pid, count in hits)
